@@ -1,0 +1,39 @@
+# The two set-up commands: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STATE  ?= .state
+
+.PHONY: run test install install-test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+## run: the broker in the foreground on embedded defaults (Ctrl-C stops it)
+run: install
+	$(BIN)/plugboard broker --state-dir $(STATE)
+
+## test: the whole suite (exit 5, "no tests collected", counts as a failure)
+test: install-test
+	$(BIN)/python -m pytest
+
+lint: install-test
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/ruff check protocol broker sdk tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(STATE) *.egg-info

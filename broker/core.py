@@ -1,0 +1,589 @@
+"""The broker's sans-IO core: sessions, datastore, subscriptions and ACL, with no I/O.
+
+The socket loop hands it frames with :meth:`BrokerCore.receive`, then takes the
+frames to send with :meth:`BrokerCore.flush` (replies first, then one notification
+batch per subscription with pending changes) and calls :meth:`BrokerCore.tick` when
+the deadline it returned has passed. Time comes from injected clocks, so tests drive
+the core with no socket and a fake clock.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from protocol import limits
+from protocol._version import SUPPORTED_VERSIONS
+from protocol.codec import Notification, Request, Response, decode, encode, request_msgid
+from protocol.errors import ProtocolError
+from protocol.names import (
+    SYSTEM_NAMESPACE, matches, namespace, validate_name, validate_pattern, validate_plugin_name,
+)
+from protocol.values import Timestamp, ValueType
+
+from .datastore import WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS, Datastore, Property, parse_meta
+from .sessions import PendingRequest, Role, Session, SessionState
+from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription
+from .system import SystemProperties
+
+log = logging.getLogger(__name__)
+
+BROKER_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreConfig:
+    """Settings of the broker core (the CLI fills them from its options)."""
+
+    heartbeat_ms: int = 2000
+    """How often peers must send something (a ``ping`` when idle); told in hello."""
+    session_timeout_ms: int = 6000
+    """A session silent this long is ended as if it disconnected."""
+    max_frame: int = limits.MAX_FRAME_BYTES
+    """Largest frame accepted; announced in the hello reply."""
+    init_timeout_s: float = 10.0
+    """How long a plugin may take to answer ``init``."""
+    end_timeout_s: float = 3.0
+    """How long a plugin may take to answer ``end``."""
+    stats_interval_s: float = 1.0
+    """How often ``system/broker/*`` figures are refreshed."""
+    max_subscriptions: int = 10_000
+    """Subscriptions plus topic listens one session may hold."""
+    admin_token: str | None = None
+    """The token the admin role must present; None disables the admin role."""
+
+
+Clock = Callable[[], float]
+WallClock = Callable[[], int]
+
+_MISSING = object()
+
+
+def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+    value = params.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        if default is _MISSING:
+            raise ProtocolError("invalid_params", f"missing parameter {key!r}")
+        return default
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ProtocolError("invalid_params", f"parameter {key!r} must be {names}, "
+                            f"got {type(value).__name__}")
+    return value
+
+
+class BrokerCore:
+    """Everything the broker decides, driven by frames in and frames out."""
+
+    def __init__(self, config: CoreConfig | None = None, *, clock: Clock = time.monotonic,
+                 wallclock: WallClock = time.time_ns) -> None:
+        self.config = config or CoreConfig()
+        self.clock = clock
+        self.wallclock = wallclock
+        self.instance = secrets.token_hex(8)
+        self.store = Datastore()
+        self.sessions: dict[bytes, Session] = {}
+        self.plugins: dict[str, Session] = {}
+        self.subscriptions = PatternIndex[Subscription]()
+        self.listeners = PatternIndex[tuple[Session, int]]()
+        self.messages_in = 0
+        self.messages_out = 0
+        self.drops = 0
+        self.shutting_down = False
+        self._outbox: list[tuple[bytes, bytes]] = []
+        self._dirty: dict[Subscription, None] = {}
+        self._next_id = 0
+        self._next_msgid = 0
+        self._next_expiry_check = 0.0
+        self._methods: dict[str, Callable[[Session, dict[str, Any]], Any]] = {
+            "bye": self._bye, "ping": self._ping, "declare": self._declare,
+            "delete": self._delete, "get": self._get, "list": self._list, "set": self._set,
+            "set_many": self._set_many, "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe, "send": self._send_message,
+            "publish": self._publish, "listen": self._listen, "unlisten": self._unlisten,
+            "sessions": self._list_sessions,
+        }
+        self.system = SystemProperties(self)
+
+    # -- the driver's interface ---------------------------------------------------
+
+    def receive(self, peer: bytes, frames: list[bytes]) -> None:
+        """Apply one incoming ZeroMQ message from ``peer``."""
+        self.messages_in += 1
+        session = self.sessions.get(peer)
+        if session is not None:
+            session.last_seen = self.clock()
+        if len(frames) != 1:
+            self._error_to(peer, None, ProtocolError(
+                "invalid_message", f"a message is exactly one frame, got {len(frames)}"))
+            return
+        frame = frames[0]
+        try:
+            message = decode(frame, self.config.max_frame)
+        except ProtocolError as exc:
+            self._error_to(peer, request_msgid(frame), exc)
+            return
+        if isinstance(message, Request):
+            self._on_request(peer, session, message)
+        elif isinstance(message, Response):
+            self._on_response(peer, session, message)
+        else:
+            self._error_to(peer, None, ProtocolError(
+                "unknown_method", f"no notification {message.method!r} is sent to the broker"))
+
+    def flush(self) -> list[tuple[bytes, bytes]]:
+        """Frames to send now: replies and one batch per subscription with news."""
+        if self._dirty:
+            now = self.clock()
+            for sub in list(self._dirty):
+                batches = sub.take(now)
+                if batches:
+                    del self._dirty[sub]
+                    for params in batches:
+                        self._notify(sub.peer, "changes", params)
+        out, self._outbox = self._outbox, []
+        self.messages_out += len(out)
+        return out
+
+    def tick(self) -> float:
+        """Run timers (session expiry, request deadlines, stats); return the next deadline."""
+        now = self.clock()
+        if now >= self._next_expiry_check:
+            self._expire(now)
+            self._next_expiry_check = now + min(self.config.heartbeat_ms / 1000, 0.5)
+        self.system.refresh(now)
+        deadline = min(self._next_expiry_check, self.system.next_refresh)
+        for sub in self._dirty:
+            deadline = min(deadline, sub.due_at)
+        return deadline
+
+    def peer_gone(self, peer: bytes, reason: str) -> None:
+        """The driver learned the peer is unreachable (its connection is gone)."""
+        session = self.sessions.get(peer)
+        if session is not None:
+            self.end_session(session, reason)
+
+    def count_drop(self, peer: bytes) -> None:
+        """The driver could not queue a frame for ``peer`` (its high-water mark)."""
+        self.drops += 1
+        session = self.sessions.get(peer)
+        if session is not None:
+            session.drops += 1
+
+    def begin_shutdown(self) -> None:
+        """Ask every plugin to ``end`` and tell clients; see :attr:`shutdown_complete`."""
+        self.shutting_down = True
+        for session in list(self.sessions.values()):
+            if session.role is Role.PLUGIN:
+                self.ask_to_end(session)
+            else:
+                self._notify(session.peer, "shutdown", {"reason": "broker stopping"})
+
+    @property
+    def shutdown_complete(self) -> bool:
+        return not self.plugins
+
+    def ask_to_end(self, session: Session) -> None:
+        """Send ``end``; the session ends on the reply or when end_timeout_s passes."""
+        session.state = SessionState.ENDING
+        self.request(session, "end", {}, lambda _reply: self.end_session(session, "ended"),
+                     self.config.end_timeout_s)
+
+    def request(self, session: Session, method: str, params: dict[str, Any],
+                on_reply: Callable[[Response | None], None], timeout: float) -> None:
+        """Send a request to a peer; ``on_reply`` gets the response or None on timeout."""
+        self._next_msgid = (self._next_msgid + 1) % (limits.MAX_MSGID + 1)
+        msgid = self._next_msgid
+        session.requests[msgid] = PendingRequest(method, self.clock() + timeout, on_reply)
+        self._outbox.append((session.peer, encode(Request(msgid, method, params))))
+
+    def end_session(self, session: Session, reason: str) -> None:
+        """Forget a session: its properties go (subscribers told), then everything else."""
+        if self.sessions.get(session.peer) is not session:
+            return
+        log.info("session %s (%s %s) ended: %s", session.sid, session.role.value,
+                 session.name or "-", reason)
+        del self.sessions[session.peer]
+        if session.name is not None and self.plugins.get(session.name) is session:
+            del self.plugins[session.name]
+        for prop in list(session.properties):
+            self._remove_property(prop)
+        for sub in session.subscriptions.values():
+            self._drop_subscription(sub)
+        for lid, pattern in session.listens.items():
+            self.listeners.remove(pattern, (session, lid))
+        pending, session.requests = session.requests, {}
+        for request in pending.values():
+            request.on_reply(None)
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _reply(self, peer: bytes, msgid: int, result: Any) -> None:
+        self._outbox.append((peer, encode(Response(msgid, None, result))))
+
+    def _error_to(self, peer: bytes, msgid: int | None, exc: ProtocolError) -> None:
+        if msgid is None:
+            log.debug("error to peer without msgid: %s", exc)
+            self._notify(peer, "error", exc.to_wire())
+        else:
+            self._outbox.append((peer, encode(Response(msgid, exc.to_wire(), None))))
+
+    def _notify(self, peer: bytes, method: str, params: dict[str, Any]) -> None:
+        self._outbox.append((peer, encode(Notification(method, params))))
+
+    def _on_request(self, peer: bytes, session: Session | None, request: Request) -> None:
+        try:
+            if request.method == "hello":
+                result = self._hello(peer, session, request.params)
+            elif session is None:
+                raise ProtocolError("hello_required", "the first request on a connection "
+                                    f"must be hello, not {request.method!r}")
+            else:
+                handler = self._methods.get(request.method)
+                if handler is None:
+                    raise ProtocolError("unknown_method", f"no method {request.method!r}")
+                result = handler(session, request.params)
+        except ProtocolError as exc:
+            self._error_to(peer, request.msgid, exc)
+            return
+        except Exception as exc:  # a bug here must not take every peer down
+            log.exception("internal error handling %s", request.method)
+            self._error_to(peer, request.msgid, ProtocolError(
+                "internal", f"{type(exc).__name__} while handling {request.method}"))
+            return
+        if isinstance(result, _ReplyThen):
+            self._reply(peer, request.msgid, result.result)
+            result.then()
+        else:
+            self._reply(peer, request.msgid, result)
+        if request.method == "bye" and session is not None:
+            self.end_session(session, "bye")
+
+    def _on_response(self, peer: bytes, session: Session | None, response: Response) -> None:
+        pending = session.requests.pop(response.msgid, None) if session else None
+        if pending is None:
+            log.debug("unexpected response %d from %r", response.msgid, peer)
+            return
+        pending.on_reply(response)
+
+    def _expire(self, now: float) -> None:
+        timeout = self.config.session_timeout_ms / 1000
+        for session in list(self.sessions.values()):
+            if now - session.last_seen > timeout:
+                self.end_session(session, f"no message for {timeout:g} s (heartbeat lost)")
+                continue
+            for msgid, pending in list(session.requests.items()):
+                if now >= pending.deadline:
+                    del session.requests[msgid]
+                    log.warning("%s did not answer %s in time", session.name, pending.method)
+                    pending.on_reply(None)
+
+    def _check_room(self, session: Session) -> None:
+        if len(session.subscriptions) + len(session.listens) >= self.config.max_subscriptions:
+            raise ProtocolError("limit_exceeded", "this session holds "
+                                f"{self.config.max_subscriptions} subscriptions already")
+
+    # -- handshake and session methods ----------------------------------------------
+
+    def _hello(self, peer: bytes, session: Session | None, params: dict[str, Any]) -> Any:
+        if session is not None:
+            raise ProtocolError("invalid_state", "hello was already done on this connection")
+        if self.shutting_down:
+            raise ProtocolError("shutting_down", "the broker is stopping")
+        versions = _param(params, "versions", list)
+        common = [v for v in versions if type(v) is int and v in SUPPORTED_VERSIONS]
+        if not common:
+            raise ProtocolError("unsupported_version", f"offered {versions!r}, the broker "
+                                f"speaks {list(SUPPORTED_VERSIONS)}",
+                                supported=list(SUPPORTED_VERSIONS))
+        role_text = _param(params, "role", str)
+        try:
+            role = Role(role_text)
+        except ValueError:
+            raise ProtocolError("invalid_params", f"role must be plugin, client or admin, "
+                                f"got {role_text!r}") from None
+        name = _param(params, "name", str, None)
+        token = _param(params, "token", str, None)
+        if role is Role.PLUGIN:
+            if name is None:
+                raise ProtocolError("invalid_params", "a plugin must say its name")
+            validate_plugin_name(name)
+            if name in self.plugins:
+                raise ProtocolError("name_taken", f"a plugin named {name!r} is connected")
+        elif role is Role.ADMIN:
+            expected = self.config.admin_token
+            if expected is None or token is None or not hmac.compare_digest(token, expected):
+                raise ProtocolError("unauthorized", "the admin role needs the token from the "
+                                    "broker's state directory (admin.token)")
+        session = Session(peer=peer, sid=f"s{self._new_id()}", role=role, name=name,
+                          version=max(common), last_seen=self.clock())
+        self.sessions[peer] = session
+        if role is Role.PLUGIN:
+            self.plugins[name] = session
+            self.request(session, "init", {"config": {}, "name": name}, lambda reply:
+                         self._on_init_reply(session, reply), self.config.init_timeout_s)
+        else:
+            session.state = SessionState.READY
+        log.info("session %s: %s %s", session.sid, role.value, name or "-")
+        return {
+            "version": session.version, "session": session.sid, "instance": self.instance,
+            "broker": f"plugboard {BROKER_VERSION}", "heartbeat_ms": self.config.heartbeat_ms,
+            "timeout_ms": self.config.session_timeout_ms, "max_frame": self.config.max_frame,
+        }
+
+    def _on_init_reply(self, session: Session, reply: Response | None) -> None:
+        if reply is None:
+            if session.peer in self.sessions:
+                log.warning("plugin %s did not answer init in time", session.name)
+            return
+        if reply.error is not None:
+            log.warning("plugin %s refused init: %r", session.name, reply.error)
+            self.end_session(session, "init failed")
+            return
+        session.state = SessionState.READY
+
+    def _bye(self, session: Session, params: dict[str, Any]) -> Any:
+        return {}
+
+    def _ping(self, session: Session, params: dict[str, Any]) -> Any:
+        return {"instance": self.instance,
+                "time": Timestamp.from_unix_nano(self.wallclock())}
+
+    def _list_sessions(self, session: Session, params: dict[str, Any]) -> Any:
+        return {"sessions": [s.describe() for s in self.sessions.values()]}
+
+    # -- properties -------------------------------------------------------------------
+
+    def _declare(self, session: Session, params: dict[str, Any]) -> Any:
+        if session.role is not Role.PLUGIN:
+            raise ProtocolError("forbidden", "only plugins declare properties")
+        name = validate_name(_param(params, "name", str))
+        if namespace(name) != session.name:
+            raise ProtocolError("forbidden", f"plugin {session.name!r} may declare only below "
+                                f"{session.name}/, not {name!r}", name=name)
+        type_text = _param(params, "type", str)
+        try:
+            vtype = ValueType(type_text)
+        except ValueError:
+            raise ProtocolError("invalid_params", f"unknown type {type_text!r}; types are "
+                                + ", ".join(t.value for t in ValueType)) from None
+        meta = parse_meta(vtype, params)
+        prop = self.store.by_name.get(name)
+        if prop is not None:
+            if prop.type is not vtype:
+                raise ProtocolError("type_mismatch", f"{name} is declared as "
+                                    f"{prop.type.value}, not {vtype.value}", name=name)
+            prop.meta = meta
+        else:
+            prop = self.store.add(name, vtype, meta, session.name or "")
+            session.properties[prop] = None
+            for sub in self.subscriptions.match(name):
+                sub.properties[prop] = None
+                prop.subscriptions.append(sub)
+            if "value" not in params:
+                self._changed(prop)
+        if "value" in params:
+            self._write(prop, prop.check(params["value"]))
+        return {"handle": prop.handle, "revision": prop.revision, "value": prop.value}
+
+    def declare_system(self, name: str, vtype: ValueType, value: Any, **meta: Any) -> Property:
+        """Declare a broker-owned property below ``system/`` (used by SystemProperties)."""
+        prop = self.store.add(name, vtype, parse_meta(vtype, meta), SYSTEM_NAMESPACE)
+        for sub in self.subscriptions.match(name):
+            sub.properties[prop] = None
+            prop.subscriptions.append(sub)
+        self._write(prop, value)
+        return prop
+
+    def _delete(self, session: Session, params: dict[str, Any]) -> Any:
+        prop = self.store.resolve(params.get("target"))
+        if prop.owner != session.name or session.role is not Role.PLUGIN:
+            raise ProtocolError("forbidden", f"only its owner {prop.owner!r} deletes {prop.name}")
+        self._remove_property(prop)
+        return {}
+
+    def _remove_property(self, prop: Property) -> None:
+        for sub in prop.subscriptions:
+            sub.offer_removal(prop)
+            self._dirty[sub] = None
+        owner = self.plugins.get(prop.owner)
+        if owner is not None:
+            owner.properties.pop(prop, None)
+        self.store.remove(prop)
+
+    def _get(self, session: Session, params: dict[str, Any]) -> Any:
+        return self.store.resolve(params.get("target")).describe()
+
+    def _list(self, session: Session, params: dict[str, Any]) -> Any:
+        pattern = validate_pattern(_param(params, "pattern", str, "#"))
+        limit = _param(params, "limit", int, 1000)
+        after = _param(params, "after", str, "")
+        if not 1 <= limit <= 10_000:
+            raise ProtocolError("invalid_params", "limit must be 1..10000")
+        names = sorted(n for n in self.store.by_name if n > after and matches(pattern, n))
+        page = names[:limit]
+        return {"items": [self.store.by_name[n].describe() for n in page],
+                "more": len(names) > limit}
+
+    def _may_write(self, session: Session, prop: Property) -> None:
+        if prop.owner == SYSTEM_NAMESPACE:
+            raise ProtocolError("forbidden", f"{prop.name} belongs to the broker and is read-only")
+        if session.role is Role.ADMIN:
+            return
+        plugin = session.role is Role.PLUGIN
+        if plugin and session.name == prop.owner:
+            return
+        allowed = prop.meta.writable_by
+        if (WRITERS_ANY in allowed or (plugin and (WRITERS_PLUGINS in allowed
+                                                   or session.name in allowed))
+                or (session.role is Role.CLIENT and WRITERS_CLIENTS in allowed)):
+            return
+        who = f"plugin {session.name!r}" if plugin else f"a {session.role.value}"
+        raise ProtocolError("forbidden", f"{prop.name} is writable by its owner "
+                            f"{prop.owner!r}" + (f" and {list(allowed)}" if allowed else "")
+                            + f", not by {who}", name=prop.name)
+
+    def _write(self, prop: Property, value: Any) -> None:
+        self.store.write(prop, value, Timestamp.from_unix_nano(self.wallclock()))
+        self._changed(prop)
+
+    def _changed(self, prop: Property) -> None:
+        for sub in prop.subscriptions:
+            if sub.offer(prop):
+                self._dirty[sub] = None
+
+    def _set(self, session: Session, params: dict[str, Any]) -> Any:
+        if "value" not in params:
+            raise ProtocolError("invalid_params", "missing parameter 'value'")
+        prop = self.store.resolve(params.get("target"))
+        self._may_write(session, prop)
+        self._write(prop, prop.check(params["value"]))
+        return {"handle": prop.handle, "revision": prop.revision}
+
+    def _set_many(self, session: Session, params: dict[str, Any]) -> Any:
+        """All or nothing: every item is checked before any is written."""
+        items = _param(params, "items", list)
+        checked = []
+        for index, item in enumerate(items):
+            try:
+                if not isinstance(item, list) or len(item) < 2:
+                    raise ProtocolError("invalid_params", "each item is [target, value]")
+                prop = self.store.resolve(item[0])
+                self._may_write(session, prop)
+                checked.append((prop, prop.check(item[1])))
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, f"item {index}: {exc.message}; nothing was "
+                                    "written", index=index, **exc.details) from None
+        for prop, value in checked:
+            self._write(prop, value)
+        return {"revisions": [prop.revision for prop, _ in checked]}
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    def _subscribe(self, session: Session, params: dict[str, Any]) -> Any:
+        self._check_room(session)
+        pattern = validate_pattern(_param(params, "pattern", str))
+        policy = _param(params, "policy", str, POLICY_LATEST)
+        if policy not in (POLICY_LATEST, POLICY_ALL):
+            raise ProtocolError("invalid_params", f"policy must be latest or all, not {policy!r}")
+        queue_limit = _param(params, "queue_limit", int, limits.DEFAULT_QUEUE_LIMIT)
+        if not 1 <= queue_limit <= limits.MAX_QUEUE_LIMIT:
+            raise ProtocolError("invalid_params", f"queue_limit must be 1..{limits.MAX_QUEUE_LIMIT}")
+        min_interval_ms = _param(params, "min_interval_ms", int, 0)
+        if min_interval_ms < 0:
+            raise ProtocolError("invalid_params", "min_interval_ms must be >= 0")
+        deadband = _param(params, "deadband", (int, float), None)
+        if deadband is not None and deadband < 0:
+            raise ProtocolError("invalid_params", "deadband must be >= 0")
+        current = _param(params, "current", bool, True)
+        sub = Subscription(self._new_id(), session.peer, pattern, policy=policy,
+                           queue_limit=queue_limit, min_interval=min_interval_ms / 1000,
+                           deadband=deadband)
+        # Index once here so a later set costs only its own subscribers.
+        props = [p for p in self.store if matches(pattern, p.name)]
+        for prop in props:
+            sub.properties[prop] = None
+            prop.subscriptions.append(sub)
+        self.subscriptions.add(pattern, sub)
+        session.subscriptions[sub.sid] = sub
+
+        def send_snapshot() -> None:
+            for batch in sub.snapshot(props):
+                self._notify(session.peer, "changes", batch)
+
+        result = {"sub": sub.sid, "matched": len(props)}
+        return _ReplyThen(result, send_snapshot) if current else result
+
+    def _unsubscribe(self, session: Session, params: dict[str, Any]) -> Any:
+        sid = _param(params, "sub", int)
+        sub = session.subscriptions.pop(sid, None)
+        if sub is None:
+            raise ProtocolError("not_found", f"no subscription {sid} in this session")
+        self._drop_subscription(sub)
+        return {}
+
+    def _drop_subscription(self, sub: Subscription) -> None:
+        self.subscriptions.remove(sub.pattern, sub)
+        for prop in sub.properties:
+            prop.subscriptions.remove(sub)
+        sub.properties.clear()
+        self._dirty.pop(sub, None)
+
+    # -- messages between peers -----------------------------------------------------------
+
+    def _payload(self, params: dict[str, Any]) -> bytes:
+        return _param(params, "payload", bytes)  # type: ignore[no-any-return]
+
+    def _send_message(self, session: Session, params: dict[str, Any]) -> Any:
+        to = _param(params, "to", str)
+        payload = self._payload(params)
+        topic = _param(params, "topic", str, None)
+        target = self.plugins.get(to)
+        if target is None:
+            raise ProtocolError("not_found", f"no plugin {to!r} is connected", to=to)
+        message = {"from": session.name or session.sid, "payload": payload}
+        if topic is not None:
+            message["topic"] = validate_name(topic, "topic")
+        self._notify(target.peer, "message", message)
+        return {}
+
+    def _publish(self, session: Session, params: dict[str, Any]) -> Any:
+        topic = validate_name(_param(params, "topic", str), "topic")
+        message = {"from": session.name or session.sid, "topic": topic,
+                   "payload": self._payload(params)}
+        listeners = self.listeners.match(topic)
+        for listener, lid in listeners:
+            self._notify(listener.peer, "message", {**message, "listen": lid})
+        return {"delivered": len(listeners)}
+
+    def _listen(self, session: Session, params: dict[str, Any]) -> Any:
+        self._check_room(session)
+        pattern = validate_pattern(_param(params, "pattern", str))
+        lid = self._new_id()
+        session.listens[lid] = pattern
+        self.listeners.add(pattern, (session, lid))
+        return {"listen": lid}
+
+    def _unlisten(self, session: Session, params: dict[str, Any]) -> Any:
+        lid = _param(params, "listen", int)
+        pattern = session.listens.pop(lid, None)
+        if pattern is None:
+            raise ProtocolError("not_found", f"no listen {lid} in this session")
+        self.listeners.remove(pattern, (session, lid))
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplyThen:
+    """A result whose reply must go out before what ``then`` sends (the snapshot)."""
+
+    result: Any
+    then: Callable[[], None]

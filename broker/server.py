@@ -1,0 +1,152 @@
+"""The socket loop: moves frames between one ROUTER socket and the sans-IO core.
+
+The socket is a plain (non-asyncio) zmq socket whose file descriptor is watched by
+the asyncio loop. ZeroMQ's descriptor is edge-triggered, so every pass drains up to a
+batch of messages with NOBLOCK, applies them, flushes, and re-checks ``EVENTS``
+before returning; nothing else reads ``EVENTS``. Receives are never cancelled, so
+no message is lost to a cancelled await (pyzmq #1925).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from dataclasses import dataclass, field
+
+import zmq
+
+from .core import BrokerCore, CoreConfig
+from .statedir import check_endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Socket settings of the broker."""
+
+    endpoints: tuple[str, ...]
+    """Where to bind; ``tcp://127.0.0.1:*`` picks a free port (see ``endpoints``)."""
+    core: CoreConfig = field(default_factory=CoreConfig)
+    send_hwm: int = 10_000
+    """Frames queued per peer before further frames to it are dropped and counted."""
+    receive_batch: int = 1000
+    """Most messages applied before one flush."""
+
+
+class BrokerServer:
+    """Binds the ROUTER, pumps frames through the core until :meth:`stop`."""
+
+    def __init__(self, config: ServerConfig, core: BrokerCore | None = None) -> None:
+        self.config = config
+        self.core = core or BrokerCore(config.core)
+        self.endpoints: list[str] = []
+        """The endpoints actually bound (with the port a ``*`` picked)."""
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._pump_scheduled = False
+
+    def stop(self) -> None:
+        """Begin an orderly shutdown (safe to call from a signal handler)."""
+        self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ctx = zmq.Context()
+        sock = self._sock = self._ctx.socket(zmq.ROUTER)
+        core_config = self.config.core
+        # Options apply to later binds only, so all are set first.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, core_config.max_frame + 64)
+        sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, self.config.send_hwm)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, core_config.heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, core_config.session_timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, core_config.session_timeout_ms)
+        fd = sock.getsockopt(zmq.FD)
+        try:
+            for endpoint in self.config.endpoints:
+                sock.bind(check_endpoint(endpoint))
+                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            loop.add_reader(fd, self._pump)
+            self._pump()
+            log.info("broker %s listening on %s", self.core.instance, ", ".join(self.endpoints))
+            self.ready.set()
+            await self._stop.wait()
+            await self._shutdown()
+        finally:
+            loop.remove_reader(fd)
+            if self._timer is not None:
+                self._timer.cancel()
+            sock.close(linger=0)
+            self._ctx.term()
+
+    async def _shutdown(self) -> None:
+        """Ask plugins to end, keep serving their replies, give up after end_timeout_s."""
+        self.core.begin_shutdown()
+        self._pump()
+        deadline = asyncio.get_running_loop().time() + self.config.core.end_timeout_s + 0.5
+        while not self.core.shutdown_complete and asyncio.get_running_loop().time() < deadline:
+            self._done_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._done_waiter, 0.1)
+            except asyncio.TimeoutError:
+                self._pump()
+        log.info("broker stopped")
+
+    def _pump(self) -> None:
+        """Drain a batch, run timers, send what the core produced, re-arm."""
+        self._pump_scheduled = False
+        sock, core = self._sock, self.core
+        assert sock is not None
+        for _ in range(self.config.receive_batch):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            core.receive(frames[0], frames[1:])
+        deadline = core.tick()
+        self._send(core.flush())
+        self._arm_timer(deadline)
+        waiter = getattr(self, "_done_waiter", None)
+        if waiter is not None and core.shutdown_complete and not waiter.done():
+            waiter.set_result(None)
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and not self._pump_scheduled:
+            # More is waiting: yield to the loop first so other tasks are not starved.
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _send(self, frames: list[tuple[bytes, bytes]]) -> None:
+        sock, core = self._sock, self.core
+        assert sock is not None
+        while frames:
+            gone: set[bytes] = set()
+            for peer, frame in frames:
+                if peer in gone:
+                    continue
+                try:
+                    sock.send_multipart((peer, frame), zmq.NOBLOCK)
+                except zmq.Again:
+                    # ROUTER would drop silently at the peer's HWM; we drop and count.
+                    core.count_drop(peer)
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EHOSTUNREACH:
+                        raise
+                    gone.add(peer)
+            for peer in gone:
+                core.peer_gone(peer, "connection closed")
+            frames = core.flush() if gone else []
+
+    def _arm_timer(self, deadline: float) -> None:
+        if self._timer is not None and self._timer_at == deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._pump)

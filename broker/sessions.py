@@ -1,0 +1,66 @@
+"""Sessions: one per connected peer, named by its ZeroMQ routing id."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from protocol.codec import Response
+
+    from .datastore import Property
+    from .subscriptions import Subscription
+
+
+class Role(str, enum.Enum):
+    """What a peer said it is in ``hello``; decides what it may do."""
+
+    PLUGIN = "plugin"
+    """Owns the namespace of its name: declares, deletes and writes there."""
+    CLIENT = "client"
+    """Reads and subscribes; writes only where a declaration allows it."""
+    ADMIN = "admin"
+    """Reads and writes every property outside ``system/``; needs the admin token."""
+
+
+class SessionState(str, enum.Enum):
+    CONNECTED = "connected"
+    """hello done; a plugin is waiting for its ``init`` reply."""
+    READY = "ready"
+    """Serving: a plugin answered ``init``, or a client or admin said hello."""
+    ENDING = "ending"
+    """The broker asked the plugin to ``end`` and waits for its reply."""
+
+
+@dataclass(slots=True, eq=False)
+class PendingRequest:
+    """A request the broker sent to a peer and the callback for its reply."""
+
+    method: str
+    deadline: float
+    on_reply: Callable[[Response | None], None]
+    """Called with the response, or with None when the deadline passes."""
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    peer: bytes
+    sid: str
+    role: Role
+    name: str | None
+    version: int
+    last_seen: float
+    state: SessionState = SessionState.CONNECTED
+    properties: dict[Property, None] = field(default_factory=dict)
+    subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    listens: dict[int, str] = field(default_factory=dict)
+    """Topic listen id → pattern."""
+    requests: dict[int, PendingRequest] = field(default_factory=dict)
+    drops: int = 0
+    """Messages to this peer dropped because its queue was full."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"session": self.sid, "role": self.role.value, "name": self.name,
+                "state": self.state.value, "properties": len(self.properties),
+                "subscriptions": len(self.subscriptions), "drops": self.drops}

@@ -1,0 +1,95 @@
+"""The broker's state directory: its ipc socket, admin token and lock file.
+
+One broker per state directory: a second one would silently take over the ipc
+socket file from the first, so the directory is locked with ``flock`` while a broker
+runs. The admin token is written anew on every start, readable only by its owner.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from pathlib import Path
+
+from protocol.errors import ConfigError
+
+SOCKET_NAME = "broker.sock"
+TOKEN_NAME = "admin.token"
+LOCK_NAME = "broker.lock"
+_IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the NUL
+
+
+def default_state_dir() -> Path:
+    """``$PLUGBOARD_STATE_DIR``, else ``$XDG_STATE_HOME/plugboard``, else ~/.local/state/plugboard."""
+    explicit = os.environ.get("PLUGBOARD_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "plugboard"
+
+
+def default_endpoint(state_dir: Path) -> str:
+    """The ipc endpoint in ``state_dir`` (``$PLUGBOARD_ENDPOINT`` wins where the CLI reads it)."""
+    return f"ipc://{Path(state_dir).absolute() / SOCKET_NAME}"
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Refuse endpoints libzmq would mangle, with a message that says why."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        if len(path.encode()) > _IPC_PATH_MAX:
+            raise ConfigError(f"ipc path {path!r} is {len(path.encode())} bytes, over the "
+                              f"{_IPC_PATH_MAX}-byte limit of Unix sockets; use a shorter "
+                              "--state-dir or a tcp:// endpoint")
+    elif not endpoint.startswith(("tcp://", "inproc://")):
+        raise ConfigError(f"endpoint {endpoint!r} must start with ipc:// or tcp://")
+    return endpoint
+
+
+def read_admin_token(state_dir: Path) -> str | None:
+    """The running broker's admin token, or None if it cannot be read here."""
+    try:
+        return (Path(state_dir) / TOKEN_NAME).read_text().strip() or None
+    except OSError:
+        return None
+
+
+class StateDir:
+    """Holds the lock for the broker's lifetime; ``close`` releases it and the token."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).absolute()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._lock = open(self.path / LOCK_NAME, "a+")
+        except OSError as exc:
+            raise ConfigError(f"cannot use state directory {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.seek(0)
+            owner = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise ConfigError(f"another broker (pid {owner}) is running with state directory "
+                              f"{self.path}; stop it or pass another --state-dir") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.admin_token = secrets.token_urlsafe(32)
+        token_path = self.path / TOKEN_NAME
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, self.admin_token.encode() + b"\n")
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for name in (TOKEN_NAME, SOCKET_NAME):
+            try:
+                (self.path / name).unlink()
+            except FileNotFoundError:
+                pass
+        self._lock.close()

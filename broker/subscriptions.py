@@ -1,0 +1,201 @@
+"""Subscriptions: which properties a peer watches and what it has not been sent yet.
+
+A subscription never holds unbounded memory. Under policy ``latest`` it keeps at most
+one pending change per property (later writes replace earlier ones, and the number
+replaced is reported as ``coalesced``). Under ``all`` it keeps an ordered queue up to
+``queue_limit`` changes; what overflows is dropped and reported as ``gap``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
+from protocol.values import Duration, Timestamp
+
+if TYPE_CHECKING:
+    from .datastore import Property
+
+T = TypeVar("T")
+
+POLICY_LATEST = "latest"
+POLICY_ALL = "all"
+
+
+class _Node(Generic[T]):
+    __slots__ = ("children", "items")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node[T]] = {}
+        self.items: dict[T, None] = {}
+
+
+class PatternIndex(Generic[T]):
+    """A trie of patterns, so matching a name costs its depth, not the number of patterns."""
+
+    def __init__(self) -> None:
+        self._root: _Node[T] = _Node()
+
+    def add(self, pattern: str, item: T) -> None:
+        node = self._root
+        for segment in pattern.split("/"):
+            node = node.children.setdefault(segment, _Node())
+        node.items[item] = None
+
+    def remove(self, pattern: str, item: T) -> None:
+        path = [self._root]
+        for segment in pattern.split("/"):
+            child = path[-1].children.get(segment)
+            if child is None:
+                return
+            path.append(child)
+        path[-1].items.pop(item, None)
+        for segment, (parent, child) in zip(
+            reversed(pattern.split("/")), zip(reversed(path[:-1]), reversed(path[1:]))
+        ):
+            if child.items or child.children:
+                break
+            del parent.children[segment]
+
+    def match(self, name: str) -> list[T]:
+        found: list[T] = []
+        self._match(self._root, name.split("/"), 0, found)
+        return found
+
+    def _match(self, node: _Node[T], parts: list[str], index: int, found: list[T]) -> None:
+        rest = node.children.get("#")
+        if rest is not None:
+            found.extend(rest.items)
+        if index == len(parts):
+            found.extend(node.items)
+            return
+        exact = node.children.get(parts[index])
+        if exact is not None:
+            self._match(exact, parts, index + 1, found)
+        one = node.children.get("+")
+        if one is not None:
+            self._match(one, parts, index + 1, found)
+
+
+def _numeric(value: Any) -> float | None:
+    if isinstance(value, Duration):
+        return value.ns
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return None
+
+
+class Subscription:
+    """One subscriber's view of a pattern, with its pending changes and counters."""
+
+    __slots__ = (
+        "sid", "peer", "pattern", "policy", "queue_limit", "min_interval", "deadband",
+        "properties", "seq", "_latest", "_all", "_removed", "gap", "coalesced", "_named",
+        "_last_value", "due_at",
+    )
+
+    def __init__(
+        self, sid: int, peer: bytes, pattern: str, *, policy: str = POLICY_LATEST,
+        queue_limit: int, min_interval: float = 0.0, deadband: float | None = None,
+    ) -> None:
+        self.sid = sid
+        self.peer = peer
+        self.pattern = pattern
+        self.policy = policy
+        self.queue_limit = queue_limit
+        self.min_interval = min_interval
+        self.deadband = deadband
+        self.properties: dict[Property, None] = {}
+        self.seq = 0
+        self._latest: dict[Property, None] = {}
+        self._all: list[list[Any]] = []
+        self._removed: list[list[Any]] = []
+        self.gap = 0
+        self.coalesced = 0
+        self._named: set[int] = set()
+        self._last_value: dict[int, float] = {}
+        self.due_at = 0.0
+        """Monotonic time before which no batch is sent (min_interval)."""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._latest or self._all or self._removed or self.gap)
+
+    def _item(self, prop: Property, value: Any, revision: int, at: Timestamp) -> list[Any]:
+        if prop.handle in self._named:
+            return [prop.handle, value, revision, at]
+        self._named.add(prop.handle)
+        return [prop.handle, value, revision, at, prop.name]
+
+    def _passes_deadband(self, prop: Property) -> bool:
+        if self.deadband is None:
+            return True
+        number = _numeric(prop.value)
+        if number is None:
+            return True
+        last = self._last_value.get(prop.handle)
+        if last is not None and abs(number - last) < self.deadband:
+            return False
+        self._last_value[prop.handle] = number
+        return True
+
+    def offer(self, prop: Property) -> bool:
+        """Queue the property's current value; True if something is now pending."""
+        if not self._passes_deadband(prop):
+            return False
+        if self.policy == POLICY_LATEST:
+            if prop in self._latest:
+                self.coalesced += 1
+            else:
+                self._latest[prop] = None
+        elif len(self._all) < self.queue_limit:
+            self._all.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
+        else:
+            self.gap += 1
+        return True
+
+    def offer_removal(self, prop: Property) -> None:
+        self._latest.pop(prop, None)
+        self.properties.pop(prop, None)
+        self._named.discard(prop.handle)
+        self._last_value.pop(prop.handle, None)
+        self._removed.append([prop.handle, prop.name])
+
+    def snapshot(self, props: list[Property]) -> list[dict[str, Any]]:
+        """Batches of current values, the last one marked ``synced``."""
+        batches = []
+        for start in range(0, max(len(props), 1), SNAPSHOT_CHUNK):
+            chunk = props[start:start + SNAPSHOT_CHUNK]
+            items = []
+            for prop in chunk:
+                self._passes_deadband(prop)
+                items.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
+            self.seq += 1
+            batches.append({"sub": self.sid, "seq": self.seq, "items": items, "snapshot": True})
+        batches[-1]["synced"] = True
+        return batches
+
+    def take(self, now: float) -> list[dict[str, Any]]:
+        """The pending changes as ``changes`` params, in batches; empties the queue."""
+        if now < self.due_at:
+            return []
+        if self.policy == POLICY_LATEST:
+            items = [self._item(p, p.value, p.revision, p.changed_at) for p in self._latest]
+            self._latest.clear()
+        else:
+            items, self._all = self._all, []
+        batches = []
+        for start in range(0, max(len(items), 1), BATCH_ITEMS):
+            self.seq += 1
+            batches.append({"sub": self.sid, "seq": self.seq,
+                            "items": items[start:start + BATCH_ITEMS]})
+        last = batches[-1]
+        if self._removed:
+            last["removed"], self._removed = self._removed, []
+        if self.gap:
+            last["gap"], self.gap = self.gap, 0
+        if self.coalesced:
+            last["coalesced"], self.coalesced = self.coalesced, 0
+        if self.min_interval:
+            self.due_at = now + self.min_interval
+        return batches

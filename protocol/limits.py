@@ -1,0 +1,33 @@
+"""Size and shape limits every peer can rely on (PROTOCOL.md, "Limits").
+
+They are constants of protocol v1, so a plugin in any language can be written against
+them; the broker may be configured with a smaller ``max_frame`` and announces the value
+it enforces in the ``hello`` reply.
+"""
+
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+"""Largest frame a peer may send. The broker disconnects senders of larger frames."""
+
+MAX_DEPTH = 32
+"""Deepest nesting of lists and maps in one message, counting the envelope itself."""
+
+MAX_NAME_BYTES = 255
+"""Longest property name, topic or pattern, in UTF-8 bytes."""
+
+MAX_SEGMENTS = 16
+"""Most ``/``-separated segments in a name or pattern."""
+
+MAX_MSGID = 2**32 - 1
+"""Message ids are unsigned 32-bit integers, as in MessagePack-RPC."""
+
+SNAPSHOT_CHUNK = 1000
+"""Current values sent after ``subscribe`` arrive in batches of at most this many."""
+
+BATCH_ITEMS = 1000
+"""A ``changes`` notification carries at most this many items."""
+
+DEFAULT_QUEUE_LIMIT = 10_000
+"""Default bound of a subscription's queue under policy ``all``."""
+
+MAX_QUEUE_LIMIT = 1_000_000
+"""Largest queue bound a subscriber may ask for."""
