@@ -1,0 +1,69 @@
+"""The ``plugboard`` command. The only place that configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from protocol.errors import PlugboardError
+
+from ..statedir import default_state_dir
+from . import client_commands, daemon
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plugboard",
+        description="Plugboard: an out-of-process plugin runner. A broker owns a typed "
+                    "datastore; plugins and clients talk msgpack over ZeroMQ and get "
+                    "changes pushed.",
+    )
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log verbosity on stderr (default INFO)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="broker state directory (default: $PLUGBOARD_STATE_DIR, else "
+                             "$XDG_STATE_HOME/plugboard, else ~/.local/state/plugboard)")
+    # The same two options are accepted after the command too (plugboard ls --state-dir X).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=argparse.SUPPRESS)
+    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                        help="broker state directory (see plugboard --help)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser = _with_parents(commands.add_parser, common)  # type: ignore[method-assign]
+    cmd = commands.add_parser("broker", help="run the broker daemon in the foreground",
+                              description="Run the broker in the foreground until Ctrl-C "
+                                          "or SIGTERM.")
+    daemon.add_arguments(cmd)
+    cmd.set_defaults(handler=daemon.run)
+    client_commands.add_commands(commands)
+    return parser
+
+
+def _with_parents(add_parser, common):  # type: ignore[no-untyped-def]
+    def add(name: str, **kwargs):  # type: ignore[no-untyped-def]
+        return add_parser(name, parents=[common], **kwargs)
+
+    return add
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.state_dir is None:
+        args.state_dir = default_state_dir()
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except PlugboardError as exc:
+        print(f"plugboard {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

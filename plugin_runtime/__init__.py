@@ -1,0 +1,1 @@
+"""Running plugins: contracts, dependency order, spawning and supervision."""

@@ -1,0 +1,20 @@
+"""Plugboard SDK: asyncio-first Client and Plugin, with a synchronous SyncClient."""
+
+from protocol.errors import (
+    Conflict, ConnectionFailed, InvalidRequest, InvalidValue, NotAllowed, NotFound,
+    PlugboardError, RemoteError, RequestTimeout,
+)
+from protocol.values import Duration, Timestamp
+
+from ._client import Client
+from ._events import Change, Gap, Message, PropertyInfo, Reconnected, Removed, Synced
+from ._plugin import Plugin
+from ._subscription import Listener, Subscription
+from ._sync import SyncClient, SyncSubscription
+
+__all__ = [
+    "Change", "Client", "Conflict", "ConnectionFailed", "Duration", "Gap", "InvalidRequest",
+    "InvalidValue", "Listener", "Message", "NotAllowed", "NotFound", "PlugboardError",
+    "Plugin", "PropertyInfo", "Reconnected", "RemoteError", "Removed", "RequestTimeout",
+    "Subscription", "Synced", "SyncClient", "SyncSubscription", "Timestamp",
+]

@@ -1,0 +1,493 @@
+"""The asyncio client: one DEALER socket, requests with timeouts, pushed notifications.
+
+One reader task owns every receive on the socket and is never cancelled mid-receive
+except when the socket is closed (a cancelled receive can lose a message, pyzmq
+#1925). Replies are matched through a msgid→Future map cleaned up in ``finally``.
+
+If the broker goes away (pings unanswered, a ``shutdown`` notice, ``hello_required``)
+the client reconnects with a fresh socket, says ``hello`` again, re-declares what it
+declared (with the last values it set), re-subscribes, and puts a
+:class:`Reconnected` event into every subscription. Requests in flight when the
+connection is lost fail with ConnectionFailed; they are not retried, because the
+broker may have applied them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+import zmq
+import zmq.asyncio
+
+from protocol._version import SUPPORTED_VERSIONS
+from protocol.codec import Notification, Request, Response, decode, encode
+from protocol.errors import (
+    ConnectionFailed, ProtocolError, RemoteError, RequestTimeout,
+)
+from protocol.limits import MAX_MSGID
+
+from ._events import Message, PropertyInfo, Reconnected
+from ._subscription import Listener, Subscription
+
+log = logging.getLogger(__name__)
+
+RequestHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+MessageCallback = Callable[[Message], Any]
+ReconnectCallback = Callable[[Reconnected], Any]
+
+
+def endpoint_from_env() -> str:
+    """``$PLUGBOARD_ENDPOINT``, else the default broker's ipc socket."""
+    explicit = os.environ.get("PLUGBOARD_ENDPOINT")
+    if explicit:
+        return explicit
+    from broker.statedir import default_endpoint, default_state_dir
+
+    return default_endpoint(default_state_dir())
+
+
+class Client:
+    """A connection to the broker as a ``client``, ``plugin`` or ``admin``.
+
+    Use ``async with Client(...) as client`` or ``await Client(...).connect()``.
+    """
+
+    def __init__(
+        self, endpoint: str | None = None, *, role: str = "client", name: str | None = None,
+        token: str | None = None, timeout: float = 5.0, reconnect: bool = True,
+        give_up_after: float | None = None,
+    ) -> None:
+        self.endpoint = endpoint or endpoint_from_env()
+        self.role = role
+        self.name = name
+        self.token = token
+        self.timeout = timeout
+        """Default timeout of every request, in seconds."""
+        self.reconnect = reconnect
+        self.give_up_after = give_up_after
+        """Stop reconnecting after this many seconds without a broker (None: never)."""
+        self.instance: str | None = None
+        self.session: str | None = None
+        self.heartbeat = 2.0
+        self.closed = asyncio.Event()
+        """Set when the client is closed for good (by close() or after giving up)."""
+        self.end_requested = asyncio.Event()
+        """Set once the broker's ``end`` request was answered."""
+        self.callback_errors = 0
+        """How many user callbacks raised (each was logged)."""
+        self._ctx = zmq.asyncio.Context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._on_result: dict[int, Callable[[Any], None]] = {}
+        self._msgid = 0
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._handlers: dict[str, RequestHandler] = {}
+        self._message_callbacks: list[MessageCallback] = []
+        self._reconnect_callbacks: list[ReconnectCallback] = []
+        self._declared: dict[str, dict[str, Any]] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._all_subs: list[Subscription] = []
+        self._listeners: dict[int, Listener] = {}
+        self._all_listeners: list[Listener] = []
+        self._closing = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def connect(self) -> Client:
+        """Open the socket and say hello; ConnectionFailed if no broker answers in time."""
+        try:
+            await self._open_and_hello()
+        except BaseException:
+            await self._teardown()
+            raise
+        self._pinger = asyncio.create_task(self._ping_loop())
+        return self
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Say ``bye`` (best effort), close the socket, end every subscription."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in (self._pinger, self._reconnecting):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        if self._sock is not None and self.session is not None:
+            try:
+                await self.request("bye", {}, timeout=min(self.timeout, 1.0))
+            except Exception:
+                pass
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        self._close_socket(ConnectionFailed("the client was closed"))
+        for sub in self._all_subs:
+            sub._finish()
+        for listener in self._all_listeners:
+            listener._finish()
+        self._ctx.term()
+        self.closed.set()
+
+    def _close_socket(self, reason: Exception) -> None:
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._reader = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(reason)
+
+    async def _open_and_hello(self) -> bool:
+        """New socket, hello; True if the broker instance changed."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
+            sock.close(linger=0)
+            raise ConnectionFailed(f"no broker is running at {self.endpoint} "
+                                   "(socket file missing)")
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._reader = asyncio.create_task(self._read_loop(sock))
+        params: dict[str, Any] = {"versions": list(SUPPORTED_VERSIONS), "role": self.role,
+                                  "client": "plugboard-sdk-python"}
+        if self.name is not None:
+            params["name"] = self.name
+        if self.token is not None:
+            params["token"] = self.token
+        try:
+            result = await self.request("hello", params)
+        except RequestTimeout:
+            raise ConnectionFailed(f"no broker answered at {self.endpoint} within "
+                                   f"{self.timeout:g} s") from None
+        changed = self.instance is not None and result["instance"] != self.instance
+        self.instance = result["instance"]
+        self.session = result["session"]
+        self.heartbeat = result.get("heartbeat_ms", 2000) / 1000
+        return changed
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def request(self, method: str, params: Mapping[str, Any] | None = None, *,
+                      timeout: float | None = None,
+                      on_result: Callable[[Any], None] | None = None) -> Any:
+        """Send one request and wait for its reply; raises RemoteError subclasses.
+
+        ``on_result`` runs in the reader as the reply arrives, before any later frame
+        is handled: subscribe uses it so the snapshot that follows finds its route.
+        """
+        sock = self._sock
+        if sock is None:
+            raise ConnectionFailed("not connected to the broker")
+        self._msgid = (self._msgid + 1) % (MAX_MSGID + 1)
+        msgid = self._msgid
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[msgid] = future
+        if on_result is not None:
+            self._on_result[msgid] = on_result
+        try:
+            frame = encode(Request(msgid, method, dict(params or {})))
+            try:
+                await sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                raise ConnectionFailed(f"cannot reach the broker at {self.endpoint}") from None
+            wait = self.timeout if timeout is None else timeout
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), wait)
+            except asyncio.TimeoutError:
+                raise RequestTimeout(f"{method}: no reply within {wait:g} s") from None
+        except RemoteError as exc:
+            if exc.code == "hello_required" and method != "hello":
+                self._connection_lost("the broker no longer knows this session")
+            raise
+        finally:
+            self._pending.pop(msgid, None)
+            self._on_result.pop(msgid, None)
+
+    async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frame = await sock.recv()
+            try:
+                message = decode(frame)
+            except ProtocolError as exc:
+                log.warning("undecodable frame from the broker: %s", exc)
+                continue
+            if isinstance(message, Response):
+                future = self._pending.get(message.msgid)
+                if future is not None and not future.done():
+                    if message.error is None:
+                        on_result = self._on_result.pop(message.msgid, None)
+                        if on_result is not None:
+                            on_result(message.result)
+                        future.set_result(message.result)
+                    else:
+                        future.set_exception(RemoteError.from_wire(message.error))
+            elif isinstance(message, Notification):
+                self._on_notification(message)
+            else:
+                asyncio.create_task(self._answer(sock, message))
+
+    async def _answer(self, sock: zmq.asyncio.Socket, request: Request) -> None:
+        """Answer a request the broker sent (init, end, ...)."""
+        handler = self._handlers.get(request.method)
+        error: dict[str, Any] | None = None
+        result: Any = None
+        if handler is None:
+            error = {"code": "unknown_method", "message": f"no handler for {request.method!r}"}
+        else:
+            try:
+                result = await handler(request.params)
+            except Exception as exc:
+                self.callback_errors += 1
+                log.exception("handler for %s raised", request.method)
+                error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}
+        if not sock.closed:
+            await sock.send(encode(Response(request.msgid, error, result)))
+        if request.method == "end":
+            # The broker ends the session on this reply; nothing more to say to it.
+            self.session = None
+            self.end_requested.set()
+
+    def _run_callback(self, callback: Callable[[Any], Any], arg: Any) -> None:
+        """A user's callback never kills the loop: errors are logged and counted."""
+        try:
+            outcome = callback(arg)
+            if asyncio.iscoroutine(outcome):
+                task = asyncio.create_task(outcome)
+                task.add_done_callback(self._log_task_error)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("callback %r raised", callback)
+
+    def _log_task_error(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.callback_errors += 1
+            log.error("callback task raised", exc_info=task.exception())
+
+    def _on_notification(self, note: Notification) -> None:
+        params = note.params
+        if note.method == "changes":
+            sub = self._subs.get(params.get("sub"))  # type: ignore[arg-type]
+            if sub is not None:
+                sub._on_changes(params)
+        elif note.method == "message":
+            message = Message(params.get("from", ""), params.get("payload", b""),
+                              params.get("topic"))
+            listener = self._listeners.get(params.get("listen"))  # type: ignore[arg-type]
+            if listener is not None:
+                listener._queue.put_nowait(message)
+            for callback in self._message_callbacks:
+                self._run_callback(callback, message)
+        elif note.method == "shutdown":
+            self._connection_lost("the broker is stopping")
+        elif note.method == "error":
+            log.warning("broker reported: %s: %s", params.get("code"), params.get("message"))
+
+    # -- reconnecting ---------------------------------------------------------------------
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if self._reconnecting is not None:
+                continue
+            try:
+                await self.request("ping", {}, timeout=max(self.heartbeat * 2, 1.0))
+            except (RequestTimeout, ConnectionFailed):
+                self._connection_lost("the broker did not answer ping")
+            except RemoteError:
+                pass  # hello_required was handled in request()
+
+    def _connection_lost(self, why: str) -> None:
+        if self._closing or self._reconnecting is not None:
+            return
+        log.warning("connection to the broker lost: %s", why)
+        self._close_socket(ConnectionFailed(f"connection lost: {why}"))
+        if self.reconnect:
+            self._reconnecting = asyncio.create_task(self._reconnect_loop())
+        else:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
+
+    async def _reconnect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delay = 0.05
+        try:
+            while True:
+                try:
+                    changed = await self._open_and_hello()
+                    await self._restore()
+                    break
+                except (ConnectionFailed, RequestTimeout, RemoteError) as exc:
+                    self._close_socket(ConnectionFailed("reconnecting"))
+                    if self.give_up_after is not None and loop.time() - started > self.give_up_after:
+                        log.error("broker gone for %.0f s, giving up: %s", self.give_up_after, exc)
+                        self._reconnecting = None
+                        await self.close()
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._reconnecting = None
+        event = Reconnected(self.instance or "", changed)
+        log.info("reconnected to broker %s (restarted: %s)", self.instance, changed)
+        for callback in self._reconnect_callbacks:
+            self._run_callback(callback, event)
+
+    async def _restore(self) -> None:
+        for params in self._declared.values():
+            await self.request("declare", params)
+        self._subs = {}
+        for sub in self._all_subs:
+            sub._put(Reconnected(self.instance or "", True))
+            await self._do_subscribe(sub)
+        self._listeners = {}
+        for listener in self._all_listeners:
+            await self._do_listen(listener)
+
+    # -- the API ------------------------------------------------------------------------
+
+    def on_request(self, method: str, handler: RequestHandler) -> None:
+        """Answer requests the broker sends with ``method`` (the Plugin uses init/end)."""
+        self._handlers[method] = handler
+
+    def on_message(self, callback: MessageCallback) -> None:
+        """Call ``callback(Message)`` for every message sent to this plugin."""
+        self._message_callbacks.append(callback)
+
+    def on_reconnect(self, callback: ReconnectCallback) -> None:
+        """Call ``callback(Reconnected)`` after each successful reconnect."""
+        self._reconnect_callbacks.append(callback)
+
+    async def declare(self, name: str, type: str, value: Any = ..., **meta: Any) -> int:
+        """Declare a property below this plugin's name; returns its handle.
+
+        ``meta``: unit, description, min, max, enum, writable_by, persist.
+        """
+        params: dict[str, Any] = {"name": name, "type": type, **meta}
+        if value is not ...:
+            params["value"] = value
+        result = await self.request("declare", params)
+        params["value"] = result["value"]
+        self._declared[name] = params
+        return result["handle"]  # type: ignore[no-any-return]
+
+    async def delete(self, target: str | int) -> None:
+        await self.request("delete", {"target": target})
+        for name, params in list(self._declared.items()):
+            if target == name:
+                del self._declared[name]
+
+    async def get(self, target: str | int) -> PropertyInfo:
+        return PropertyInfo.from_wire(await self.request("get", {"target": target}))
+
+    async def list(self, pattern: str = "#") -> list[PropertyInfo]:
+        """Every property matching ``pattern``, by name, fetched page by page."""
+        items: list[PropertyInfo] = []
+        after = ""
+        while True:
+            result = await self.request("list", {"pattern": pattern, "after": after})
+            items.extend(PropertyInfo.from_wire(i) for i in result["items"])
+            if not result.get("more") or not result["items"]:
+                return items
+            after = items[-1].name
+
+    def _remember(self, target: str | int, value: Any) -> None:
+        if isinstance(target, str) and target in self._declared:
+            self._declared[target]["value"] = value
+
+    async def set(self, target: str | int, value: Any) -> int:
+        """Write a value; returns the property's new revision."""
+        result = await self.request("set", {"target": target, "value": value})
+        self._remember(target, value)
+        return result["revision"]  # type: ignore[no-any-return]
+
+    async def set_many(self, items: Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
+                       ) -> list[int]:
+        """Write several values at once, all or nothing; returns their revisions."""
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        result = await self.request("set_many", {"items": [list(p) for p in pairs]})
+        for target, value in pairs:
+            self._remember(target, value)
+        return result["revisions"]  # type: ignore[no-any-return]
+
+    async def subscribe(
+        self, pattern: str, *, current: bool = True, policy: str = "latest",
+        queue_limit: int | None = None, min_interval: float | None = None,
+        deadband: float | None = None,
+    ) -> Subscription:
+        """Subscribe; when this returns the subscription is live (no change is missed)."""
+        options: dict[str, Any] = {"current": current, "policy": policy}
+        if queue_limit is not None:
+            options["queue_limit"] = queue_limit
+        if min_interval is not None:
+            options["min_interval_ms"] = round(min_interval * 1000)
+        if deadband is not None:
+            options["deadband"] = deadband
+        sub = Subscription(self, pattern, options)
+        await self._do_subscribe(sub)
+        self._all_subs.append(sub)
+        return sub
+
+    async def _do_subscribe(self, sub: Subscription) -> None:
+        def route(result: Any) -> None:
+            sub._reset(result["sub"])
+            self._subs[result["sub"]] = sub
+
+        await self.request("subscribe", {"pattern": sub.pattern, **sub.options}, on_result=route)
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._all_subs:
+            self._all_subs.remove(sub)
+        if sub.sid is not None and self._subs.pop(sub.sid, None) is not None:
+            try:
+                await self.request("unsubscribe", {"sub": sub.sid})
+            except ConnectionFailed:
+                pass
+        sub._finish()
+
+    async def send(self, to: str, payload: bytes, topic: str | None = None) -> None:
+        """Send a binary payload to the plugin named ``to``."""
+        params: dict[str, Any] = {"to": to, "payload": payload}
+        if topic is not None:
+            params["topic"] = topic
+        await self.request("send", params)
+
+    async def publish(self, topic: str, payload: bytes) -> int:
+        """Publish on a topic; returns how many listeners it was delivered to."""
+        result = await self.request("publish", {"topic": topic, "payload": payload})
+        return result["delivered"]  # type: ignore[no-any-return]
+
+    async def listen(self, pattern: str) -> Listener:
+        """Messages published on topics matching ``pattern``, as an async iterator."""
+        listener = Listener(self, pattern)
+        await self._do_listen(listener)
+        self._all_listeners.append(listener)
+        return listener
+
+    async def _do_listen(self, listener: Listener) -> None:
+        def route(result: Any) -> None:
+            listener.lid = result["listen"]
+            self._listeners[listener.lid] = listener
+
+        await self.request("listen", {"pattern": listener.pattern}, on_result=route)
+
+    async def _unlisten(self, listener: Listener) -> None:
+        if listener in self._all_listeners:
+            self._all_listeners.remove(listener)
+        if listener.lid is not None and self._listeners.pop(listener.lid, None) is not None:
+            await self.request("unlisten", {"listen": listener.lid})
+        listener._finish()

@@ -1,0 +1,123 @@
+"""The plugin life cycle: hello, ``init`` with config, timers and callbacks, ``end``.
+
+There is no update loop: a plugin reacts to subscriptions, messages and timers. A
+plugin started by the runtime finds its endpoint, name and one-time token in
+``PLUGBOARD_ENDPOINT``, ``PLUGBOARD_NAME`` and ``PLUGBOARD_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any, Awaitable, Callable
+
+from ._client import Client
+from ._events import Message
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[["Plugin"], Awaitable[None]]
+InitHook = Callable[["Plugin", dict[str, Any]], Awaitable[None]]
+
+
+class Plugin:
+    """Register hooks with the decorators, then call :meth:`run` (or ``await run_async()``).
+
+    ``on_init`` hooks run once per process, when the broker first sends ``init``; after
+    a broker restart the SDK re-declares and re-subscribes by itself and the hooks do
+    not run again.
+    """
+
+    def __init__(self, name: str | None = None, *, endpoint: str | None = None,
+                 token: str | None = None, timeout: float = 5.0,
+                 give_up_after: float | None = 30.0) -> None:
+        name = name or os.environ.get("PLUGBOARD_NAME")
+        if not name:
+            raise ValueError("a plugin needs a name (argument or PLUGBOARD_NAME)")
+        self.name = name
+        self.client = Client(endpoint, role="plugin", name=name,
+                             token=token or os.environ.get("PLUGBOARD_TOKEN"), timeout=timeout,
+                             give_up_after=give_up_after)
+        self.config: dict[str, Any] = {}
+        self._init_hooks: list[InitHook] = []
+        self._end_hooks: list[Hook] = []
+        self._timers: list[tuple[float, Hook]] = []
+        self._timer_tasks: list[asyncio.Task[None]] = []
+        self._initialized = asyncio.Event()
+        self.client.on_request("init", self._on_init)
+
+    def on_init(self, hook: InitHook) -> InitHook:
+        """``async def hook(plugin, config)``: declare properties, subscribe, start work."""
+        self._init_hooks.append(hook)
+        return hook
+
+    def on_end(self, hook: Hook) -> Hook:
+        """``async def hook(plugin)``: last words before the process exits."""
+        self._end_hooks.append(hook)
+        return hook
+
+    def every(self, seconds: float) -> Callable[[Hook], Hook]:
+        """Run ``async def hook(plugin)`` every ``seconds`` after init (first run at once)."""
+
+        def register(hook: Hook) -> Hook:
+            self._timers.append((seconds, hook))
+            return hook
+
+        return register
+
+    def on_message(self, callback: Callable[[Message], Any]) -> None:
+        self.client.on_message(callback)
+
+    async def _on_init(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self._initialized.is_set():
+            return {}
+        self.config = params.get("config") or {}
+        for hook in self._init_hooks:
+            await hook(self, self.config)
+        for seconds, hook in self._timers:
+            self._timer_tasks.append(asyncio.create_task(self._run_timer(seconds, hook)))
+        self._initialized.set()
+        return {}
+
+    async def _run_timer(self, seconds: float, hook: Hook) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await hook(self)
+            except Exception:
+                # A failing timer is logged and keeps its schedule; it never kills the plugin.
+                self.client.callback_errors += 1
+                log.exception("timer %s raised", getattr(hook, "__name__", hook))
+            next_at = max(next_at + seconds, loop.time())
+            await asyncio.sleep(next_at - loop.time())
+
+    async def run_async(self) -> None:
+        """Connect, serve until the broker sends ``end`` (or SIGTERM/SIGINT), then exit."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.client.connect()
+        waits = [asyncio.create_task(e.wait())
+                 for e in (self.client.end_requested, stop, self.client.closed)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits + self._timer_tasks:
+                task.cancel()
+            for hook in self._end_hooks:
+                try:
+                    await hook(self)
+                except Exception:
+                    log.exception("end hook raised")
+            await self.client.close()
+
+    def run(self) -> None:
+        """Blocking entry point for ``if __name__ == "__main__": plugin.run()``."""
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=os.environ.get("PLUGBOARD_LOG_LEVEL", "INFO"),
+                                format=f"{self.name}: %(levelname)s %(message)s")
+        asyncio.run(self.run_async())

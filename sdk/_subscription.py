@@ -1,0 +1,124 @@
+"""Subscriptions and topic listeners as async iterators fed by the connection."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from ._events import Change, Event, Gap, Message, Removed, Synced
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+_CLOSED = object()
+
+
+class Subscription:
+    """Changes to the properties matching ``pattern``; iterate with ``async for``.
+
+    The broker bounds what it queues for a subscriber (see ``policy``); this side keeps
+    what arrived until it is read.
+    """
+
+    def __init__(self, client: Client, pattern: str, options: dict[str, Any]) -> None:
+        self.pattern = pattern
+        self.options = options
+        self.sid: int | None = None
+        """The broker's id for this subscription; changes after a reconnect."""
+        self._client = client
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._names: dict[int, str] = {}
+        self._seq = 0
+        self.closed = False
+
+    def _reset(self, sid: int) -> None:
+        self.sid = sid
+        self._names.clear()
+        self._seq = 0
+
+    def _put(self, event: Any) -> None:
+        self._queue.put_nowait(event)
+
+    def _on_changes(self, params: dict[str, Any]) -> None:
+        seq = params.get("seq")
+        if isinstance(seq, int):
+            if seq != self._seq + 1:
+                self._put(Gap(seq - self._seq - 1, "notification batches lost on the way"))
+            self._seq = seq
+        snapshot = bool(params.get("snapshot"))
+        for item in params.get("items") or ():
+            handle = item[0]
+            if len(item) > 4:
+                self._names[handle] = item[4]
+            self._put(Change(self._names.get(handle, ""), handle, item[1], item[2], item[3],
+                             snapshot))
+        for handle, name in params.get("removed") or ():
+            self._names.pop(handle, None)
+            self._put(Removed(name, handle))
+        if params.get("gap"):
+            self._put(Gap(params["gap"], "dropped at the subscription's queue limit"))
+        if params.get("synced"):
+            self._put(Synced())
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._queue.get()
+        if event is _CLOSED:
+            self._queue.put_nowait(_CLOSED)
+            raise StopAsyncIteration
+        return event  # type: ignore[no-any-return]
+
+    async def next(self, timeout: float | None = None) -> Event:
+        """The next event, waiting at most ``timeout`` seconds (RequestTimeout after)."""
+        from protocol.errors import RequestTimeout
+
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"no event on {self.pattern!r} within {timeout} s") from None
+
+    def _finish(self) -> None:
+        self.closed = True
+        self._queue.put_nowait(_CLOSED)
+
+    async def close(self) -> None:
+        """Unsubscribe; iteration ends after what was already received."""
+        if not self.closed:
+            await self._client._unsubscribe(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Listener:
+    """Messages published on topics matching ``pattern``."""
+
+    def __init__(self, client: Client, pattern: str) -> None:
+        self.pattern = pattern
+        self.lid: int | None = None
+        self._client = client
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        message = await self._queue.get()
+        if message is _CLOSED:
+            self._queue.put_nowait(_CLOSED)
+            raise StopAsyncIteration
+        return message  # type: ignore[no-any-return]
+
+    def _finish(self) -> None:
+        self.closed = True
+        self._queue.put_nowait(_CLOSED)
+
+    async def close(self) -> None:
+        if not self.closed:
+            await self._client._unlisten(self)
