@@ -104,6 +104,8 @@ def decode_value(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> Any:
         )
     except ProtocolError:
         raise
+    except msgpack.exceptions.StackError as exc:
+        raise ProtocolError("too_deep", "nested deeper than the decoder's stack") from exc
     except msgpack.ExtraData as exc:
         raise ProtocolError("malformed", "frame holds more than one msgpack object") from exc
     except Exception as exc:  # msgpack raises ValueError, OverflowError, TypeError, ...
@@ -125,7 +127,7 @@ def _check_shape(obj: Any, depth: int) -> None:
     elif type(obj) is dict:
         for key, item in obj.items():
             if type(key) is not str:
-                raise ProtocolError("invalid_message", "map keys must be strings")
+                raise ProtocolError("malformed", "map keys must be strings")
             if type(item) is list or type(item) is dict:
                 _check_shape(item, depth + 1)
 

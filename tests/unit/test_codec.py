@@ -1,0 +1,75 @@
+import datetime as dt
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol import (
+    Duration, Notification, ProtocolError, Request, Response, Timestamp, decode, encode,
+)
+from protocol.codec import decode_value, encode_value, request_msgid
+from protocol.limits import MAX_FRAME_BYTES
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),
+    st.text(), st.binary(),
+    st.builds(Duration, st.integers(-(2**63), 2**63 - 1)),
+    st.builds(Timestamp, st.integers(-(2**40), 2**40), st.integers(0, 999_999_999)),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+@given(values)
+def test_any_value_round_trips(value: object) -> None:
+    assert decode_value(encode_value(value)) == value
+
+
+@given(st.integers(0, 2**32 - 1), st.text(), st.dictionaries(st.text(), values, max_size=3))
+def test_envelopes_round_trip(msgid: int, method: str, params: dict) -> None:
+    for message in (Request(msgid, method, params), Response(msgid, None, params),
+                    Response(msgid, {"code": "x", "message": "y"}, None),
+                    Notification(method, params)):
+        assert decode(encode(message)) == message
+
+
+def test_datetime_and_timedelta_encode_as_timestamp_and_duration() -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.timezone.utc)
+    out = decode_value(encode_value([when, dt.timedelta(seconds=1.5)]))
+    assert out == [Timestamp.from_datetime(when), Duration(1_500_000_000)]
+
+
+def test_naive_datetime_is_refused_with_a_reason() -> None:
+    with pytest.raises(ProtocolError, match="naive datetime"):
+        encode_value(dt.datetime(2026, 1, 1))
+
+
+def test_oversize_frame_is_refused_before_decoding() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode(b"\x00" * (MAX_FRAME_BYTES + 1))
+    assert caught.value.code == "too_large"
+
+
+def test_msgid_is_recovered_from_a_request_that_fails_validation() -> None:
+    frame = msgpack.packb([0, 42, "set", [1, 2]])
+    with pytest.raises(ProtocolError):
+        decode(frame)
+    assert request_msgid(frame) == 42
+    assert request_msgid(b"\xc1") is None
+
+
+@given(st.binary(max_size=64))
+def test_random_bytes_only_ever_raise_protocol_error(data: bytes) -> None:
+    try:
+        decode(data)
+    except ProtocolError:
+        pass
+
+
+def test_duration_helpers() -> None:
+    assert Duration.from_seconds(1.5) == Duration(1_500_000_000)
+    assert str(Duration(3_723_500_000_000)) == "1h2m3.5s"
+    assert str(Duration(-250_000_000)) == "-250ms"
+    with pytest.raises(ValueError):
+        Duration(2**63)
