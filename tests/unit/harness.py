@@ -33,6 +33,8 @@ class Harness:
                                wallclock=self.clock.wall)
         self.inbox: dict[bytes, list[Any]] = defaultdict(list)
         self._msgid = 0
+        self.names: dict[int, str] = {}
+        """Handle → name, learned from the first item that carried the name."""
 
     def pump(self) -> None:
         self.core.tick()
@@ -78,17 +80,17 @@ class Harness:
                  if isinstance(m, Notification) and m.method == method]
         for m in found:
             self.inbox[peer].remove(m)
+            for item in m.params.get("items", ()) if method == "changes" else ():
+                if len(item) > 4:
+                    self.names[item[0]] = item[4]
         return [m.params for m in found]
 
     def changes(self, peer: bytes) -> list[tuple[str, Any]]:
         """(name, value) of every change, and (name, REMOVED) of removals, in order."""
         out: list[tuple[str, Any]] = []
-        names = self.__dict__.setdefault("_names", {})
         for note in self.notes(peer):
             for item in note["items"]:
-                if len(item) > 4:
-                    names[item[0]] = item[4]
-                out.append((names[item[0]], item[1]))
+                out.append((self.names[item[0]], item[1]))
             for handle, name in note.get("removed", []):
                 out.append((name, REMOVED))
         return out

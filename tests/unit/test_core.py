@@ -1,0 +1,380 @@
+"""The broker core driven without sockets, on a fake clock."""
+
+import msgpack
+import pytest
+
+from protocol import Duration, RemoteError, Timestamp
+from protocol.codec import Notification, Response, encode
+
+from .harness import REMOVED, Harness
+
+P, Q, C, A = b"plugin-p", b"plugin-q", b"client", b"admin"
+
+
+@pytest.fixture
+def h() -> Harness:
+    harness = Harness()
+    harness.plugin(P, "p")
+    harness.plugin(Q, "q")
+    harness.client(C)
+    harness.client(A, role="admin", token="secret")
+    return harness
+
+
+def error_of(h: Harness, peer: bytes, method: str, **params: object) -> RemoteError:
+    with pytest.raises(RemoteError) as caught:
+        h.call(peer, method, **params)
+    return caught.value
+
+
+# -- handshake -------------------------------------------------------------------------
+
+def test_requests_before_hello_get_hello_required() -> None:
+    h = Harness()
+    assert error_of(h, b"x", "get", target="system/broker/version").code == "hello_required"
+
+
+@pytest.mark.parametrize("params,code", [
+    ({"versions": [7], "role": "client"}, "unsupported_version"),
+    ({"versions": [1], "role": "emperor"}, "invalid_params"),
+    ({"role": "client"}, "invalid_params"),
+    ({"versions": [1], "role": "plugin"}, "invalid_params"),
+    ({"versions": [1], "role": "plugin", "name": "Bad Name"}, "invalid_name"),
+    ({"versions": [1], "role": "plugin", "name": "system"}, "forbidden"),
+    ({"versions": [1], "role": "admin", "token": "wrong"}, "unauthorized"),
+    ({"versions": [1], "role": "admin"}, "unauthorized"),
+])
+def test_bad_hello(params: dict, code: str) -> None:
+    assert error_of(Harness(), b"x", "hello", **params).code == code
+
+
+def test_hello_reply_and_repeated_hello(h: Harness) -> None:
+    reply = h.client(b"new")
+    assert reply["version"] == 1 and reply["instance"] == h.core.instance
+    assert reply["heartbeat_ms"] > 0 and reply["max_frame"] > 0
+    assert error_of(h, b"new", "hello", versions=[1], role="client").code == "invalid_state"
+
+
+def test_second_plugin_with_a_taken_name_is_refused(h: Harness) -> None:
+    err = error_of(h, b"other", "hello", versions=[1], role="plugin", name="p")
+    assert err.code == "name_taken"
+
+
+def test_plugin_gets_init_and_becomes_ready() -> None:
+    h = Harness()
+    h.call(P, "hello", versions=[1], role="plugin", name="p")
+    (init,) = h.take_requests(P, "init")
+    assert init.params["name"] == "p" and init.params["config"] == {}
+    assert h.core.plugins["p"].state.value == "connected"
+    h.core.receive(P, [encode(Response(init.msgid, None, {}))])
+    assert h.core.plugins["p"].state.value == "ready"
+
+
+# -- declare and write rules --------------------------------------------------------------
+
+def test_declare_only_in_own_namespace(h: Harness) -> None:
+    err = error_of(h, P, "declare", name="q/x", type="int")
+    assert err.code == "forbidden" and "p/" in err.message
+    assert error_of(h, C, "declare", name="p/x", type="int").code == "forbidden"
+    assert error_of(h, P, "declare", name="p/x", type="complex").code == "invalid_params"
+    assert error_of(h, P, "declare", name="p//x", type="int").code == "invalid_name"
+    assert error_of(h, P, "declare", name="p/s", type="str", min=1).code == "invalid_params"
+
+
+def test_redeclare_same_type_keeps_handle_other_type_is_refused(h: Harness) -> None:
+    first = h.call(P, "declare", name="p/x", type="int", value=3)
+    again = h.call(P, "declare", name="p/x", type="int", unit="W")
+    assert again["handle"] == first["handle"] and again["value"] == 3
+    err = error_of(h, P, "declare", name="p/x", type="str")
+    assert err.code == "type_mismatch" and "int" in err.message and "str" in err.message
+
+
+@pytest.mark.parametrize("decl,value,code,words", [
+    ({"type": "int"}, "3", "type_mismatch", "expected int, got str"),
+    ({"type": "int"}, True, "type_mismatch", "got bool"),
+    ({"type": "int"}, 1.5, "type_mismatch", "got float"),
+    ({"type": "float", "min": 0, "max": 10}, 11, "out_of_range", "above the maximum"),
+    ({"type": "float", "min": 0}, -0.5, "out_of_range", "below the minimum"),
+    ({"type": "str", "enum": ["on", "off"]}, "auto", "not_in_enum", "not one of"),
+    ({"type": "duration", "max": Duration(10**9)}, Duration(2 * 10**9), "out_of_range", "max"),
+    ({"type": "timestamp"}, 5, "type_mismatch", "expected timestamp"),
+])
+def test_writes_are_checked_against_the_declaration(
+    h: Harness, decl: dict, value: object, code: str, words: str,
+) -> None:
+    h.call(P, "declare", name="p/x", **decl)
+    err = error_of(h, P, "set", target="p/x", value=value)
+    assert err.code == code and words in err.message and "p/x" in err.message
+
+
+def test_int_written_to_float_is_stored_as_float(h: Harness) -> None:
+    h.call(P, "declare", name="p/f", type="float")
+    h.call(P, "set", target="p/f", value=2)
+    value = h.call(C, "get", target="p/f")["value"]
+    assert value == 2.0 and isinstance(value, float)
+
+
+def test_who_may_write(h: Harness) -> None:
+    h.call(P, "declare", name="p/own", type="int")
+    h.call(P, "declare", name="p/clients", type="int", writable_by=["clients"])
+    h.call(P, "declare", name="p/for_q", type="int", writable_by=["q"])
+    h.call(P, "declare", name="p/any", type="int", writable_by="*")
+    assert error_of(h, C, "set", target="p/own", value=1).code == "forbidden"
+    assert error_of(h, Q, "set", target="p/own", value=1).code == "forbidden"
+    h.call(A, "set", target="p/own", value=1)
+    h.call(C, "set", target="p/clients", value=1)
+    assert error_of(h, Q, "set", target="p/clients", value=1).code == "forbidden"
+    h.call(Q, "set", target="p/for_q", value=1)
+    assert error_of(h, C, "set", target="p/for_q", value=1).code == "forbidden"
+    h.call(C, "set", target="p/any", value=1)
+    h.call(Q, "set", target="p/any", value=2)
+    err = error_of(h, A, "set", target="system/broker/sessions", value=9)
+    assert err.code == "forbidden" and "read-only" in err.message
+
+
+def test_set_many_is_all_or_nothing(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    h.call(P, "declare", name="p/b", type="int", value=0, max=5)
+    err = error_of(h, P, "set_many", items=[["p/a", 1], ["p/b", 6]])
+    assert err.code == "out_of_range" and "item 1" in err.message
+    assert h.call(C, "get", target="p/a")["value"] == 0
+    assert h.call(P, "set_many", items=[["p/a", 1], ["p/b", 2]])["revisions"] == [2, 2]
+
+
+def test_handles_and_stale_handles(h: Harness) -> None:
+    handle = h.call(P, "declare", name="p/x", type="int", value=1)["handle"]
+    assert h.call(C, "get", target=handle)["name"] == "p/x"
+    h.call(P, "set", target=handle, value=2)
+    h.call(P, "delete", target=handle)
+    assert error_of(h, C, "get", target=handle).code == "stale_handle"
+    new = h.call(P, "declare", name="p/y", type="int")["handle"]
+    assert new != handle  # the slot is reused with a new generation
+    assert error_of(h, P, "set", target=handle, value=3).code == "stale_handle"
+    assert error_of(h, C, "get", target="p/x").code == "not_found"
+    assert error_of(h, C, "get", target=[1]).code == "invalid_params"
+
+
+def test_list_pages_by_name(h: Harness) -> None:
+    for i in range(5):
+        h.call(P, "declare", name=f"p/n{i}", type="int")
+    page = h.call(C, "list", pattern="p/#", limit=2)
+    assert [i["name"] for i in page["items"]] == ["p/n0", "p/n1"] and page["more"]
+    rest = h.call(C, "list", pattern="p/#", after="p/n1")
+    assert [i["name"] for i in rest["items"]] == ["p/n2", "p/n3", "p/n4"] and not rest["more"]
+
+
+# -- subscriptions ---------------------------------------------------------------------------
+
+def test_snapshot_then_live_changes_then_removal(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=1)
+    reply = h.call(C, "subscribe", pattern="p/#")
+    assert reply["matched"] == 1
+    (snapshot,) = h.notes(C)
+    assert snapshot["snapshot"] and snapshot["synced"] and snapshot["items"][0][4] == "p/a"
+    h.call(P, "set", target="p/a", value=2)
+    h.call(P, "declare", name="p/b", type="str", value="x")
+    h.call(P, "bye")
+    assert h.changes(C) == [("p/a", 2), ("p/b", "x"), ("p/a", REMOVED), ("p/b", REMOVED)]
+    assert error_of(h, C, "get", target="p/a").code == "not_found"
+
+
+def test_batches_carry_sequence_numbers_and_names_once(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    sub = h.call(C, "subscribe", pattern="p/a", current=False)["sub"]
+    for value in (1, 2):
+        h.call(P, "set", target="p/a", value=value)
+    first, second = h.notes(C)
+    assert (first["sub"], first["seq"], second["seq"]) == (sub, 1, 2)
+    assert len(first["items"][0]) == 5 and len(second["items"][0]) == 4
+
+
+def test_latest_coalesces_within_a_turn_and_reports_it(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    h.call(C, "subscribe", pattern="p/a", current=False)
+    for value in range(1, 6):
+        h.core.receive(P, [encode_request("set", target="p/a", value=value)])
+    h.pump()
+    (note,) = h.notes(C)
+    assert [i[1] for i in note["items"]] == [5] and note["coalesced"] == 4
+
+
+def test_all_keeps_every_change_in_order_and_counts_overflow(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    h.call(C, "subscribe", pattern="p/a", current=False, policy="all", queue_limit=3)
+    for value in range(1, 6):
+        h.core.receive(P, [encode_request("set", target="p/a", value=value)])
+    h.pump()
+    (note,) = h.notes(C)
+    assert [i[1] for i in note["items"]] == [1, 2, 3] and note["gap"] == 2
+
+
+def test_min_interval_holds_changes_until_due(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    h.call(C, "subscribe", pattern="p/a", current=False, min_interval_ms=500)
+    h.call(P, "set", target="p/a", value=1)
+    assert [n["items"][0][1] for n in h.notes(C)] == [1]
+    h.call(P, "set", target="p/a", value=2)
+    h.call(P, "set", target="p/a", value=3)
+    assert h.notes(C) == []
+    assert h.core.tick() <= h.clock.now + 0.5
+    h.clock.advance(0.5)
+    h.pump()
+    assert [n["items"][0][1] for n in h.notes(C)] == [3]
+
+
+def test_deadband_suppresses_small_numeric_changes(h: Harness) -> None:
+    h.call(P, "declare", name="p/t", type="float", value=20.0)
+    h.call(C, "subscribe", pattern="p/t", deadband=0.5)
+    h.notes(C)
+    for value in (20.2, 20.4, 20.6, 20.7, 19.9):
+        h.call(P, "set", target="p/t", value=value)
+    assert [v for _, v in h.changes(C)] == [20.6, 19.9]
+
+
+def test_snapshot_of_100k_properties_arrives_complete_in_chunks() -> None:
+    h = Harness()
+    h.plugin(P, "p")
+    h.client(C)
+    h.call(P, "set_many", items=[])  # warm up
+    for i in range(100_000):
+        h.core._declare(h.core.plugins["p"], {"name": f"p/n{i}", "type": "int", "value": i})
+    h.pump()
+    h.call(C, "subscribe", pattern="p/#")
+    notes = h.notes(C)
+    assert len(notes) == 100 and all(len(n["items"]) <= 1000 for n in notes)
+    assert sum(len(n["items"]) for n in notes) == 100_000
+    assert [n["seq"] for n in notes] == list(range(1, 101)) and notes[-1]["synced"]
+
+
+def test_a_set_touches_only_its_own_subscribers() -> None:
+    h = Harness(max_subscriptions=20_000)
+    h.plugin(P, "p")
+    h.client(C)
+    for i in range(10_000):
+        h.call(C, "subscribe", pattern=f"other/{i}/#", current=False)
+    h.call(C, "subscribe", pattern="p/+", current=False)
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    prop = h.core.store.by_name["p/a"]
+    assert [s.pattern for s in prop.subscriptions] == ["p/+"]
+
+
+def test_unsubscribe_stops_changes(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    sub = h.call(C, "subscribe", pattern="#", current=False)["sub"]
+    h.call(C, "unsubscribe", sub=sub)
+    h.call(P, "set", target="p/a", value=1)
+    assert h.notes(C) == []
+    assert error_of(h, C, "unsubscribe", sub=sub).code == "not_found"
+
+
+# -- sessions ending ------------------------------------------------------------------------
+
+def test_silent_session_expires_and_its_properties_go(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=1)
+    h.call(C, "subscribe", pattern="p/#", current=False)
+    h.clock.advance(4)
+    h.call(C, "ping")  # the client keeps talking, the plugin does not
+    h.clock.advance(3)
+    h.pump()
+    assert "p" not in h.core.plugins and "p/a" not in h.core.store.by_name
+    assert h.changes(C) == [("p/a", REMOVED)]
+    assert C in h.core.sessions
+
+
+def test_peer_gone_ends_the_session(h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int")
+    h.core.peer_gone(P, "connection closed")
+    assert "p/a" not in h.core.store.by_name and P not in h.core.sessions
+
+
+def test_shutdown_sends_end_and_completes_on_replies(h: Harness) -> None:
+    h.core.begin_shutdown()
+    h.pump()
+    assert not h.core.shutdown_complete
+    for peer in (P, Q):
+        (end,) = h.take_requests(peer, "end")
+        h.core.receive(peer, [encode(Response(end.msgid, None, {}))])
+    assert h.core.shutdown_complete
+    assert h.notes(C, "shutdown")
+    assert error_of(h, b"late", "hello", versions=[1], role="client").code == "shutting_down"
+
+
+def test_unanswered_end_still_ends_the_plugin(h: Harness) -> None:
+    h.core.begin_shutdown()
+    h.pump()
+    h.clock.advance(h.core.config.end_timeout_s + 0.1)
+    h.call(C, "ping")
+    h.call(A, "ping")
+    h.pump()
+    assert h.core.shutdown_complete
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+def test_send_to_plugin_and_publish_to_listeners(h: Harness) -> None:
+    h.call(C, "send", to="p", payload=b"\x01\x02", topic="cmd/go")
+    (message,) = h.notes(P, "message")
+    assert message == {"from": h.core.sessions[C].sid, "payload": b"\x01\x02", "topic": "cmd/go"}
+    assert error_of(h, C, "send", to="nobody", payload=b"").code == "not_found"
+    assert error_of(h, C, "send", to="p", payload="text").code == "invalid_params"
+    listen = h.call(Q, "listen", pattern="alerts/+")["listen"]
+    assert h.call(P, "publish", topic="alerts/fire", payload=b"!")["delivered"] == 1
+    assert h.call(P, "publish", topic="alerts/fire/x", payload=b"!")["delivered"] == 0
+    (got,) = h.notes(Q, "message")
+    assert got["from"] == "p" and got["listen"] == listen and got["topic"] == "alerts/fire"
+    h.call(Q, "unlisten", listen=listen)
+    assert h.call(P, "publish", topic="alerts/fire", payload=b"!")["delivered"] == 0
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+def encode_request(method: str, **params: object) -> bytes:
+    encode_request.msgid += 1  # type: ignore[attr-defined]
+    return msgpack.packb([0, encode_request.msgid, method, params],  # type: ignore[attr-defined]
+                         use_bin_type=True, default=lambda o: o)
+
+
+encode_request.msgid = 10_000  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("frame,code", [
+    (b"\xc1", "malformed"),
+    (msgpack.packb([0, 77, "set", "notamap"]), "invalid_message"),
+    (msgpack.packb([0, 78, "frobnicate", {}]), "unknown_method"),
+    (msgpack.packb([0, 79, "set", {"target": "a//b", "value": 1}]), "not_found"),
+    (msgpack.packb([0, 80, "subscribe", {"pattern": "a/#/b"}]), "invalid_pattern"),
+    (msgpack.packb([0, 81, "set", {"value": msgpack.ExtType(9, b"")}]), "unknown_ext"),
+    (msgpack.packb([0, 82, "get", {}]), "invalid_params"),
+    (b"\x91" * 50 + b"\xc0", "too_deep"),
+])
+def test_bad_frames_get_a_defined_error_and_the_core_keeps_serving(
+    h: Harness, frame: bytes, code: str,
+) -> None:
+    h.raw(C, frame)
+    replies = [m for m in h.inbox[C] if isinstance(m, (Response, Notification))]
+    assert len(replies) == 1
+    reply = replies[0]
+    error = reply.error if isinstance(reply, Response) else reply.params
+    assert error["code"] == code and error["message"]
+    assert h.call(C, "ping")["instance"] == h.core.instance
+
+
+def test_multipart_message_is_refused() -> None:
+    h = Harness()
+    h.core.receive(C, [b"a", b"b"])
+    h.pump()
+    (note,) = h.notes(C, "error")
+    assert note["code"] == "invalid_message"
+
+
+# -- system properties ----------------------------------------------------------------------
+
+def test_system_properties_follow_the_broker(h: Harness) -> None:
+    h.clock.advance(2)
+    h.pump()
+    get = lambda key: h.call(C, "get", target=f"system/broker/{key}")["value"]  # noqa: E731
+    assert get("sessions") == 4
+    assert get("instance") == h.core.instance
+    assert isinstance(get("started_at"), Timestamp)
+    assert get("uptime") >= Duration(2 * 10**9)
+    assert get("messages_in") > 0
