@@ -122,12 +122,17 @@ class Client:
         for task in (self._pinger, self._reconnecting):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
+        await self._say_bye()
+        await self._teardown()
+
+    async def _say_bye(self) -> None:
+        """End the session politely if there is one (best effort, short timeout)."""
         if self._sock is not None and self.session is not None:
             try:
                 await self.request("bye", {}, timeout=min(self.timeout, 1.0))
             except Exception:
                 pass
-        await self._teardown()
+            self.session = None
 
     async def _teardown(self) -> None:
         self._close_socket(ConnectionFailed("the client was closed"))
@@ -332,6 +337,8 @@ class Client:
                     await self._restore()
                     break
                 except (ConnectionFailed, RequestTimeout, RemoteError) as exc:
+                    log.info("reconnect attempt failed: %s", exc)
+                    await self._say_bye()  # else our half-restored session blocks our name
                     self._close_socket(ConnectionFailed("reconnecting"))
                     if self.give_up_after is not None and loop.time() - started > self.give_up_after:
                         log.error("broker gone for %.0f s, giving up: %s", self.give_up_after, exc)
@@ -381,7 +388,8 @@ class Client:
         if value is not ...:
             params["value"] = value
         result = await self.request("declare", params)
-        params["value"] = result["value"]
+        if result["value"] is not None:
+            params["value"] = result["value"]
         self._declared[name] = params
         return result["handle"]  # type: ignore[no-any-return]
 

@@ -1,0 +1,143 @@
+"""Real broker and plugin processes for integration tests, cleaned up without fail.
+
+Waits are on events (the broker's ready line, replies, notifications), each with a
+timeout; failures carry the process's state and the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).parents[2]
+FIXTURE_PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
+READY = re.compile(r"plugboard broker ready: instance (\w+), listening on (.+)$")
+
+
+def short_tmpdir() -> Path:
+    """A temp dir short enough for ipc:// paths (Unix sockets allow 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="pb-"))
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no stderr file)"
+
+
+class ManagedProcess:
+    """A child process with stderr in a file, stopped for sure by ``stop``."""
+
+    def __init__(self, argv: list[str], *, stderr_path: Path, env: dict[str, str] | None = None,
+                 stdout: int | None = None) -> None:
+        self.argv = argv
+        self.stderr_path = stderr_path
+        self._stderr = open(stderr_path, "wb")
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen(argv, stdout=stdout, stderr=self._stderr, env=full_env,
+                                     cwd=ROOT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def describe(self) -> str:
+        code = self.proc.poll()
+        state = "running" if code is None else f"exited with {code}"
+        return (f"{' '.join(self.argv[-3:])} (pid {self.pid}) {state}; stderr tail:\n"
+                f"{tail(self.stderr_path)}")
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"did not exit within {timeout} s: {self.describe()}") from None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL of the whole process group; always reaps."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+            except ProcessLookupError:
+                pass
+        self._stderr.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+class BrokerProcess(ManagedProcess):
+    """``plugboard broker`` on ipc in a short temp dir and on a free tcp port."""
+
+    def __init__(self, state_dir: Path | None = None, *extra: str, timeout: float = 15.0) -> None:
+        self.state_dir = state_dir or short_tmpdir()
+        argv = [sys.executable, "-m", "broker.cli", "--state-dir", str(self.state_dir),
+                "--log-level", "DEBUG", "broker",
+                "--endpoint", f"ipc://{self.state_dir}/broker.sock",
+                "--endpoint", "tcp://127.0.0.1:*",
+                "--heartbeat-ms", "200", "--session-timeout-ms", "1500", *extra]
+        super().__init__(argv, stderr_path=self.state_dir / "broker.stderr",
+                         stdout=subprocess.PIPE)
+        self.instance, self.endpoints = self._wait_ready(timeout)
+        self.ipc = next(e for e in self.endpoints if e.startswith("ipc://"))
+        self.tcp = next(e for e in self.endpoints if e.startswith("tcp://"))
+
+    def _wait_ready(self, timeout: float) -> tuple[str, list[str]]:
+        assert self.proc.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        while time.monotonic() < deadline:
+            if not selector.select(deadline - time.monotonic()):
+                break
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buffer += chunk
+            for line in buffer.decode(errors="replace").splitlines():
+                match = READY.search(line)
+                if match:
+                    selector.close()
+                    return match.group(1), match.group(2).split()
+        selector.close()
+        self.stop()
+        raise AssertionError(f"broker never became ready: {self.describe()}")
+
+    @property
+    def admin_token(self) -> str:
+        return (self.state_dir / "admin.token").read_text().strip()
+
+
+class PluginProcess(ManagedProcess):
+    """A fixture plugin launched as the runtime would: settings in the environment."""
+
+    def __init__(self, script: str, name: str, endpoint: str, workdir: Path,
+                 **env: str) -> None:
+        self.name = name
+        super().__init__(
+            [sys.executable, str(FIXTURE_PLUGINS / script)],
+            stderr_path=workdir / f"{name}.stderr",
+            env={"PLUGBOARD_ENDPOINT": endpoint, "PLUGBOARD_NAME": name, **env},
+        )
+
+
+def kwargs_for(broker: BrokerProcess) -> dict[str, Any]:
+    return {"token": broker.admin_token, "role": "admin"}
