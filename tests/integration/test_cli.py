@@ -1,0 +1,118 @@
+"""The plugboard command against a real broker, as a person would type it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import psutil
+
+from sdk import Change, Client
+
+from .conftest import Processes
+from .processes import ROOT, BrokerProcess, short_tmpdir
+
+pytestmark = pytest.mark.integration
+
+
+def plugboard(state_dir: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir", str(state_dir),
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+async def ready_echo(processes: Processes, broker: BrokerProcess) -> BrokerProcess:
+    processes.plugin("echo.py", "echo", broker)
+    async with Client(broker.ipc) as client:
+        sub = await client.subscribe("echo/echo")
+        await processes.until(sub, lambda e: isinstance(e, Change))
+    return broker
+
+
+def test_every_command_has_help() -> None:
+    for command in ([], ["broker"], ["get"], ["set"], ["ls"], ["watch"]):
+        out = plugboard(Path("/nonexistent"), *command, "--help")
+        assert out.returncode == 0 and "usage: plugboard" in out.stdout
+
+
+def test_get_set_typed_values(ready_echo: BrokerProcess) -> None:
+    state = ready_echo.state_dir
+    assert plugboard(state, "get", "system/broker/version").stdout.strip() == "0.1.0"
+    for name, text, shown in [
+        ("echo/setpoint", "3.5", "3.5"),
+        ("echo/period", "1m30s", "1m30s"),
+        ("echo/started", "2026-01-31T12:00:00Z", "2026-01-31T12:00:00.000000Z"),
+    ]:
+        out = plugboard(state, "set", name, text)
+        assert out.returncode == 0, out.stderr
+        assert plugboard(state, "get", name).stdout.strip() == shown
+
+
+def test_set_refusals_are_one_clear_line(ready_echo: BrokerProcess) -> None:
+    state = ready_echo.state_dir
+    out = plugboard(state, "set", "echo/setpoint", "warm")
+    assert out.returncode == 1 and "'warm' is not a valid float" in out.stderr
+    out = plugboard(state, "set", "echo/setpoint", "500")
+    assert out.returncode == 1 and "above the maximum" in out.stderr
+    out = plugboard(state, "get", "echo/nothing")
+    assert out.returncode == 1 and "no property named 'echo/nothing'" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ls_table_and_tree(ready_echo: BrokerProcess) -> None:
+    table = plugboard(ready_echo.state_dir, "ls", "echo/#").stdout.splitlines()
+    assert table[0].split() == ["NAME", "TYPE", "VALUE", "UNIT", "OWNER"]
+    assert any(line.startswith("echo/setpoint") and "degC" in line for line in table)
+    tree = plugboard(ready_echo.state_dir, "ls", "--tree").stdout
+    assert "system/\n  broker/\n" in tree and "  setpoint = 0.0 degC" in tree
+
+
+def test_watch_prints_pushed_changes(ready_echo: BrokerProcess) -> None:
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "--state-dir", str(ready_echo.state_dir), "watch",
+         "echo/setpoint", "--count", "2"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline()  # the current value: the subscription is live
+        assert "echo/setpoint = 0.0" in first
+        assert plugboard(ready_echo.state_dir, "set", "echo/setpoint", "-4").returncode == 0
+        assert watcher.wait(15) == 0
+        assert "echo/setpoint = -4.0" in watcher.stdout.read()
+    finally:
+        watcher.kill()
+        watcher.wait()
+        watcher.stdout.close()  # type: ignore[union-attr]
+
+
+def test_no_broker_is_one_line_and_non_zero() -> None:
+    empty = short_tmpdir()
+    for command in (["get", "x/y"], ["set", "x/y", "1"], ["ls"], ["watch"]):
+        out = plugboard(empty, *command)
+        assert out.returncode == 1, out
+        assert out.stderr.strip().splitlines() == [
+            f"plugboard {command[0]}: no broker is running at ipc://{empty}/broker.sock "
+            "(socket file missing)"]
+
+
+def test_second_broker_on_the_same_state_dir_is_refused(broker: BrokerProcess) -> None:
+    out = plugboard(broker.state_dir, "broker")
+    assert out.returncode == 1
+    assert f"another broker (pid {broker.pid}) is running" in out.stderr
+
+
+def test_admin_token_file_is_private(broker: BrokerProcess) -> None:
+    assert (broker.state_dir / "admin.token").stat().st_mode & 0o777 == 0o600
+
+
+def test_idle_broker_uses_almost_no_cpu(processes: Processes, broker: BrokerProcess) -> None:
+    """No polling loop: with a plugin and a client connected and idle, CPU stays near 0."""
+    processes.plugin("echo.py", "idle", broker)
+    proc = psutil.Process(broker.pid)
+    proc.cpu_percent()
+    try:
+        proc.wait(2.0)  # a measurement window, not a wait for an event
+    except psutil.TimeoutExpired:
+        pass
+    assert proc.cpu_percent() < 5.0
