@@ -13,19 +13,32 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from protocol import limits
 from protocol._version import SUPPORTED_VERSIONS
 from protocol.codec import Notification, Request, Response, decode, encode, request_msgid
 from protocol.errors import ProtocolError
 from protocol.names import (
-    SYSTEM_NAMESPACE, matches, namespace, validate_name, validate_pattern, validate_plugin_name,
+    SYSTEM_NAMESPACE,
+    matches,
+    namespace,
+    validate_name,
+    validate_pattern,
+    validate_plugin_name,
 )
 from protocol.values import Timestamp, ValueType
 
-from .datastore import WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS, Datastore, Property, parse_meta
+from .datastore import (
+    WRITERS_ANY,
+    WRITERS_CLIENTS,
+    WRITERS_PLUGINS,
+    Datastore,
+    Property,
+    parse_meta,
+)
 from .sessions import PendingRequest, Role, Session, SessionState
 from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription
 from .system import SystemProperties
@@ -63,7 +76,8 @@ WallClock = Callable[[], int]
 _MISSING = object()
 
 
-def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...],
+           default: Any = _MISSING) -> Any:
     value = params.get(key, _MISSING)
     if value is _MISSING or value is None:
         if default is _MISSING:
@@ -496,7 +510,8 @@ class BrokerCore:
             raise ProtocolError("invalid_params", f"policy must be latest or all, not {policy!r}")
         queue_limit = _param(params, "queue_limit", int, limits.DEFAULT_QUEUE_LIMIT)
         if not 1 <= queue_limit <= limits.MAX_QUEUE_LIMIT:
-            raise ProtocolError("invalid_params", f"queue_limit must be 1..{limits.MAX_QUEUE_LIMIT}")
+            raise ProtocolError("invalid_params",
+                                f"queue_limit must be 1..{limits.MAX_QUEUE_LIMIT}")
         min_interval_ms = _param(params, "min_interval_ms", int, 0)
         if min_interval_ms < 0:
             raise ProtocolError("invalid_params", "min_interval_ms must be >= 0")

@@ -69,7 +69,7 @@ class BrokerServer:
         sock.setsockopt(zmq.HEARTBEAT_IVL, core_config.heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, core_config.session_timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, core_config.session_timeout_ms)
-        fd = sock.getsockopt(zmq.FD)
+        fd = int(sock.getsockopt(zmq.FD))
         try:
             for endpoint in self.config.endpoints:
                 sock.bind(check_endpoint(endpoint))
@@ -96,7 +96,7 @@ class BrokerServer:
             self._done_waiter = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self._done_waiter, 0.1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._pump()
         log.info("broker stopped")
 
@@ -117,7 +117,7 @@ class BrokerServer:
         waiter = getattr(self, "_done_waiter", None)
         if waiter is not None and core.shutdown_complete and not waiter.done():
             waiter.set_result(None)
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and not self._pump_scheduled:
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and not self._pump_scheduled:
             # More is waiting: yield to the loop first so other tasks are not starved.
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)

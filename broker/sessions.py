@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from protocol.codec import Response
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from .subscriptions import Subscription
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     """What a peer said it is in ``hello``; decides what it may do."""
 
     PLUGIN = "plugin"
@@ -24,7 +25,7 @@ class Role(str, enum.Enum):
     """Reads and writes every property outside ``system/``; needs the admin token."""
 
 
-class SessionState(str, enum.Enum):
+class SessionState(enum.StrEnum):
     CONNECTED = "connected"
     """hello done; a plugin is waiting for its ``init`` reply."""
     READY = "ready"

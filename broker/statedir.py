@@ -21,7 +21,8 @@ _IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the NUL
 
 
 def default_state_dir() -> Path:
-    """``$PLUGBOARD_STATE_DIR``, else ``$XDG_STATE_HOME/plugboard``, else ~/.local/state/plugboard."""
+    """``$PLUGBOARD_STATE_DIR``, else ``$XDG_STATE_HOME/plugboard``, else
+    ``~/.local/state/plugboard``."""
     explicit = os.environ.get("PLUGBOARD_STATE_DIR")
     if explicit:
         return Path(explicit)

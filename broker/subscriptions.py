@@ -43,19 +43,19 @@ class PatternIndex(Generic[T]):
         node.items[item] = None
 
     def remove(self, pattern: str, item: T) -> None:
+        segments = pattern.split("/")
         path = [self._root]
-        for segment in pattern.split("/"):
+        for segment in segments:
             child = path[-1].children.get(segment)
             if child is None:
                 return
             path.append(child)
         path[-1].items.pop(item, None)
-        for segment, (parent, child) in zip(
-            reversed(pattern.split("/")), zip(reversed(path[:-1]), reversed(path[1:]))
-        ):
-            if child.items or child.children:
+        for depth in range(len(segments), 0, -1):  # prune emptied nodes, deepest first
+            node = path[depth]
+            if node.items or node.children:
                 break
-            del parent.children[segment]
+            del path[depth - 1].children[segments[depth - 1]]
 
     def match(self, name: str) -> list[T]:
         found: list[T] = []
@@ -89,9 +89,23 @@ class Subscription:
     """One subscriber's view of a pattern, with its pending changes and counters."""
 
     __slots__ = (
-        "sid", "peer", "pattern", "policy", "queue_limit", "min_interval", "deadband",
-        "properties", "seq", "_latest", "_all", "_removed", "gap", "coalesced", "_named",
-        "_last_value", "due_at",
+        "_all",
+        "_last_value",
+        "_latest",
+        "_named",
+        "_removed",
+        "coalesced",
+        "deadband",
+        "due_at",
+        "gap",
+        "min_interval",
+        "pattern",
+        "peer",
+        "policy",
+        "properties",
+        "queue_limit",
+        "seq",
+        "sid",
     )
 
     def __init__(

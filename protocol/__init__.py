@@ -6,11 +6,28 @@ language-neutral specification and ``vectors/`` holds test vectors for any langu
 
 from ._version import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from .codec import (
-    Message, Notification, Request, Response, decode, decode_value, encode, encode_value,
+    Message,
+    Notification,
+    Request,
+    Response,
+    decode,
+    decode_value,
+    encode,
+    encode_value,
 )
 from .errors import (
-    ERROR_CODES, ConfigError, Conflict, ConnectionFailed, InvalidRequest, InvalidValue,
-    NotAllowed, NotFound, PlugboardError, ProtocolError, RemoteError, RequestTimeout,
+    ERROR_CODES,
+    ConfigError,
+    Conflict,
+    ConnectionFailed,
+    InvalidRequest,
+    InvalidValue,
+    NotAllowed,
+    NotFound,
+    PlugboardError,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
 )
 from .names import matches, validate_name, validate_pattern, validate_plugin_name
 from .values import Duration, Timestamp, ValueType, check_value

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import struct
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import msgpack
 
@@ -51,7 +51,7 @@ class Notification:
     params: dict[str, Any]
 
 
-Message = Union[Request, Response, Notification]
+Message = Request | Response | Notification
 
 
 def _default(obj: Any) -> Any:
@@ -79,7 +79,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
 def encode_value(obj: Any) -> bytes:
     """msgpack bytes of any protocol value or envelope (bin type for bytes, ext types)."""
     try:
-        return msgpack.packb(obj, default=_default, use_bin_type=True, datetime=False)
+        frame: bytes = msgpack.packb(obj, default=_default, use_bin_type=True, datetime=False)
+        return frame
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError("invalid_params", f"cannot encode: {exc}") from exc
 

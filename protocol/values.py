@@ -80,7 +80,7 @@ def now() -> Timestamp:
     return Timestamp.from_unix_nano(time.time_ns())
 
 
-class ValueType(str, enum.Enum):
+class ValueType(enum.StrEnum):
     """The type a property is declared with."""
 
     ANY = "any"
@@ -116,7 +116,7 @@ def type_name(value: Any) -> str:
         return "nil"
     for vtype, pytypes in _PY_TYPES.items():
         if vtype is not ValueType.FLOAT and type(value) in pytypes:
-            return vtype.value
+            return str(vtype.value)
     if isinstance(value, float):
         return "float"
     return type(value).__name__
@@ -124,7 +124,7 @@ def type_name(value: Any) -> str:
 
 def numeric(value: Any) -> float | int:
     """The number a numeric value compares by (durations by nanoseconds)."""
-    return value.ns if isinstance(value, Duration) else value  # type: ignore[no-any-return]
+    return value.ns if isinstance(value, Duration) else value
 
 
 def check_value(

@@ -1,8 +1,15 @@
 """Plugboard SDK: asyncio-first Client and Plugin, with a synchronous SyncClient."""
 
 from protocol.errors import (
-    Conflict, ConnectionFailed, InvalidRequest, InvalidValue, NotAllowed, NotFound,
-    PlugboardError, RemoteError, RequestTimeout,
+    Conflict,
+    ConnectionFailed,
+    InvalidRequest,
+    InvalidValue,
+    NotAllowed,
+    NotFound,
+    PlugboardError,
+    RemoteError,
+    RequestTimeout,
 )
 from protocol.values import Duration, Timestamp
 
@@ -13,8 +20,28 @@ from ._subscription import Listener, Subscription
 from ._sync import SyncClient, SyncSubscription
 
 __all__ = [
-    "Change", "Client", "Conflict", "ConnectionFailed", "Duration", "Gap", "InvalidRequest",
-    "InvalidValue", "Listener", "Message", "NotAllowed", "NotFound", "PlugboardError",
-    "Plugin", "PropertyInfo", "Reconnected", "RemoteError", "Removed", "RequestTimeout",
-    "Subscription", "Synced", "SyncClient", "SyncSubscription", "Timestamp",
+    "Change",
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "Duration",
+    "Gap",
+    "InvalidRequest",
+    "InvalidValue",
+    "Listener",
+    "Message",
+    "NotAllowed",
+    "NotFound",
+    "PlugboardError",
+    "Plugin",
+    "PropertyInfo",
+    "Reconnected",
+    "RemoteError",
+    "Removed",
+    "RequestTimeout",
+    "Subscription",
+    "SyncClient",
+    "SyncSubscription",
+    "Synced",
+    "Timestamp",
 ]

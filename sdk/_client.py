@@ -15,9 +15,11 @@ broker may have applied them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -25,7 +27,10 @@ import zmq.asyncio
 from protocol._version import SUPPORTED_VERSIONS
 from protocol.codec import Notification, Request, Response, decode, encode
 from protocol.errors import (
-    ConnectionFailed, ProtocolError, RemoteError, RequestTimeout,
+    ConnectionFailed,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
 )
 from protocol.limits import MAX_MSGID
 
@@ -213,7 +218,7 @@ class Client:
             wait = self.timeout if timeout is None else timeout
             try:
                 return await asyncio.wait_for(asyncio.shield(future), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RequestTimeout(f"{method}: no reply within {wait:g} s") from None
         except RemoteError as exc:
             if exc.code == "hello_required" and method != "hello":
@@ -340,7 +345,8 @@ class Client:
                     log.info("reconnect attempt failed: %s", exc)
                     await self._say_bye()  # else our half-restored session blocks our name
                     self._close_socket(ConnectionFailed("reconnecting"))
-                    if self.give_up_after is not None and loop.time() - started > self.give_up_after:
+                    waited = loop.time() - started
+                    if self.give_up_after is not None and waited > self.give_up_after:
                         log.error("broker gone for %.0f s, giving up: %s", self.give_up_after, exc)
                         self._reconnecting = None
                         await self.close()
@@ -394,17 +400,16 @@ class Client:
         return result["handle"]  # type: ignore[no-any-return]
 
     async def delete(self, target: str | int) -> None:
-        await self.request("delete", {"target": target})
-        for name, params in list(self._declared.items()):
-            if target == name:
-                del self._declared[name]
+        info = await self.get(target)
+        await self.request("delete", {"target": info.handle})
+        self._declared.pop(info.name, None)
 
     async def get(self, target: str | int) -> PropertyInfo:
         return PropertyInfo.from_wire(await self.request("get", {"target": target}))
 
-    async def list(self, pattern: str = "#") -> list[PropertyInfo]:
+    async def list(self, pattern: str = "#") -> builtins.list[PropertyInfo]:
         """Every property matching ``pattern``, by name, fetched page by page."""
-        items: list[PropertyInfo] = []
+        items: builtins.list[PropertyInfo] = []
         after = ""
         while True:
             result = await self.request("list", {"pattern": pattern, "after": after})
@@ -424,7 +429,7 @@ class Client:
         return result["revision"]  # type: ignore[no-any-return]
 
     async def set_many(self, items: Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
-                       ) -> list[int]:
+                       ) -> builtins.list[int]:
         """Write several values at once, all or nothing; returns their revisions."""
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         result = await self.request("set_many", {"items": [list(p) for p in pairs]})

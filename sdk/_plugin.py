@@ -11,7 +11,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ._client import Client
 from ._events import Message
@@ -74,8 +75,8 @@ class Plugin:
         if self._initialized.is_set():
             return {}
         self.config = params.get("config") or {}
-        for hook in self._init_hooks:
-            await hook(self, self.config)
+        for init_hook in self._init_hooks:
+            await init_hook(self, self.config)
         for seconds, hook in self._timers:
             self._timer_tasks.append(asyncio.create_task(self._run_timer(seconds, hook)))
         self._initialized.set()

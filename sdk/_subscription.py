@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from ._events import Change, Event, Gap, Message, Removed, Synced
 
@@ -76,7 +77,7 @@ class Subscription:
 
         try:
             return await asyncio.wait_for(self.__anext__(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"no event on {self.pattern!r} within {timeout} s") from None
 
     def _finish(self) -> None:

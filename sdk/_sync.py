@@ -7,8 +7,10 @@ is handed to that one thread and waited for with a timeout.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
-from typing import Any, Coroutine, Iterator, TypeVar
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 from ._client import Client
 from ._events import Event, PropertyInfo
@@ -90,13 +92,13 @@ class SyncClient:
     def get(self, target: str | int) -> PropertyInfo:
         return self._call(self.client.get(target))
 
-    def list(self, pattern: str = "#") -> list[PropertyInfo]:
+    def list(self, pattern: str = "#") -> builtins.list[PropertyInfo]:
         return self._call(self.client.list(pattern))
 
     def set(self, target: str | int, value: Any) -> int:
         return self._call(self.client.set(target, value))
 
-    def set_many(self, items: Any) -> list[int]:
+    def set_many(self, items: Any) -> builtins.list[int]:
         return self._call(self.client.set_many(items))
 
     def declare(self, name: str, type: str, value: Any = ..., **meta: Any) -> int:

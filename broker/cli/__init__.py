@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import PlugboardError
 
@@ -43,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _with_parents(add_parser, common):  # type: ignore[no-untyped-def]
-    def add(name: str, **kwargs):  # type: ignore[no-untyped-def]
-        return add_parser(name, parents=[common], **kwargs)
+def _with_parents(add_parser: Any, common: argparse.ArgumentParser) -> Any:
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common], **kwargs)  # type: ignore[no-any-return]
 
     return add
 

@@ -41,7 +41,7 @@ def parse_timestamp(text: str) -> Timestamp:
     """``now``, ``@<unix seconds>`` or ISO 8601 (no zone given means UTC)."""
     body = text.strip()
     if body == "now":
-        return Timestamp.from_datetime(dt.datetime.now(dt.timezone.utc))
+        return Timestamp.from_datetime(dt.datetime.now(dt.UTC))
     if body.startswith("@"):
         try:
             return Timestamp.from_unix(float(body[1:]))
@@ -53,7 +53,7 @@ def parse_timestamp(text: str) -> Timestamp:
         raise ConfigError(f"{text!r} is not a timestamp (now, @1700000000, or "
                           "2026-01-31T12:00:00Z)") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return Timestamp.from_datetime(when)
 
 
@@ -99,7 +99,7 @@ def parse_value(text: str, vtype: ValueType) -> Any:
 def format_value(value: Any) -> str:
     """One-line display form; parse_value reads the scalar forms back."""
     if isinstance(value, Timestamp):
-        when = dt.datetime.fromtimestamp(value.seconds, dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(value.seconds, dt.UTC)
         return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{value.nanoseconds // 1000:06d}Z"
     if isinstance(value, Duration):
         return format_duration(value.ns)

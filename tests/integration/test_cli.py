@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import psutil
+import pytest
 
 from sdk import Change, Client
 

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from protocol import Duration, Timestamp
-from sdk import Change, Client, InvalidValue, NotAllowed, Reconnected, Removed, Synced, SyncClient
+from sdk import Change, Client, InvalidValue, NotAllowed, Reconnected, Removed, SyncClient, Synced
 
 from .conftest import Processes
 from .processes import BrokerProcess

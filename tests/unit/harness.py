@@ -91,7 +91,7 @@ class Harness:
         for note in self.notes(peer):
             for item in note["items"]:
                 out.append((self.names[item[0]], item[1]))
-            for handle, name in note.get("removed", []):
+            for _handle, name in note.get("removed", []):
                 out.append((name, REMOVED))
         return out
 

@@ -6,7 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import (
-    Duration, Notification, ProtocolError, Request, Response, Timestamp, decode, encode,
+    Duration,
+    Notification,
+    ProtocolError,
+    Request,
+    Response,
+    Timestamp,
+    decode,
+    encode,
 )
 from protocol.codec import decode_value, encode_value, request_msgid
 from protocol.limits import MAX_FRAME_BYTES
@@ -35,7 +42,7 @@ def test_envelopes_round_trip(msgid: int, method: str, params: dict) -> None:
 
 
 def test_datetime_and_timedelta_encode_as_timestamp_and_duration() -> None:
-    when = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.UTC)
     out = decode_value(encode_value([when, dt.timedelta(seconds=1.5)]))
     assert out == [Timestamp.from_datetime(when), Duration(1_500_000_000)]
 

@@ -372,7 +372,10 @@ def test_multipart_message_is_refused() -> None:
 def test_system_properties_follow_the_broker(h: Harness) -> None:
     h.clock.advance(2)
     h.pump()
-    get = lambda key: h.call(C, "get", target=f"system/broker/{key}")["value"]  # noqa: E731
+
+    def get(key: str) -> object:
+        return h.call(C, "get", target=f"system/broker/{key}")["value"]
+
     assert get("sessions") == 4
     assert get("instance") == h.core.instance
     assert isinstance(get("started_at"), Timestamp)

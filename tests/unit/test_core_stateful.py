@@ -71,10 +71,7 @@ class BrokerModel(RuleBasedStateMachine):
         if value is not None:
             params["value"] = value
         self._try(PLUGINS[plugin], "declare", **params)
-        if name not in self.model:
-            self.model[name] = value
-            self._notify(name, value)
-        elif value is not None:
+        if name not in self.model or value is not None:
             self.model[name] = value
             self._notify(name, value)
 

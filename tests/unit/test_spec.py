@@ -4,14 +4,13 @@ import re
 from pathlib import Path
 
 import sdk
-from protocol import ERROR_CODES, PROTOCOL_VERSION, ValueType
-from protocol import limits
+from protocol import ERROR_CODES, PROTOCOL_VERSION, ValueType, limits
 
 SPEC = (Path(__file__).parents[2] / "protocol/PROTOCOL.md").read_text()
 
 
 def test_spec_version_matches_code() -> None:
-    match = re.search(r"^Protocol version: (\d+)$", SPEC, re.M)
+    match = re.search(r"^Protocol version: (\d+)$", SPEC, re.MULTILINE)
     assert match, "PROTOCOL.md must state 'Protocol version: N' on a line of its own"
     assert int(match.group(1)) == PROTOCOL_VERSION
 

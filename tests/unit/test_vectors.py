@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 
 from protocol import (
-    Duration, ProtocolError, Request, Response, Timestamp, encode_value,
+    Duration,
+    ProtocolError,
+    Request,
+    Response,
+    Timestamp,
+    encode_value,
 )
 from protocol.codec import decode
 
