@@ -44,6 +44,10 @@ MessageCallback = Callable[[Message], Any]
 ReconnectCallback = Callable[[Reconnected], Any]
 
 
+async def _acknowledge(params: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
 def endpoint_from_env() -> str:
     """``$PLUGBOARD_ENDPOINT``, else the default broker's ipc socket."""
     explicit = os.environ.get("PLUGBOARD_ENDPOINT")
@@ -91,7 +95,8 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
-        self._handlers: dict[str, RequestHandler] = {}
+        # A bare Client in the plugin role is ready at once; Plugin installs its own.
+        self._handlers: dict[str, RequestHandler] = {"init": _acknowledge, "end": _acknowledge}
         self._message_callbacks: list[MessageCallback] = []
         self._reconnect_callbacks: list[ReconnectCallback] = []
         self._declared: dict[str, dict[str, Any]] = {}
