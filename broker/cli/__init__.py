@@ -11,7 +11,7 @@ from typing import Any
 from protocol.errors import PlugboardError
 
 from ..statedir import default_state_dir
-from . import client_commands, daemon
+from . import client_commands, daemon, plugin_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_arguments(cmd)
     cmd.set_defaults(handler=daemon.run)
     client_commands.add_commands(commands)
+    plugin_commands.add_commands(commands)
     return parser
 
 

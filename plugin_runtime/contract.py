@@ -1,0 +1,385 @@
+"""Plugin contracts: ``plugin.toml`` parsed into a :class:`Contract`, every problem reported.
+
+Modelled on Elektra's contracts: obligatory clauses (name, version, protocol) without
+which a plugin is refused, expected ones (description, author, licence), what it
+provides and needs as abstract capabilities, its placement relative to other plugins,
+and the property patterns it exports with their types. The checker never stops at
+the first problem: it returns all of them, each with file, field and reason.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.datastore import Meta, parse_meta
+from protocol._version import SUPPORTED_VERSIONS
+from protocol.errors import ProtocolError
+from protocol.names import matches, validate_pattern, validate_plugin_name
+from protocol.values import ValueType
+
+MANIFEST = "plugin.toml"
+RESTART_POLICIES = ("never", "on-failure", "always")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a contract, said so a person can fix it."""
+
+    file: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Export:
+    """A property pattern the plugin may declare, with the type and metadata it must use."""
+
+    pattern: str
+    type: ValueType
+    meta: Meta
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSpec:
+    """How the runtime starts and stops the plugin."""
+
+    command: tuple[str, ...]
+    """argv; ``{python}`` is replaced by the broker's interpreter, ``{dir}`` by the folder."""
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = Path(".")
+    start_timeout: float = 10.0
+    """Seconds from spawn to ready (hello done and init answered)."""
+    stop_timeout: float = 5.0
+    """Seconds each stop step (end, SIGTERM) may take before the next."""
+    restart: str = "on-failure"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    memory_mb: float | None = None
+    """Resident memory above which, sustained, the plugin is restarted."""
+    cpu_percent: float | None = None
+    """CPU share (percent of one core) above which, sustained, the plugin is restarted."""
+    sustained_s: float = 10.0
+    """How long a limit must be exceeded before the restart."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contract:
+    name: str
+    version: str
+    protocol: tuple[int, ...]
+    directory: Path
+    description: str = ""
+    author: str = ""
+    licence: str = ""
+    run: RunSpec
+    provides: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
+    exports: tuple[Export, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file(self) -> str:
+        return str(self.directory / MANIFEST)
+
+    def export_for(self, name: str) -> Export | None:
+        """The export that allows declaring ``name``, if any."""
+        for export in self.exports:
+            if matches(export.pattern, name):
+                return export
+        return None
+
+    def argv(self) -> list[str]:
+        return [part.replace("{python}", sys.executable).replace("{dir}", str(self.directory))
+                for part in self.run.command]
+
+    def as_properties(self) -> dict[str, Any]:
+        """The contract as ``contract/...`` sub-names and values (for system/plugins/)."""
+        props: dict[str, Any] = {
+            "version": self.version, "protocol": list(self.protocol),
+            "description": self.description, "author": self.author, "licence": self.licence,
+            "provides": list(self.provides), "needs": list(self.needs),
+            "after": list(self.after), "before": list(self.before),
+            "restart": self.run.restart,
+            "exports": [{"pattern": e.pattern, "type": e.type.value, **e.meta.to_wire()}
+                        for e in self.exports],
+        }
+        return props
+
+
+class _Reader:
+    """Typed access to the manifest's fields, collecting problems instead of raising."""
+
+    def __init__(self, file: str, data: dict[str, Any]) -> None:
+        self.file = file
+        self.data = data
+        self.problems: list[Problem] = []
+
+    def problem(self, field_name: str, reason: str) -> None:
+        self.problems.append(Problem(self.file, field_name, reason))
+
+    def get(self, path: str, kind: type | tuple[type, ...], default: Any = None, *,
+            required: bool = False) -> Any:
+        node: Any = self.data
+        for key in path.split("."):
+            if not isinstance(node, dict) or key not in node:
+                if required:
+                    self.problem(path, "missing obligatory clause")
+                return default
+            node = node[key]
+        if not isinstance(node, kind) or (isinstance(node, bool) and bool not in (
+                kind if isinstance(kind, tuple) else (kind,))):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(
+                k.__name__ for k in kind)
+            self.problem(path, f"must be {names}, got {type(node).__name__}")
+            return default
+        return node
+
+    def strings(self, path: str) -> tuple[str, ...]:
+        value = self.get(path, list, [])
+        if not all(isinstance(v, str) for v in value):
+            self.problem(path, "must be a list of strings")
+            return ()
+        return tuple(value)
+
+
+def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
+    """Parse ``directory/plugin.toml``; the contract is None when it cannot be used."""
+    directory = Path(directory).absolute()
+    file = str(directory / MANIFEST)
+    try:
+        data = tomllib.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, [Problem(file, "-", "file not found")]
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Problem(file, "-", f"cannot read: {exc}")]
+    except tomllib.TOMLDecodeError as exc:
+        return None, [Problem(file, "-", f"not valid TOML: {exc}")]
+    r = _Reader(file, data)
+
+    name = r.get("name", str, required=True)
+    if name is not None:
+        try:
+            validate_plugin_name(name)
+        except ProtocolError as exc:
+            r.problem("name", exc.message)
+            name = None
+    version = r.get("version", str, required=True)
+    protocol_field = r.get("protocol", (int, list), required=True)
+    protocols: tuple[int, ...] = ()
+    if protocol_field is not None:
+        protocols = tuple(protocol_field) if isinstance(protocol_field, list) else (
+            protocol_field,)
+        if not all(type(p) is int for p in protocols):
+            r.problem("protocol", "must be an int or a list of ints")
+        elif not set(protocols) & set(SUPPORTED_VERSIONS):
+            r.problem("protocol", f"unsupported protocol {list(protocols)}; this broker "
+                      f"speaks {list(SUPPORTED_VERSIONS)}")
+
+    command = r.get("run.command", (str, list), required=True)
+    argv: tuple[str, ...] = ()
+    if isinstance(command, str):
+        argv = (command,)
+    elif isinstance(command, list):
+        if not command or not all(isinstance(c, str) for c in command):
+            r.problem("run.command", "must be a non-empty list of strings")
+        else:
+            argv = tuple(command)
+    argv += r.strings("run.args")
+    env = r.get("run.env", dict, {})
+    if not all(isinstance(v, str) for v in env.values()):
+        r.problem("run.env", "values must be strings")
+        env = {}
+    restart = r.get("run.restart", str, "on-failure")
+    if restart not in RESTART_POLICIES:
+        r.problem("run.restart", f"must be one of {', '.join(RESTART_POLICIES)}, "
+                  f"got {restart!r}")
+    timeouts = {}
+    for key, default in (("start_timeout", 10.0), ("stop_timeout", 5.0)):
+        value = r.get(f"run.{key}", (int, float), default)
+        if value <= 0:
+            r.problem(f"run.{key}", "must be positive")
+        timeouts[key] = float(value)
+    cwd = directory / r.get("run.cwd", str, ".")
+    if not cwd.is_dir():
+        r.problem("run.cwd", f"{cwd} is not a directory")
+
+    exports = []
+    for index, item in enumerate(r.get("exports", list, [])):
+        where = f"exports[{index}]"
+        if not isinstance(item, dict):
+            r.problem(where, "must be a table")
+            continue
+        pattern = item.get("pattern")
+        try:
+            validate_pattern(pattern)
+            if name is not None and pattern.split("/", 1)[0] != name:
+                r.problem(f"{where}.pattern", f"{pattern!r} is outside the plugin's "
+                          f"namespace {name}/")
+        except ProtocolError as exc:
+            r.problem(f"{where}.pattern", exc.message)
+            continue
+        try:
+            vtype = ValueType(item.get("type"))
+        except ValueError:
+            r.problem(f"{where}.type", f"unknown type {item.get('type')!r}; types are "
+                      + ", ".join(t.value for t in ValueType))
+            continue
+        try:
+            meta = parse_meta(vtype, {k: v for k, v in item.items()
+                                      if k not in ("pattern", "type")})
+        except ProtocolError as exc:
+            r.problem(where, exc.message)
+            continue
+        exports.append(Export(pattern=pattern, type=vtype, meta=meta))
+
+    limits = Limits(memory_mb=r.get("limits.memory_mb", (int, float)),
+                    cpu_percent=r.get("limits.cpu_percent", (int, float)),
+                    sustained_s=float(r.get("limits.sustained_s", (int, float), 10.0)))
+    for expected in ("description", "author", "licence"):
+        r.get(expected, str, "")
+    contract = None
+    if name is not None and version is not None and argv and not r.problems:
+        contract = Contract(
+            name=name, version=version, protocol=protocols, directory=directory,
+            description=r.get("description", str, ""), author=r.get("author", str, ""),
+            licence=r.get("licence", str, ""),
+            run=RunSpec(command=argv, env=dict(env), cwd=cwd, restart=restart, **timeouts),
+            provides=r.strings("provides"), needs=r.strings("needs"),
+            after=r.strings("after"), before=r.strings("before"), exports=tuple(exports),
+            limits=limits, config=r.get("config", dict, {}),
+        )
+    return contract, r.problems
+
+
+def find_plugin_dirs(paths: list[Path]) -> list[Path]:
+    """Each path is a plugin folder (it has plugin.toml) or a folder of plugin folders."""
+    found = []
+    for path in paths:
+        path = Path(path)
+        inside = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
+        # A folder with no plugin at all is reported as its own missing manifest.
+        found.extend(inside if inside and not (path / MANIFEST).exists() else [path])
+    return found
+
+
+def check_contracts(paths: list[Path]) -> tuple[list[Contract], list[Problem]]:
+    """Load every plugin below ``paths`` and check them together; return them in start order.
+
+    Besides each manifest's own problems: two plugins with one name, needs nobody
+    provides, placement naming unknown plugins, and dependency cycles.
+    """
+    contracts: list[Contract] = []
+    problems: list[Problem] = []
+    for directory in find_plugin_dirs(paths):
+        contract, found = load_contract(directory)
+        problems.extend(found)
+        if contract is not None:
+            contracts.append(contract)
+    by_name: dict[str, Contract] = {}
+    for contract in contracts:
+        if contract.name in by_name:
+            problems.append(Problem(contract.file, "name", f"two plugins are named "
+                                    f"{contract.name!r} (the other: {by_name[contract.name].file})"))
+        else:
+            by_name[contract.name] = contract
+    ordered, order_problems = start_order(list(by_name.values()))
+    return ordered, problems + order_problems
+
+
+def start_order(contracts: list[Contract]) -> tuple[list[Contract], list[Problem]]:
+    """Providers before those who need them, ``after``/``before`` honoured; cycles reported."""
+    by_name = {c.name: c for c in contracts}
+    providers: dict[str, list[str]] = {}
+    for contract in contracts:
+        for capability in contract.provides:
+            providers.setdefault(capability, []).append(contract.name)
+    problems: list[Problem] = []
+    edges: dict[str, set[str]] = {c.name: set() for c in contracts}  # name -> must start first
+    for contract in contracts:
+        for capability in contract.needs:
+            if capability not in providers:
+                problems.append(Problem(contract.file, "needs", f"unmet need {capability!r}: "
+                                        "no plugin provides it"))
+            edges[contract.name].update(p for p in providers.get(capability, [])
+                                        if p != contract.name)
+        for other in contract.after:
+            if other in by_name:
+                edges[contract.name].add(other)
+            else:
+                problems.append(Problem(contract.file, "after", f"no plugin named {other!r}"))
+        for other in contract.before:
+            if other in by_name:
+                edges[other].add(contract.name)
+            else:
+                problems.append(Problem(contract.file, "before", f"no plugin named {other!r}"))
+    ordered: list[Contract] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = trail[trail.index(name):] + [name]
+            problems.append(Problem(by_name[name].file, "needs/after/before",
+                                    "dependency cycle: " + " -> ".join(cycle)))
+            return
+        state[name] = "visiting"
+        for first in sorted(edges[name]):
+            visit(first, trail + [name])
+        state[name] = "done"
+        ordered.append(by_name[name])
+
+    for name in sorted(by_name):
+        visit(name, [])
+    return ordered, problems
+
+
+def dependents(contracts: list[Contract], name: str) -> list[str]:
+    """Plugins that need a capability ``name`` provides, or start after it (transitively)."""
+    by_name = {c.name: c for c in contracts}
+    target = by_name.get(name)
+    if target is None:
+        return []
+    found: list[str] = []
+    frontier = [target]
+    while frontier:
+        current = frontier.pop()
+        for other in contracts:
+            if other.name in found or other.name == name:
+                continue
+            if set(other.needs) & set(current.provides) or current.name in other.after:
+                found.append(other.name)
+                frontier.append(other)
+    return found
+
+
+def replacement_problems(old: Contract, new: Contract) -> list[str]:
+    """Elektra's rule: a new version may replace the old in place only when its contract
+    provides at least what the old did and needs no more."""
+    reasons = []
+    if new.name != old.name:
+        reasons.append(f"the name changed from {old.name!r} to {new.name!r}")
+    lost = sorted(set(old.provides) - set(new.provides))
+    if lost:
+        reasons.append("no longer provides " + ", ".join(lost))
+    gained = sorted(set(new.needs) - set(old.needs))
+    if gained:
+        reasons.append("needs more: " + ", ".join(gained))
+    old_exports = {(e.pattern, e.type) for e in old.exports}
+    new_exports = {(e.pattern, e.type) for e in new.exports}
+    dropped = sorted(f"{p} ({t.value})" for p, t in old_exports - new_exports)
+    if dropped:
+        reasons.append("no longer exports " + ", ".join(dropped))
+    return reasons
