@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from protocol import limits
 from protocol._version import SUPPORTED_VERSIONS
@@ -73,6 +73,33 @@ class CoreConfig:
 Clock = Callable[[], float]
 WallClock = Callable[[], int]
 
+
+class Export(Protocol):
+    type: ValueType
+
+
+class PluginContract(Protocol):
+    """What the core needs of a plugin's contract: which names it may declare, as what."""
+
+    def export_for(self, name: str) -> Export | None: ...
+
+
+class RuntimeHooks(Protocol):
+    """How the plugin runtime hears about plugin sessions (it runs in the same loop)."""
+
+    def plugin_ready(self, session: Session) -> None: ...
+
+    def plugin_session_ended(self, session: Session, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Returned by a method handler that answers later through :meth:`BrokerCore.complete`."""
+
+
+DEFERRED = Deferred()
+MethodHandler = Callable[["Session", dict[str, Any], int], Any]
+
 _MISSING = object()
 
 
@@ -121,6 +148,12 @@ class BrokerCore:
             "publish": self._publish, "listen": self._listen, "unlisten": self._unlisten,
             "sessions": self._list_sessions,
         }
+        self.contracts: dict[str, PluginContract] = {}
+        """Plugins held to a contract: they may declare only what it exports."""
+        self.plugin_tokens: dict[str, str] = {}
+        """One-time tokens of launched plugins, valid while their process lives."""
+        self.runtime: RuntimeHooks | None = None
+        self._extra_methods: dict[str, tuple[MethodHandler, bool]] = {}
         self.system = SystemProperties(self)
 
     # -- the driver's interface ---------------------------------------------------
@@ -215,6 +248,22 @@ class BrokerCore:
         session.requests[msgid] = PendingRequest(method, self.clock() + timeout, on_reply)
         self._outbox.append((session.peer, encode(Request(msgid, method, params))))
 
+    def register_method(self, name: str, handler: MethodHandler, *,
+                        admin_only: bool = False) -> None:
+        """Add a method (the runtime's plugin control); ``handler(session, params, msgid)``
+        returns a result, or DEFERRED and answers later with :meth:`complete`."""
+        self._extra_methods[name] = (handler, admin_only)
+
+    def complete(self, peer: bytes, msgid: int, result: Any = None,
+                 error: ProtocolError | None = None) -> None:
+        """Answer a request whose handler returned DEFERRED."""
+        if peer not in self.sessions:
+            return
+        if error is not None:
+            self._error_to(peer, msgid, error)
+        else:
+            self._reply(peer, msgid, result)
+
     def end_session(self, session: Session, reason: str) -> None:
         """Forget a session: its properties go (subscribers told), then everything else."""
         if self.sessions.get(session.peer) is not session:
@@ -233,6 +282,8 @@ class BrokerCore:
         pending, session.requests = session.requests, {}
         for request in pending.values():
             request.on_reply(None)
+        if session.role is Role.PLUGIN and self.runtime is not None:
+            self.runtime.plugin_session_ended(session, reason)
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -260,6 +311,13 @@ class BrokerCore:
             elif session is None:
                 raise ProtocolError("hello_required", "the first request on a connection "
                                     f"must be hello, not {request.method!r}")
+            elif request.method in self._extra_methods:
+                extra, admin_only = self._extra_methods[request.method]
+                if admin_only and session.role is not Role.ADMIN:
+                    raise ProtocolError("forbidden", f"{request.method} needs the admin role")
+                result = extra(session, request.params, request.msgid)
+                if result is DEFERRED:
+                    return
             else:
                 handler = self._methods.get(request.method)
                 if handler is None:
@@ -332,6 +390,11 @@ class BrokerCore:
             validate_plugin_name(name)
             if name in self.plugins:
                 raise ProtocolError("name_taken", f"a plugin named {name!r} is connected")
+            expected = self.plugin_tokens.get(name)
+            if name in self.contracts and (expected is None or token is None
+                                           or not hmac.compare_digest(token, expected)):
+                raise ProtocolError("unauthorized", f"plugin {name!r} is managed by the "
+                                    "runtime: it needs the token the runtime gave its process")
         elif role is Role.ADMIN:
             expected = self.config.admin_token
             if expected is None or token is None or not hmac.compare_digest(token, expected):
@@ -363,6 +426,8 @@ class BrokerCore:
             self.end_session(session, "init failed")
             return
         session.state = SessionState.READY
+        if self.runtime is not None:
+            self.runtime.plugin_ready(session)
 
     def _bye(self, session: Session, params: dict[str, Any]) -> Any:
         return {}
@@ -390,6 +455,15 @@ class BrokerCore:
             raise ProtocolError("invalid_params", f"unknown type {type_text!r}; types are "
                                 + ", ".join(t.value for t in ValueType)) from None
         meta = parse_meta(vtype, params)
+        contract = self.contracts.get(session.name or "")
+        if contract is not None:
+            export = contract.export_for(name)
+            if export is None:
+                raise ProtocolError("contract_violation", f"{name} is not exported by the "
+                                    f"contract of plugin {session.name!r}", name=name)
+            if export.type is not vtype:
+                raise ProtocolError("contract_violation", f"{name} is exported as "
+                                    f"{export.type.value}, not {vtype.value}", name=name)
         prop = self.store.by_name.get(name)
         if prop is not None:
             if prop.type is not vtype:

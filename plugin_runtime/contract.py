@@ -221,9 +221,8 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
         if not isinstance(item, dict):
             r.problem(where, "must be a table")
             continue
-        pattern = item.get("pattern")
         try:
-            validate_pattern(pattern)
+            pattern = validate_pattern(item.get("pattern"))
             if name is not None and pattern.split("/", 1)[0] != name:
                 r.problem(f"{where}.pattern", f"{pattern!r} is outside the plugin's "
                           f"namespace {name}/")
@@ -231,7 +230,7 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
             r.problem(f"{where}.pattern", exc.message)
             continue
         try:
-            vtype = ValueType(item.get("type"))
+            vtype = ValueType(str(item.get("type")))
         except ValueError:
             r.problem(f"{where}.type", f"unknown type {item.get('type')!r}; types are "
                       + ", ".join(t.value for t in ValueType))
