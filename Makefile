@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STATE  ?= .state
 
 .PHONY: run test install install-test lint clean
 
@@ -24,7 +23,7 @@ install-test: $(VENV)/.installed-test
 
 ## run: the broker in the foreground on embedded defaults (Ctrl-C stops it)
 run: install
-	$(BIN)/plugboard broker --state-dir $(STATE)
+	$(BIN)/plugboard broker --plugins plugins
 
 ## test: the whole suite (exit 5, "no tests collected", counts as a failure)
 test: install-test

@@ -75,13 +75,14 @@ WallClock = Callable[[], int]
 
 
 class Export(Protocol):
-    type: ValueType
+    @property
+    def type(self) -> ValueType: ...
 
 
 class PluginContract(Protocol):
     """What the core needs of a plugin's contract: which names it may declare, as what."""
 
-    def export_for(self, name: str) -> Export | None: ...
+    def export_for(self, name: str, vtype: ValueType | None = None) -> Export | None: ...
 
 
 class RuntimeHooks(Protocol):
@@ -457,7 +458,7 @@ class BrokerCore:
         meta = parse_meta(vtype, params)
         contract = self.contracts.get(session.name or "")
         if contract is not None:
-            export = contract.export_for(name)
+            export = contract.export_for(name, vtype)
             if export is None:
                 raise ProtocolError("contract_violation", f"{name} is not exported by the "
                                     f"contract of plugin {session.name!r}", name=name)
@@ -481,6 +482,14 @@ class BrokerCore:
         if "value" in params:
             self._write(prop, prop.check(params["value"]))
         return {"handle": prop.handle, "revision": prop.revision, "value": prop.value}
+
+    def set_system(self, name: str, vtype: ValueType, value: Any, **meta: Any) -> None:
+        """Declare or update a broker-owned property below ``system/`` (written if changed)."""
+        prop = self.store.by_name.get(name)
+        if prop is None:
+            self.declare_system(name, vtype, value, **meta)
+        elif prop.value != value or prop.revision == 0:
+            self._write(prop, value)
 
     def declare_system(self, name: str, vtype: ValueType, value: Any, **meta: Any) -> Property:
         """Declare a broker-owned property below ``system/`` (used by SystemProperties)."""

@@ -51,6 +51,12 @@ class BrokerServer:
         self._timer_at = 0.0
         self._pump_scheduled = False
 
+    def poke(self) -> None:
+        """Have the loop flush soon: for changes made to the core outside a pump."""
+        if not self._pump_scheduled and self._sock is not None:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
     def stop(self) -> None:
         """Begin an orderly shutdown (safe to call from a signal handler)."""
         self._stop.set()

@@ -93,12 +93,13 @@ class Contract:
     def file(self) -> str:
         return str(self.directory / MANIFEST)
 
-    def export_for(self, name: str) -> Export | None:
-        """The export that allows declaring ``name``, if any."""
-        for export in self.exports:
-            if matches(export.pattern, name):
-                return export
-        return None
+    def export_for(self, name: str, vtype: ValueType | None = None) -> Export | None:
+        """The export that allows declaring ``name`` (as ``vtype``, when one matches with
+        that type), or None when no pattern covers the name."""
+        found = [e for e in self.exports if matches(e.pattern, name)]
+        typed = [e for e in found if e.type is vtype]
+        best = typed or found
+        return best[0] if best else None
 
     def argv(self) -> list[str]:
         return [part.replace("{python}", sys.executable).replace("{dir}", str(self.directory))
@@ -289,8 +290,9 @@ def check_contracts(paths: list[Path]) -> tuple[list[Contract], list[Problem]]:
     by_name: dict[str, Contract] = {}
     for contract in contracts:
         if contract.name in by_name:
+            other = by_name[contract.name].file
             problems.append(Problem(contract.file, "name", f"two plugins are named "
-                                    f"{contract.name!r} (the other: {by_name[contract.name].file})"))
+                                    f"{contract.name!r} (the other: {other})"))
         else:
             by_name[contract.name] = contract
     ordered, order_problems = start_order(list(by_name.values()))

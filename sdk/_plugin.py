@@ -47,6 +47,7 @@ class Plugin:
         self._timers: list[tuple[float, Hook]] = []
         self._timer_tasks: list[asyncio.Task[None]] = []
         self._initialized = asyncio.Event()
+        self.init_failed = asyncio.Event()
         self.client.on_request("init", self._on_init)
 
     def on_init(self, hook: InitHook) -> InitHook:
@@ -75,8 +76,14 @@ class Plugin:
         if self._initialized.is_set():
             return {}
         self.config = params.get("config") or {}
-        for init_hook in self._init_hooks:
-            await init_hook(self, self.config)
+        try:
+            for init_hook in self._init_hooks:
+                await init_hook(self, self.config)
+        except Exception:
+            # A plugin that cannot initialise exits non-zero, so its supervisor sees it.
+            log.exception("init failed; exiting")
+            self.init_failed.set()
+            raise
         for seconds, hook in self._timers:
             self._timer_tasks.append(asyncio.create_task(self._run_timer(seconds, hook)))
         self._initialized.set()
@@ -102,8 +109,8 @@ class Plugin:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await self.client.connect()
-        waits = [asyncio.create_task(e.wait())
-                 for e in (self.client.end_requested, stop, self.client.closed)]
+        waits = [asyncio.create_task(e.wait()) for e in (
+            self.client.end_requested, stop, self.client.closed, self.init_failed)]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -115,6 +122,8 @@ class Plugin:
                 except Exception:
                     log.exception("end hook raised")
             await self.client.close()
+        if self.init_failed.is_set():
+            raise SystemExit(1)
 
     def run(self) -> None:
         """Blocking entry point for ``if __name__ == "__main__": plugin.run()``."""

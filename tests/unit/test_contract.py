@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from plugin_runtime.contract import (
-    check_contracts, dependents, load_contract, replacement_problems, start_order,
+    check_contracts,
+    dependents,
+    load_contract,
+    replacement_problems,
+    start_order,
 )
 
 ROOT = Path(__file__).parents[2]
