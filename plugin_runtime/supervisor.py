@@ -184,7 +184,8 @@ class Supervisor:
                                 log_path=self.log_dir / f"{name}.log")
         plugin.process = process
         plugin.exit_code = None
-        self._set_state(plugin, PluginState.STARTING, "")
+        plugin.reason = ""
+        self._set_state(plugin, PluginState.STARTING)
         try:
             await process.spawn()
         except OSError as exc:

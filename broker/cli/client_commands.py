@@ -28,7 +28,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for each reply (default 3)")
 
 
-def _client(args: argparse.Namespace, reconnect: bool = False) -> Client:
+def connect(args: argparse.Namespace, reconnect: bool = False) -> Client:
     endpoint = args.endpoint or os.environ.get("PLUGBOARD_ENDPOINT") or default_endpoint(
         args.state_dir)
     token = read_admin_token(args.state_dir)
@@ -38,7 +38,7 @@ def _client(args: argparse.Namespace, reconnect: bool = False) -> Client:
 
 def get(args: argparse.Namespace) -> int:
     async def main() -> None:
-        async with _client(args) as client:
+        async with connect(args) as client:
             info = await client.get(args.name)
             print(format_value(info.value))
 
@@ -48,7 +48,7 @@ def get(args: argparse.Namespace) -> int:
 
 def set_(args: argparse.Namespace) -> int:
     async def main() -> None:
-        async with _client(args) as client:
+        async with connect(args) as client:
             vtype = ValueType(args.type) if args.type else ValueType((await client.get(
                 args.name)).type)
             revision = await client.set(args.name, parse_value(args.value, vtype))
@@ -60,7 +60,7 @@ def set_(args: argparse.Namespace) -> int:
 
 def ls(args: argparse.Namespace) -> int:
     async def main() -> list[Any]:
-        async with _client(args) as client:
+        async with connect(args) as client:
             return await client.list(args.pattern)
 
     items = asyncio.run(main())
@@ -87,7 +87,7 @@ def ls(args: argparse.Namespace) -> int:
 
 def watch(args: argparse.Namespace) -> int:
     async def main() -> None:
-        async with _client(args, reconnect=True) as client:
+        async with connect(args, reconnect=True) as client:
             sub = await client.subscribe(args.pattern, current=not args.no_current,
                                          policy=args.policy)
             seen = 0

@@ -1,13 +1,20 @@
-"""``plugboard check``: the contract checker, the same check the runtime runs first."""
+"""Plugin commands: ``check`` (the contract checker the runtime runs first), ``plugins``,
+``logs`` and ``top``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from plugin_runtime.contract import check_contracts
+from protocol.errors import ConfigError
+
+from .client_commands import add_connection_arguments, connect
+from .values import format_value
 
 
 def check(args: argparse.Namespace) -> int:
@@ -31,3 +38,102 @@ def add_commands(commands: Any) -> None:
                     "field and reason, and exits 1 if there is any.")
     cmd.add_argument("paths", nargs="+", metavar="PATH")
     cmd.set_defaults(handler=check)
+    add_runtime_commands(commands)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("NAME", "VERSION", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "MEMORY", "REASON")
+    lines = [header]
+    for row in rows:
+        rss = row.get("memory_rss") or 0
+        lines.append((
+            row["name"], row["version"], row["state"], str(row.get("pid") or "-"),
+            format_value(row["uptime"]) if row.get("pid") else "-", str(row["restarts"]),
+            f"{row.get('cpu_percent') or 0:.1f}", f"{rss / 2**20:.1f} MB" if rss else "-",
+            (row.get("reason") or "")[:60],
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
+                     for line in lines)
+
+
+def plugins(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with connect(args) as client:
+            if args.action == "list":
+                print(_table((await client.request("plugins"))["plugins"]))
+                return 0
+            if not args.name:
+                raise ConfigError(f"plugins {args.action} needs a plugin NAME")
+            params = {"name": args.name, "force": args.force}
+            result = await client.request(f"plugins.{args.action}", params,
+                                          timeout=max(args.timeout, 60.0))
+            print(f"{args.action} {args.name}: " + ", ".join(
+                f"{k} {format_value(v)}" for k, v in result.items()))
+            return 0 if result.get("ready", True) else 1
+
+    return asyncio.run(main())
+
+
+def logs(args: argparse.Namespace) -> int:
+    path = Path(args.state_dir) / "logs" / f"{args.name}.log"
+    if not path.exists():
+        raise ConfigError(f"no log for plugin {args.name!r} at {path}")
+    with open(path, "rb") as log_file:
+        lines = log_file.read().splitlines(keepends=True)[-args.lines:]
+        sys.stdout.buffer.write(b"".join(lines))
+        sys.stdout.flush()
+        while args.follow:  # a file has no change event to wait on: poll it, as tail -f does
+            chunk = log_file.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+    return 0
+
+
+def top(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        async with connect(args, reconnect=True) as client:
+            changes = await client.subscribe("system/plugins/+/+", min_interval=0.5)
+            async for _event in changes:
+                rows = (await client.request("plugins"))["plugins"]
+                print("\033[H\033[2J" + _table(rows), flush=True)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def add_runtime_commands(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "plugins", help="list plugins, or start/stop/restart/reload one",
+        description="Without an action: each configured plugin with state, pid, uptime, "
+                    "restarts, CPU and memory. start/stop/restart/reload act on one plugin "
+                    "(admin). reload replaces it with the version on disk when the new "
+                    "contract provides at least as much and needs no more; --force replaces "
+                    "it anyway and restarts the plugins that depend on it.")
+    cmd.add_argument("action", nargs="?", default="list",
+                     choices=["list", "start", "stop", "restart", "reload"])
+    cmd.add_argument("name", nargs="?")
+    cmd.add_argument("--force", action="store_true", help="reload: replace even if the "
+                     "contract provides less or needs more")
+    add_connection_arguments(cmd)
+    cmd.set_defaults(handler=plugins)
+
+    cmd = commands.add_parser("logs", help="show a plugin's captured stdout and stderr",
+                              description="Print the end of a plugin's log (state dir "
+                                          "logs/NAME.log, rotated at 1 MiB).")
+    cmd.add_argument("name")
+    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    cmd.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    cmd.set_defaults(handler=logs)
+
+    cmd = commands.add_parser("top", help="a live table of plugins and their resource use",
+                              description="Redraw the plugin table whenever a plugin's "
+                                          "figures change, until Ctrl-C.")
+    add_connection_arguments(cmd)
+    cmd.set_defaults(handler=top)
