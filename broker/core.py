@@ -462,7 +462,7 @@ class BrokerCore:
             if export is None:
                 raise ProtocolError("contract_violation", f"{name} is not exported by the "
                                     f"contract of plugin {session.name!r}", name=name)
-            if export.type is not vtype:
+            if export.type is not vtype and export.type is not ValueType.ANY:
                 raise ProtocolError("contract_violation", f"{name} is exported as "
                                     f"{export.type.value}, not {vtype.value}", name=name)
         prop = self.store.by_name.get(name)

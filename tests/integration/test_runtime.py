@@ -1,0 +1,233 @@
+"""The plugin runtime with real plugin processes that misbehave on purpose.
+
+The broker and supervisor run in the test's event loop; the plugins are real child
+processes. Each test asserts the state or escalation step reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from broker import BrokerServer, CoreConfig, ServerConfig
+from plugin_runtime.contract import check_contracts
+from plugin_runtime.process import StopStep
+from plugin_runtime.supervisor import PluginState, Supervisor
+from sdk import Change, Client, Removed
+
+from .processes import FIXTURE_PLUGINS, short_tmpdir
+
+pytestmark = pytest.mark.integration
+
+
+def make_plugin(root: Path, name: str, *, restart: str = "on-failure", extra: str = "",
+                **env: str) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    env_lines = "".join(f'{k} = "{v}"\n' for k, v in env.items())
+    (folder / "plugin.toml").write_text(textwrap.dedent(f"""\
+        name = "{name}"
+        version = "1.0"
+        protocol = [1]
+        {extra}
+        [run]
+        command = ["{{python}}", "{FIXTURE_PLUGINS / 'misbehave.py'}"]
+        restart = "{restart}"
+        start_timeout = 3
+        stop_timeout = 1
+
+        [run.env]
+        PYTHONPATH = "{Path(__file__).parents[2]}"
+        {env_lines}
+        [[exports]]
+        pattern = "{name}/+"
+        type = "any"
+
+        [limits]
+        memory_mb = 150
+        sustained_s = 1
+        """))
+
+
+class Runtime:
+    def __init__(self, server: BrokerServer, state_dir: Path) -> None:
+        self.server = server
+        self.state_dir = state_dir
+        self.supervisor: Supervisor | None = None
+
+    async def start(self, root: Path) -> Supervisor:
+        contracts, problems = check_contracts([root])
+        assert problems == []
+        self.supervisor = Supervisor(self.server.core, contracts,
+                                     endpoint=self.server.endpoints[0],
+                                     state_dir=self.state_dir, poke=self.server.poke)
+        await self.supervisor.start_all()
+        return self.supervisor
+
+    async def until_state(self, name: str, *states: PluginState, timeout: float = 15) -> None:
+        assert self.supervisor is not None
+        plugin = self.supervisor.plugins[name]
+        async with asyncio.timeout(timeout):
+            async with Client(self.server.endpoints[0]) as client:
+                sub = await client.subscribe(f"system/plugins/{name}/state")
+                async for event in sub:
+                    if isinstance(event, Change) and event.value in states:
+                        return
+        raise AssertionError(f"{name} never reached {states}: {plugin.state} {plugin.reason}")
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[Runtime]:
+    state_dir = short_tmpdir()
+    server = BrokerServer(ServerConfig(
+        endpoints=(f"ipc://{state_dir}/broker.sock",),
+        core=CoreConfig(heartbeat_ms=200, session_timeout_ms=1000)))
+    serving = asyncio.create_task(server.serve())
+    await server.ready.wait()
+    rt = Runtime(server, state_dir)
+    try:
+        yield rt
+    finally:
+        if rt.supervisor is not None:
+            await rt.supervisor.stop_all()
+        server.stop()
+        await serving
+
+
+def reason_of(rt: Runtime, name: str) -> str:
+    assert rt.supervisor is not None
+    plugin = rt.supervisor.plugins[name]
+    return f"state {plugin.state}, reason {plugin.reason!r}"
+
+
+async def test_crash_on_start_reports_exit_code_and_stderr(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "crasher", restart="never", CRASH_ON_START="1")
+    make_plugin(root, "needy", extra='needs = ["crash-service"]')
+    (root / "crasher" / "plugin.toml").write_text(
+        (root / "crasher" / "plugin.toml").read_text().replace(
+            'protocol = [1]', 'protocol = [1]\nprovides = ["crash-service"]'))
+    supervisor = await runtime.start(root)
+    await runtime.until_state("crasher", PluginState.FAILED, PluginState.EXITED)
+    crasher = supervisor.plugins["crasher"]
+    assert "exited with status 3 before it was ready" in crasher.reason
+    assert "misbehave: crashing on start" in crasher.reason
+    needy = supervisor.plugins["needy"]
+    assert needy.state is PluginState.FAILED and "depends on crasher" in needy.reason
+
+
+async def test_no_hello_fails_at_the_start_timeout(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "mute", restart="never", NO_HELLO="1")
+    supervisor = await runtime.start(root)
+    assert "not ready within 3 s" in supervisor.plugins["mute"].reason
+    assert "not saying hello" in supervisor.plugins["mute"].reason
+
+
+async def test_ignoring_sigterm_escalates_to_sigkill_and_grandchildren_go(
+        runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "stubborn", IGNORE_SIGTERM="1", GRANDCHILDREN="1")
+    supervisor = await runtime.start(root)
+    assert supervisor.plugins["stubborn"].state is PluginState.READY, reason_of(runtime,
+                                                                                 "stubborn")
+    core = runtime.server.core
+    children = [core.store.by_name[f"stubborn/child_{i}"].value for i in (0, 1)]
+    assert all(psutil.pid_exists(pid) for pid in children)
+    step = await supervisor.stop("stubborn")
+    assert step is StopStep.SIGKILL
+    assert supervisor.plugins["stubborn"].state is PluginState.STOPPED
+    for pid in children:
+        try:
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE or False, pid
+        except psutil.NoSuchProcess:
+            pass
+
+
+async def test_polite_plugin_stops_at_the_end_request(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "polite")
+    supervisor = await runtime.start(root)
+    assert await supervisor.stop("polite") is StopStep.END
+    assert supervisor.plugins["polite"].exit_code == 0
+
+
+async def test_crash_later_is_restarted_with_properties_back(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "phoenix", CRASH_LATER="1")
+    async with Client(runtime.server.endpoints[0]) as client:
+        sub = await client.subscribe("phoenix/alive", current=False)
+        supervisor = await runtime.start(root)
+        seen: list[object] = []
+        async with asyncio.timeout(15):
+            async for event in sub:
+                seen.append(type(event))
+                if seen.count(Change) >= 2 and Removed in seen:
+                    break
+        assert supervisor.plugins["phoenix"].restarts >= 1
+
+
+async def test_a_plugin_that_keeps_crashing_is_marked_failed(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "flapper", restart="always", CRASH_LATER="1")
+    supervisor = await runtime.start(root)
+    supervisor.plugins["flapper"].tracker.base_delay = 0.05
+    supervisor.plugins["flapper"].tracker.flap_limit = 2
+    await runtime.until_state("flapper", PluginState.FAILED)
+    assert "flapping" in supervisor.plugins["flapper"].reason
+
+
+async def test_requested_stop_is_not_restarted(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "calm", restart="always")
+    supervisor = await runtime.start(root)
+    await supervisor.stop("calm")
+    assert supervisor.plugins["calm"].state is PluginState.STOPPED
+    assert supervisor.plugins["calm"].restart_timer is None
+
+
+async def test_blocked_event_loop_loses_its_session_and_is_replaced(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "frozen", restart="never", BLOCK_LOOP="1")
+    supervisor = await runtime.start(root)
+    await runtime.until_state("frozen", PluginState.FAILED, PluginState.EXITED)
+    assert "session lost" in supervisor.plugins["frozen"].reason
+
+
+async def test_memory_limit_restarts_the_plugin(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "hog", restart="never", EAT_MEMORY="300")
+    supervisor = await runtime.start(root)
+    await runtime.until_state("hog", PluginState.FAILED, PluginState.EXITED)
+    assert "limit exceeded: memory" in supervisor.plugins["hog"].reason
+
+
+async def test_declaring_outside_the_contract_is_refused(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "rogue", restart="never", DECLARE_OUTSIDE="1")
+    (root / "rogue" / "plugin.toml").write_text((root / "rogue" / "plugin.toml").read_text()
+                                                .replace('pattern = "rogue/+"',
+                                                         'pattern = "rogue/alive"'))
+    supervisor = await runtime.start(root)
+    rogue = supervisor.plugins["rogue"]
+    assert rogue.state in (PluginState.FAILED, PluginState.EXITED)
+    log = (runtime.state_dir / "logs" / "rogue.log").read_text()
+    assert "contract_violation: rogue/secret is not exported" in log
+
+
+async def test_contract_and_stats_are_published(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "open", extra='provides = ["openness"]')
+    supervisor = await runtime.start(root)
+    store = runtime.server.core.store.by_name
+    assert store["system/plugins/open/contract/provides"].value == ["openness"]
+    assert store["system/plugins/open/contract/exports"].value[0]["pattern"] == "open/+"
+    assert store["system/plugins/open/pid"].value == supervisor.plugins["open"].process.pid
+    assert store["system/plugins/open/state"].value == "ready"
+    os.kill(supervisor.plugins["open"].process.pid, 0)
