@@ -104,7 +104,8 @@ class Supervisor:
 
     def _publish(self, plugin: ManagedPlugin, stats: dict[str, Any] | None = None) -> None:
         base = f"{PREFIX}{plugin.name}/"
-        running = plugin.process is not None and plugin.process.poll() is None
+        running = (plugin.process is not None and plugin.process.pid is not None
+                   and plugin.process.poll() is None)
         figures: list[tuple[str, ValueType, Any]] = [
             ("state", ValueType.STR, plugin.state.value),
             ("pid", ValueType.INT, plugin.process.pid if running and plugin.process else 0),
