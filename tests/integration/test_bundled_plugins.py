@@ -83,11 +83,19 @@ async def test_bundled_plugins_run_restart_and_stop(processes: Processes) -> Non
             pass
 
 
-def test_sigterm_stops_plugins_dependents_first(processes: Processes) -> None:
+async def test_sigterm_stops_plugins_dependents_first(processes: Processes) -> None:
     broker: BrokerProcess = processes.broker(None, "--plugins", str(ROOT / "plugins"))
+    async with Client(broker.ipc) as client:
+        ready = await client.subscribe("system/plugins/thermostat/state")
+        await processes.until(ready, lambda e: isinstance(e, Change) and e.value == "ready",
+                              timeout=30)
     broker.signal(signal.SIGTERM)
     assert broker.wait(30) == 0, broker.describe()
     log = broker.stderr_path.read_text()
     stops = [line.split("plugin ")[1].split(":")[0] for line in log.splitlines()
              if "stopped (stopped on request)" in line]
     assert stops.index("thermostat") < stops.index("room"), stops
+    logs = subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+                           str(broker.state_dir), "logs", "thermostat"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert logs.returncode == 0 and "--- starting" in logs.stdout

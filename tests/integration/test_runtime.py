@@ -231,3 +231,27 @@ async def test_contract_and_stats_are_published(runtime: Runtime) -> None:
     assert store["system/plugins/open/pid"].value == supervisor.plugins["open"].process.pid
     assert store["system/plugins/open/state"].value == "ready"
     os.kill(supervisor.plugins["open"].process.pid, 0)
+
+
+async def test_reload_follows_the_replacement_rule(runtime: Runtime) -> None:
+    from protocol import ProtocolError
+
+    root = short_tmpdir()
+    make_plugin(root, "base", extra='provides = ["a", "b"]')
+    make_plugin(root, "user", extra='needs = ["b"]')
+    supervisor = await runtime.start(root)
+    first_pid = supervisor.plugins["base"].process.pid
+    toml = root / "base" / "plugin.toml"
+    toml.write_text(toml.read_text().replace('version = "1.0"', 'version = "1.1"')
+                    .replace('provides = ["a", "b"]', 'provides = ["a", "b", "c"]'))
+    assert await supervisor.reload("base") == []
+    assert supervisor.plugins["base"].contract.version == "1.1"
+    assert supervisor.plugins["base"].process.pid != first_pid
+    toml.write_text(toml.read_text().replace('provides = ["a", "b", "c"]', 'provides = ["a"]'))
+    with pytest.raises(ProtocolError, match="no longer provides b, c"):
+        await supervisor.reload("base")
+    assert supervisor.plugins["base"].contract.version == "1.1"
+    user_pid = supervisor.plugins["user"].process.pid
+    assert await supervisor.reload("base", force=True) == ["user"]
+    assert supervisor.plugins["user"].process.pid != user_pid
+    assert supervisor.plugins["user"].state is PluginState.READY

@@ -60,6 +60,22 @@ def test_second_plugin_with_a_taken_name_is_refused(h: Harness) -> None:
     assert err.code == "name_taken"
 
 
+def test_a_managed_plugin_needs_its_launch_token() -> None:
+    h = Harness()
+    h.core.contracts["m"] = object()  # type: ignore[assignment]
+    h.core.plugin_tokens["m"] = "tok"
+    for token in (None, "wrong"):
+        params = {"versions": [1], "role": "plugin", "name": "m"}
+        if token:
+            params["token"] = token
+        assert error_of(h, b"x", "hello", **params).code == "unauthorized"
+    h.call(b"x", "hello", versions=[1], role="plugin", name="m", token="tok")
+    del h.core.plugin_tokens["m"]  # the process ended: the token is void
+    h.call(b"x", "bye")
+    err = error_of(h, b"y", "hello", versions=[1], role="plugin", name="m", token="tok")
+    assert err.code == "unauthorized"
+
+
 def test_plugin_gets_init_and_becomes_ready() -> None:
     h = Harness()
     h.call(P, "hello", versions=[1], role="plugin", name="p")
