@@ -304,7 +304,7 @@ class Client:
                               params.get("topic"))
             listener = self._listeners.get(params.get("listen"))  # type: ignore[arg-type]
             if listener is not None:
-                listener._queue.put_nowait(message)
+                listener._put(message)
             for callback in self._message_callbacks:
                 self._run_callback(callback, message)
         elif note.method == "shutdown":

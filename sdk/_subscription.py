@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from protocol.errors import RequestTimeout
 
 from ._events import Change, Event, Gap, Message, Removed, Synced
 
@@ -12,9 +14,44 @@ if TYPE_CHECKING:
     from ._client import Client
 
 _CLOSED = object()
+T = TypeVar("T")
 
 
-class Subscription:
+class _Stream(Generic[T]):
+    """An async iterator over a queue the connection fills; ends after ``_finish``."""
+
+    def __init__(self, client: Client, pattern: str) -> None:
+        self.pattern = pattern
+        self._client = client
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.closed = False
+
+    def _put(self, item: Any) -> None:
+        self._queue.put_nowait(item)
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self._queue.get()
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
+
+    async def next(self, timeout: float | None = None) -> T:
+        """The next item, waiting at most ``timeout`` seconds (RequestTimeout after)."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout)
+        except TimeoutError:
+            raise RequestTimeout(f"nothing on {self.pattern!r} within {timeout} s") from None
+
+    def _finish(self) -> None:
+        self.closed = True
+        self._queue.put_nowait(_CLOSED)
+
+
+class Subscription(_Stream[Event]):
     """Changes to the properties matching ``pattern``; iterate with ``async for``.
 
     The broker bounds what it queues for a subscriber (see ``policy``); this side keeps
@@ -22,23 +59,17 @@ class Subscription:
     """
 
     def __init__(self, client: Client, pattern: str, options: dict[str, Any]) -> None:
-        self.pattern = pattern
+        super().__init__(client, pattern)
         self.options = options
         self.sid: int | None = None
         """The broker's id for this subscription; changes after a reconnect."""
-        self._client = client
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._names: dict[int, str] = {}
         self._seq = 0
-        self.closed = False
 
     def _reset(self, sid: int) -> None:
         self.sid = sid
         self._names.clear()
         self._seq = 0
-
-    def _put(self, event: Any) -> None:
-        self._queue.put_nowait(event)
 
     def _on_changes(self, params: dict[str, Any]) -> None:
         seq = params.get("seq")
@@ -61,29 +92,6 @@ class Subscription:
         if params.get("synced"):
             self._put(Synced())
 
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
-
-    async def __anext__(self) -> Event:
-        event = await self._queue.get()
-        if event is _CLOSED:
-            self._queue.put_nowait(_CLOSED)
-            raise StopAsyncIteration
-        return event  # type: ignore[no-any-return]
-
-    async def next(self, timeout: float | None = None) -> Event:
-        """The next event, waiting at most ``timeout`` seconds (RequestTimeout after)."""
-        from protocol.errors import RequestTimeout
-
-        try:
-            return await asyncio.wait_for(self.__anext__(), timeout)
-        except TimeoutError:
-            raise RequestTimeout(f"no event on {self.pattern!r} within {timeout} s") from None
-
-    def _finish(self) -> None:
-        self.closed = True
-        self._queue.put_nowait(_CLOSED)
-
     async def close(self) -> None:
         """Unsubscribe; iteration ends after what was already received."""
         if not self.closed:
@@ -96,29 +104,12 @@ class Subscription:
         await self.close()
 
 
-class Listener:
+class Listener(_Stream[Message]):
     """Messages published on topics matching ``pattern``."""
 
     def __init__(self, client: Client, pattern: str) -> None:
-        self.pattern = pattern
+        super().__init__(client, pattern)
         self.lid: int | None = None
-        self._client = client
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.closed = False
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self
-
-    async def __anext__(self) -> Message:
-        message = await self._queue.get()
-        if message is _CLOSED:
-            self._queue.put_nowait(_CLOSED)
-            raise StopAsyncIteration
-        return message  # type: ignore[no-any-return]
-
-    def _finish(self) -> None:
-        self.closed = True
-        self._queue.put_nowait(_CLOSED)
 
     async def close(self) -> None:
         if not self.closed:

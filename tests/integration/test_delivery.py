@@ -100,3 +100,17 @@ async def test_every_request_times_out(processes: Processes, broker: BrokerProce
         finally:
             broker.signal(signal.SIGCONT)
         assert await client.request("ping")
+
+
+async def test_publish_reaches_listeners_of_matching_topics(
+    small_hwm_server: BrokerServer,
+) -> None:
+    endpoint = small_hwm_server.endpoints[0]
+    async with Client(endpoint) as listener_side, Client(endpoint) as publisher:
+        alerts = await listener_side.listen("alerts/#")
+        assert await publisher.publish("alerts/fire/kitchen", b"\x01") == 1
+        assert await publisher.publish("news/today", b"\x02") == 0
+        message = await alerts.next(5)
+        assert (message.topic, message.payload) == ("alerts/fire/kitchen", b"\x01")
+        await alerts.close()
+        assert await publisher.publish("alerts/fire/kitchen", b"\x03") == 0
