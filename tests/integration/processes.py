@@ -22,9 +22,15 @@ FIXTURE_PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
 READY = re.compile(r"plugboard broker ready: instance (\w+), listening on (.+)$")
 
 
+MADE_DIRS: list[Path] = []
+"""Every short temp dir made, removed when the suite ends."""
+
+
 def short_tmpdir() -> Path:
     """A temp dir short enough for ipc:// paths (Unix sockets allow 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="pb-"))
+    path = Path(tempfile.mkdtemp(prefix="pb-"))
+    MADE_DIRS.append(path)
+    return path
 
 
 def tail(path: Path, lines: int = 20) -> str:
