@@ -40,6 +40,7 @@ from .datastore import (
     parse_meta,
 )
 from .sessions import PendingRequest, Role, Session, SessionState
+from .store import Record, Store
 from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription
 from .system import SystemProperties
 
@@ -154,6 +155,8 @@ class BrokerCore:
         self.plugin_tokens: dict[str, str] = {}
         """One-time tokens of launched plugins, valid while their process lives."""
         self.runtime: RuntimeHooks | None = None
+        self.persistence: Store | None = None
+        """Where persistent properties are kept; None keeps nothing."""
         self._extra_methods: dict[str, tuple[MethodHandler, bool]] = {}
         self.system = SystemProperties(self)
 
@@ -275,6 +278,8 @@ class BrokerCore:
         if session.name is not None and self.plugins.get(session.name) is session:
             del self.plugins[session.name]
         for prop in list(session.properties):
+            if prop.meta.persist and self.persistence is not None:
+                continue  # stays, dormant, with its last value until declared again
             self._remove_property(prop)
         for sub in session.subscriptions.values():
             self._drop_subscription(sub)
@@ -467,10 +472,25 @@ class BrokerCore:
                                     f"{export.type.value}, not {vtype.value}", name=name)
         prop = self.store.by_name.get(name)
         if prop is not None:
+            dormant = prop not in session.properties
             if prop.type is not vtype:
-                raise ProtocolError("type_mismatch", f"{name} is declared as "
-                                    f"{prop.type.value}, not {vtype.value}", name=name)
+                where = "stored" if dormant else "declared"
+                raise ProtocolError("type_mismatch", f"{name} is {where} as "
+                                    f"{prop.type.value}, not {vtype.value}"
+                                    + ("; the stored value is kept" if dormant else ""),
+                                    name=name, stored_type=prop.type.value)
+            session.properties[prop] = None
+            restored = dormant and prop.meta.persist and meta.persist and prop.revision > 0
             prop.meta = meta
+            if self.persistence is not None:
+                if meta.persist:
+                    self._persist(prop)
+                else:
+                    self.persistence.delete(name)
+            if restored:
+                # The stored value wins over the declaration's initial value.
+                return {"handle": prop.handle, "revision": prop.revision, "value": prop.value,
+                        "restored": True}
         else:
             prop = self.store.add(name, vtype, meta, session.name or "")
             session.properties[prop] = None
@@ -505,6 +525,8 @@ class BrokerCore:
         if prop.owner != session.name or session.role is not Role.PLUGIN:
             raise ProtocolError("forbidden", f"only its owner {prop.owner!r} deletes {prop.name}")
         self._remove_property(prop)
+        if self.persistence is not None and prop.meta.persist:
+            self.persistence.delete(prop.name)
         return {}
 
     def _remove_property(self, prop: Property) -> None:
@@ -517,7 +539,10 @@ class BrokerCore:
         self.store.remove(prop)
 
     def _get(self, session: Session, params: dict[str, Any]) -> Any:
-        return self.store.resolve(params.get("target")).describe()
+        prop = self.store.resolve(params.get("target"))
+        owner = self.plugins.get(prop.owner)
+        return {**prop.describe(), "live": owner is not None and prop in owner.properties
+                or prop.owner == SYSTEM_NAMESPACE}
 
     def _list(self, session: Session, params: dict[str, Any]) -> Any:
         pattern = validate_pattern(_param(params, "pattern", str, "#"))
@@ -550,7 +575,27 @@ class BrokerCore:
 
     def _write(self, prop: Property, value: Any) -> None:
         self.store.write(prop, value, Timestamp.from_unix_nano(self.wallclock()))
+        if prop.meta.persist and self.persistence is not None:
+            self._persist(prop)
         self._changed(prop)
+
+    def _persist(self, prop: Property) -> None:
+        assert self.persistence is not None
+        self.persistence.put(Record(prop.name, prop.type, prop.meta.to_wire(), prop.value,
+                                    prop.revision, prop.changed_at))
+
+    def restore(self, records: list[Record]) -> None:
+        """Load stored persistent properties, dormant until their plugin declares them."""
+        for record in records:
+            if record.name in self.store.by_name:
+                continue
+            prop = self.store.add(record.name, record.type,
+                                  parse_meta(record.type, record.meta), namespace(record.name))
+            prop.value, prop.revision, prop.changed_at = (record.value, record.revision,
+                                                          record.timestamp)
+            for sub in self.subscriptions.match(record.name):
+                sub.properties[prop] = None
+                prop.subscriptions.append(sub)
 
     def _changed(self, prop: Property) -> None:
         for sub in prop.subscriptions:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from .core import BrokerCore, CoreConfig
+from .store import Durability, Store
 from .statedir import check_endpoint
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,22 @@ class ServerConfig:
     """Frames queued per peer before further frames to it are dropped and counted."""
     receive_batch: int = 1000
     """Most messages applied before one flush."""
+    batch_ms: int = 100
+    """Under durability ``batch``: the longest a persistent write waits to be committed."""
 
 
 class BrokerServer:
     """Binds the ROUTER, pumps frames through the core until :meth:`stop`."""
 
-    def __init__(self, config: ServerConfig, core: BrokerCore | None = None) -> None:
+    def __init__(self, config: ServerConfig, core: BrokerCore | None = None,
+                 store: Store | None = None) -> None:
         self.config = config
         self.core = core or BrokerCore(config.core)
+        self.store = store
+        if store is not None:
+            self.core.restore(store.load())
+            self.core.persistence = store
+        self._commit_timer: asyncio.TimerHandle | None = None
         self.endpoints: list[str] = []
         """The endpoints actually bound (with the port a ``*`` picked)."""
         self.ready = asyncio.Event()
@@ -90,6 +99,10 @@ class BrokerServer:
             loop.remove_reader(fd)
             if self._timer is not None:
                 self._timer.cancel()
+            if self._commit_timer is not None:
+                self._commit_timer.cancel()
+            if self.store is not None:
+                self.store.close()  # commits what is queued (all of it, under "off")
             sock.close(linger=0)
             self._ctx.term()
 
@@ -118,7 +131,9 @@ class BrokerServer:
                 break
             core.receive(frames[0], frames[1:])
         deadline = core.tick()
-        self._send(core.flush())
+        outgoing = core.flush()
+        self._persist()
+        self._send(outgoing)
         self._arm_timer(deadline)
         waiter = getattr(self, "_done_waiter", None)
         if waiter is not None and core.shutdown_complete and not waiter.done():
@@ -127,6 +142,23 @@ class BrokerServer:
             # More is waiting: yield to the loop first so other tasks are not starved.
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
+
+    def _persist(self) -> None:
+        """Group commit: under ``always`` this turn's writes are committed before its
+        replies are sent; under ``batch`` a timer commits them within batch_ms."""
+        store = self.store
+        if store is None or not store.dirty:
+            return
+        if store.durability is Durability.ALWAYS:
+            store.commit()
+        elif store.durability is Durability.BATCH and self._commit_timer is None:
+            self._commit_timer = asyncio.get_running_loop().call_later(
+                self.config.batch_ms / 1000, self._commit_batch)
+
+    def _commit_batch(self) -> None:
+        self._commit_timer = None
+        if self.store is not None:
+            self.store.commit()
 
     def _send(self, frames: list[tuple[bytes, bytes]]) -> None:
         sock, core = self._sock, self.core

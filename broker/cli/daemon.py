@@ -19,6 +19,7 @@ from plugin_runtime.supervisor import Supervisor
 from ..core import CoreConfig
 from ..server import BrokerServer, ServerConfig
 from ..statedir import StateDir, default_endpoint
+from ..store import STORE_NAME, Durability, Store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="silence after which a session ends (default 6000)")
     parser.add_argument("--max-frame", type=int, default=CoreConfig().max_frame,
                         help="largest accepted frame in bytes (default 4 MiB)")
+    parser.add_argument("--durability", choices=[d.value for d in Durability],
+                        default="always",
+                        help="persistent writes: always = committed before the reply "
+                             "(default); batch = committed within --batch-ms, a crash loses "
+                             "at most that window; off = written at a clean stop only")
+    parser.add_argument("--batch-ms", type=int, default=100,
+                        help="commit window of --durability batch (default 100)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,13 +54,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     state = StateDir(args.state_dir)
     try:
+        store = Store(state.path / STORE_NAME, Durability(args.durability))
         config = ServerConfig(
+            batch_ms=args.batch_ms,
             endpoints=tuple(args.endpoint or [default_endpoint(state.path)]),
             core=CoreConfig(admin_token=state.admin_token, heartbeat_ms=args.heartbeat_ms,
                             session_timeout_ms=args.session_timeout_ms,
                             max_frame=args.max_frame),
         )
-        asyncio.run(_serve(BrokerServer(config), contracts, state.path))
+        asyncio.run(_serve(BrokerServer(config, store=store), contracts, state.path))
     finally:
         state.close()
     return 0

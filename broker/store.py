@@ -1,0 +1,182 @@
+"""The persistent store: last value of every persistent property, in SQLite (WAL).
+
+Each row holds one property's declaration and last value as a msgpack record with a
+CRC-32 over name and record. SQLite does not checksum its pages, so a flipped byte
+inside a value would otherwise be served as a wrong value; with the CRC a damaged
+record is dropped (and logged) instead. A file SQLite itself cannot read is refused
+with a one-line message that names the file and the way out.
+
+Durability policies, as Redis's ``appendfsync``:
+
+- ``always``: the writes of one loop turn are committed in one transaction
+  (``synchronous=FULL``) before any reply of that turn is sent. Nothing acknowledged
+  is lost, not even on power loss.
+- ``batch``: replies go out at once; writes are committed at least every
+  ``batch_ms`` (``synchronous=NORMAL``). A crash loses at most that window.
+- ``off``: written only when the broker stops cleanly; a crash loses every write since.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.codec import decode_value, encode_value
+from protocol.errors import ConfigError, ProtocolError
+from protocol.values import Timestamp, ValueType
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "store.sqlite"
+SCHEMA_VERSION = 1
+
+
+class Durability(enum.StrEnum):
+    ALWAYS = "always"
+    BATCH = "batch"
+    OFF = "off"
+
+
+_SYNCHRONOUS = {Durability.ALWAYS: "FULL", Durability.BATCH: "NORMAL", Durability.OFF: "OFF"}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What is kept of one persistent property."""
+
+    name: str
+    type: ValueType
+    meta: dict[str, Any]
+    value: Any
+    revision: int
+    timestamp: Timestamp
+
+    def encode(self) -> bytes:
+        return encode_value([self.type.value, self.meta, self.value, self.revision,
+                             self.timestamp])
+
+    @classmethod
+    def decode(cls, name: str, blob: bytes) -> Record:
+        vtype, meta, value, revision, timestamp = decode_value(blob)[:5]
+        return cls(name, ValueType(vtype), meta, value, revision, timestamp)
+
+
+def _crc(name: str, blob: bytes) -> int:
+    return zlib.crc32(blob, zlib.crc32(name.encode()))
+
+
+def damaged(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"store {path} is damaged ({why}); move it aside "
+                       f"(mv {path} {path}.broken) to start with an empty store, or restore "
+                       "an export with 'plugboard store import'")
+
+
+class Store:
+    """One SQLite file; ``put``/``delete`` queue changes, ``commit`` writes them at once."""
+
+    def __init__(self, path: Path, durability: Durability = Durability.ALWAYS) -> None:
+        self.path = Path(path)
+        self.durability = Durability(durability)
+        self._pending: dict[str, Record | None] = {}
+        self.dropped: list[str] = []
+        """Names of records dropped at load because they were damaged."""
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.durability]}")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise damaged(self.path, f"quick_check: {check}")
+            self._db.execute("CREATE TABLE IF NOT EXISTS properties (name TEXT PRIMARY KEY, "
+                             "record BLOB NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID")
+            self._db.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value)")
+            self._db.execute("INSERT OR IGNORE INTO info VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.path, str(exc)) from exc
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def load(self) -> list[Record]:
+        """Every intact record; damaged ones are dropped and logged (see ``dropped``)."""
+        records = []
+        try:
+            rows = self._db.execute("SELECT name, record, crc FROM properties").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.path, str(exc)) from exc
+        for name, blob, crc in rows:
+            try:
+                if not isinstance(name, str) or _crc(name, blob) != crc:
+                    raise ValueError("checksum mismatch")
+                records.append(Record.decode(name, blob))
+            except (ValueError, TypeError, ProtocolError) as exc:
+                self.dropped.append(str(name))
+                log.error("store %s: dropped the damaged record of %r (%s)", self.path, name,
+                          exc)
+        return records
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM properties").fetchone()[0])
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.load())
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending)
+
+    def put(self, record: Record) -> None:
+        self._pending[record.name] = record
+
+    def delete(self, name: str) -> None:
+        self._pending[name] = None
+
+    def commit(self) -> int:
+        """Write everything queued in one transaction; returns how many rows changed."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        upserts = [(n, r.encode(), 0) for n, r in pending.items() if r is not None]
+        upserts = [(n, blob, _crc(n, blob)) for n, blob, _ in upserts]
+        deletes = [(n,) for n, r in pending.items() if r is None]
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO properties VALUES (?, ?, ?)", upserts)
+            self._db.executemany("DELETE FROM properties WHERE name = ?", deletes)
+        return len(pending)
+
+    def _transaction(self) -> Any:
+        db = self._db
+
+        class _Tx:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, kind: object, *rest: object) -> None:
+                db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+        return _Tx()
+
+    def replace_all(self, records: list[Record]) -> None:
+        """Make the store hold exactly ``records`` (import)."""
+        self._pending.clear()
+        with self._transaction():
+            self._db.execute("DELETE FROM properties")
+            self._db.executemany("INSERT INTO properties VALUES (?, ?, ?)", [
+                (r.name, blob, _crc(r.name, blob)) for r in records
+                for blob in (r.encode(),)])
+
+    def integrity(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        self.commit()
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
