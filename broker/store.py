@@ -80,9 +80,10 @@ def damaged(path: Path, why: str) -> ConfigError:
 class Store:
     """One SQLite file; ``put``/``delete`` queue changes, ``commit`` writes them at once."""
 
-    def __init__(self, path: Path, durability: Durability = Durability.ALWAYS) -> None:
+    def __init__(self, path: Path, durability: Durability | None = Durability.ALWAYS) -> None:
+        """``durability`` None opens the file to inspect it (the CLI), not to serve."""
         self.path = Path(path)
-        self.durability = Durability(durability)
+        self.durability = Durability(durability or Durability.ALWAYS)
         self._pending: dict[str, Record | None] = {}
         self.dropped: list[str] = []
         """Names of records dropped at load because they were damaged."""
@@ -98,6 +99,9 @@ class Store:
                              "record BLOB NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID")
             self._db.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value)")
             self._db.execute("INSERT OR IGNORE INTO info VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            if durability is not None:
+                self._db.execute("INSERT OR REPLACE INTO info VALUES ('durability', ?)",
+                                 (self.durability.value,))
         except sqlite3.DatabaseError as exc:
             raise damaged(self.path, str(exc)) from exc
 
@@ -172,6 +176,12 @@ class Store:
             self._db.executemany("INSERT INTO properties VALUES (?, ?, ?)", [
                 (r.name, blob, _crc(r.name, blob)) for r in records
                 for blob in (r.encode(),)])
+
+    @property
+    def last_durability(self) -> str:
+        """The policy of the last broker that served this store."""
+        row = self._db.execute("SELECT value FROM info WHERE key = 'durability'").fetchone()
+        return str(row[0]) if row else "unknown"
 
     def integrity(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -11,7 +11,7 @@ from typing import Any
 from protocol.errors import PlugboardError
 
 from ..statedir import default_state_dir
-from . import client_commands, daemon, plugin_commands
+from . import client_commands, daemon, plugin_commands, store_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.set_defaults(handler=daemon.run)
     client_commands.add_commands(commands)
     plugin_commands.add_commands(commands)
+    store_commands.add_commands(commands)
     return parser
 
 

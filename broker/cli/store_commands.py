@@ -1,0 +1,133 @@
+"""``plugboard store info|export|import``: the persistent store as a file a person handles.
+
+Export and import work on the file directly; import refuses while a broker runs on
+the state directory (it would overwrite what the broker writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from protocol.codec import decode_value, encode_value
+from protocol.errors import ConfigError
+from protocol.values import Duration, Timestamp, ValueType
+
+from ..statedir import StateDir
+from ..store import STORE_NAME, Record, Store
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Timestamp):
+        return {"$timestamp": [value.seconds, value.nanoseconds]}
+    if isinstance(value, Duration):
+        return {"$duration": value.ns}
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _from_json(node: Any) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"$timestamp"}:
+            return Timestamp(*node["$timestamp"])
+        if set(node) == {"$duration"}:
+            return Duration(node["$duration"])
+        if set(node) == {"$bytes"}:
+            return bytes.fromhex(node["$bytes"])
+        return {k: _from_json(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_from_json(v) for v in node]
+    return node
+
+
+def _open(args: argparse.Namespace) -> Store:
+    path = Path(args.state_dir) / STORE_NAME
+    if not path.exists():
+        raise ConfigError(f"no store at {path}")
+    return Store(path, durability=None)
+
+
+def info(args: argparse.Namespace) -> int:
+    store = _open(args)
+    try:
+        records = store.load()
+        print(f"path         {store.path}")
+        print(f"size         {store.path.stat().st_size} bytes")
+        print(f"properties   {len(records)}")
+        print(f"damaged      {len(store.dropped)}")
+        print(f"integrity    {store.integrity()}")
+        print(f"durability   {store.last_durability} (of the last broker start; set with "
+              "plugboard broker --durability)")
+    finally:
+        store.close()
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    store = _open(args)
+    try:
+        rows = [{"name": r.name, "type": r.type.value, "meta": r.meta, "value": r.value,
+                 "revision": r.revision, "timestamp": r.timestamp} for r in store.load()]
+    finally:
+        store.close()
+    target = Path(args.file)
+    if target.suffix == ".json":
+        target.write_text(json.dumps({"plugboard_store": 1, "properties": _to_json(rows)},
+                                     indent=1, ensure_ascii=False))
+    else:
+        target.write_bytes(encode_value({"plugboard_store": 1, "properties": rows}))
+    print(f"exported {len(rows)} properties to {target}")
+    return 0
+
+
+def import_(args: argparse.Namespace) -> int:
+    source = Path(args.file)
+    try:
+        if source.suffix == ".json":
+            data = _from_json(json.loads(source.read_text()))
+        else:
+            data = decode_value(source.read_bytes(), max_frame=2**31)
+        rows = data["properties"]
+        records = [Record(row["name"], ValueType(row["type"]), row.get("meta") or {},
+                          row["value"], int(row["revision"]), row["timestamp"])
+                   for row in rows]
+    except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise ConfigError(f"cannot import {source}: {exc}") from exc
+    lock = StateDir(Path(args.state_dir))  # refuses while a broker runs here
+    try:
+        store = Store(Path(args.state_dir) / STORE_NAME, durability=None)
+        store.replace_all(records)
+        store.close()
+    finally:
+        lock.close()
+    print(f"imported {len(records)} properties into {Path(args.state_dir) / STORE_NAME}")
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    cmd = commands.add_parser("store", help="inspect, export or import the persistent store",
+                              description="The persistent store (STATE_DIR/store.sqlite).")
+    actions = cmd.add_subparsers(dest="store_action", metavar="ACTION", required=True)
+    sub = actions.add_parser("info", help="path, size, stored properties, integrity",
+                             description="Path, size, number of stored properties, "
+                                         "damaged records and integrity of the store.")
+    sub.set_defaults(handler=info)
+    sub = actions.add_parser("export", help="write every stored property to a file",
+                             description="Write every stored property to FILE: JSON if it "
+                                         "ends in .json, msgpack otherwise.")
+    sub.add_argument("file")
+    sub.set_defaults(handler=export)
+    sub = actions.add_parser("import", help="replace the store's contents with a file",
+                             description="Replace the store's contents with an export "
+                                         "(.json or msgpack). The broker must be stopped.")
+    sub.add_argument("file")
+    sub.set_defaults(handler=import_)
