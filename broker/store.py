@@ -72,6 +72,7 @@ def _crc(name: str, blob: bytes) -> int:
 
 
 def damaged(path: Path, why: str) -> ConfigError:
+    why = " ".join(why.split())[:200]  # SQLite's reports span lines; the message is one
     return ConfigError(f"store {path} is damaged ({why}); move it aside "
                        f"(mv {path} {path}.broken) to start with an empty store, or restore "
                        "an export with 'plugboard store import'")
