@@ -1,0 +1,91 @@
+"""No acknowledged write is lost: writers, SIGKILL of the broker at a random moment, restart.
+
+Runs PLUGBOARD_CRASH_ROUNDS rounds (3 by default; set it higher for a long run).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdk import Change, Client
+
+from .conftest import Processes
+from .processes import ROOT, ManagedProcess, short_tmpdir
+
+pytestmark = pytest.mark.integration
+
+ROUNDS = int(os.environ.get("PLUGBOARD_CRASH_ROUNDS", "3"))
+WRITERS = 3
+
+
+def read_log(path: Path) -> tuple[dict[str, set[int]], dict[str, int]]:
+    """Per property: every value tried, and the highest acknowledged."""
+    tried: dict[str, set[int]] = {}
+    acked: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 3:
+            continue  # the last line may be cut by the kill
+        kind, prop, value = parts[0], parts[1], int(parts[2])
+        if kind == "try":
+            tried.setdefault(prop, set()).add(value)
+        else:
+            acked[prop] = max(acked.get(prop, 0), value)
+    return tried, acked
+
+
+async def test_no_acknowledged_write_is_lost_when_the_broker_is_killed(
+        processes: Processes) -> None:
+    state_dir = short_tmpdir()
+    rng = random.Random(os.environ.get("PLUGBOARD_CRASH_SEED"))
+    for rnd in range(ROUNDS):
+        broker = processes.broker(state_dir)
+        logs = []
+        async with Client(broker.ipc) as watcher:
+            progress = await watcher.subscribe("+/progress", current=False)
+            for index in range(WRITERS):
+                log_path = state_dir / f"writer-{rnd}-{index}.log"
+                logs.append(log_path)
+                processes.started.append(ManagedProcess(
+                    [sys.executable, str(ROOT / "tests/fixtures/writer.py")],
+                    stderr_path=state_dir / f"writer-{rnd}-{index}.stderr",
+                    env={"PLUGBOARD_ENDPOINT": broker.ipc, "PLUGBOARD_NAME": f"w{index}",
+                         "WRITER_ROUND": str(rnd), "WRITER_INDEX": str(index),
+                         "WRITER_LOG": str(log_path)}))
+            target = rng.randrange(300, 1500)
+            reached: set[str] = set()
+
+            def far_enough(event: object) -> bool:
+                if isinstance(event, Change) and event.value >= target:
+                    reached.add(event.name)
+                return len(reached) == WRITERS
+
+            await processes.until(progress, far_enough, timeout=60)
+        broker.signal(signal.SIGKILL)
+        broker.wait(10)
+        for writer in processes.started[-WRITERS:]:
+            writer.wait(15)
+
+        restarted = processes.broker(state_dir)
+        async with Client(restarted.ipc) as checker:
+            stored = {info.name: info.value for info in await checker.list(f"+/r{rnd}/#")}
+        total_acked = 0
+        for log_path in logs:
+            tried, acked = read_log(log_path)
+            total_acked += len(acked)
+            for prop, last_ack in acked.items():
+                assert prop in stored, f"round {rnd}: {prop} lost entirely"
+                assert stored[prop] >= last_ack, (
+                    f"round {rnd}: {prop} holds {stored[prop]}, but {last_ack} was acknowledged")
+                assert stored[prop] in tried[prop], f"{prop} holds a value never written"
+        assert total_acked == WRITERS * 5
+        with sqlite3.connect(state_dir / "store.sqlite") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        restarted.stop()
