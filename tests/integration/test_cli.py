@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from protocol import Timestamp
 from sdk import Change, Client
 
 from .conftest import Processes
@@ -116,3 +118,27 @@ def test_idle_broker_uses_almost_no_cpu(processes: Processes, broker: BrokerProc
     except psutil.TimeoutExpired:
         pass
     assert proc.cpu_percent() < 5.0
+
+
+async def test_store_info_export_import(processes: Processes) -> None:
+    broker = processes.broker()
+    async with Client(broker.ipc, role="plugin", name="saver") as saver:
+        await saver.declare("saver/when", "timestamp", persist=True)
+        await saver.declare("saver/level", "float", 3.25, persist=True)
+        await saver.set("saver/when", Timestamp(1_700_000_000, 5))
+    state = broker.state_dir
+    exported = state / "export.json"
+    assert plugboard(state, "store", "export", str(exported)).returncode == 0
+    refused = plugboard(state, "store", "import", str(exported))
+    assert refused.returncode == 1 and "another broker" in refused.stderr
+    broker.signal(signal.SIGINT)
+    broker.wait(15)
+    info = plugboard(state, "store", "info").stdout
+    assert "properties   2" in info and "integrity    ok" in info and "always" in info
+    (state / "store.sqlite").unlink()
+    imported = plugboard(state, "store", "import", str(exported))
+    assert imported.returncode == 0, imported.stderr
+    restarted = processes.broker(state)
+    assert plugboard(state, "get", "saver/level").stdout.strip() == "3.25"
+    assert plugboard(state, "get", "saver/when").stdout.strip() == "2023-11-14T22:13:20.000000Z"
+    restarted.stop()
