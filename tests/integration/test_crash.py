@@ -62,7 +62,8 @@ async def test_no_acknowledged_write_is_lost_when_the_broker_is_killed(
             target = rng.randrange(300, 1500)
             reached: set[str] = set()
 
-            def far_enough(event: object) -> bool:
+            def far_enough(event: object, target: int = target,
+                           reached: set[str] = reached) -> bool:
                 if isinstance(event, Change) and event.value >= target:
                     reached.add(event.name)
                 return len(reached) == WRITERS
