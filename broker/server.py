@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import zmq
 
 from .core import BrokerCore, CoreConfig
-from .store import Durability, Store
 from .statedir import check_endpoint
+from .store import Durability, Store
 
 log = logging.getLogger(__name__)
 
