@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test install install-test lint clean
+.PHONY: run test install install-test lint clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ lint: install-test
 
 clean:
 	rm -rf $(VENV) $(STATE) *.egg-info
+
+## bench: measure and write docs/BENCHMARKS-*.md (reports only; never part of make test)
+bench: install
+	$(BIN)/python bench/persistence.py
