@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,10 +77,17 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ProtocolError("unknown_ext", f"msgpack ext type {code} is not defined by the protocol")
 
 
+_local = threading.local()
+
+
 def encode_value(obj: Any) -> bytes:
     """msgpack bytes of any protocol value or envelope (bin type for bytes, ext types)."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:  # one reusable Packer per thread: packers are not thread-safe
+        packer = _local.packer = msgpack.Packer(default=_default, use_bin_type=True,
+                                                datetime=False)
     try:
-        frame: bytes = msgpack.packb(obj, default=_default, use_bin_type=True, datetime=False)
+        frame: bytes = packer.pack(obj)
         return frame
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError("invalid_params", f"cannot encode: {exc}") from exc

@@ -44,6 +44,11 @@ MessageCallback = Callable[[Message], Any]
 ReconnectCallback = Callable[[Reconnected], Any]
 
 
+def _expire(future: asyncio.Future[Any], method: str, wait: float) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(f"{method}: no reply within {wait:g} s"))
+
+
 async def _acknowledge(params: dict[str, Any]) -> dict[str, Any]:
     return {}
 
@@ -221,10 +226,12 @@ class Client:
             except zmq.Again:
                 raise ConnectionFailed(f"cannot reach the broker at {self.endpoint}") from None
             wait = self.timeout if timeout is None else timeout
+            # A timer, not wait_for: wait_for costs a task per request on the hot path.
+            timer = asyncio.get_running_loop().call_later(wait, _expire, future, method, wait)
             try:
-                return await asyncio.wait_for(asyncio.shield(future), wait)
-            except TimeoutError:
-                raise RequestTimeout(f"{method}: no reply within {wait:g} s") from None
+                return await future
+            finally:
+                timer.cancel()
         except RemoteError as exc:
             if exc.code == "hello_required" and method != "hello":
                 self._connection_lost("the broker no longer knows this session")
@@ -234,27 +241,42 @@ class Client:
             self._on_result.pop(msgid, None)
 
     async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
+        # After one awaited receive, drain what else is queued without awaiting: a
+        # shadow of the same socket, used only here, receives with NOBLOCK.
+        drain: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         while True:
-            frame = await sock.recv()
-            try:
-                message = decode(frame)
-            except ProtocolError as exc:
-                log.warning("undecodable frame from the broker: %s", exc)
-                continue
-            if isinstance(message, Response):
-                future = self._pending.get(message.msgid)
-                if future is not None and not future.done():
-                    if message.error is None:
-                        on_result = self._on_result.pop(message.msgid, None)
-                        if on_result is not None:
-                            on_result(message.result)
-                        future.set_result(message.result)
-                    else:
-                        future.set_exception(RemoteError.from_wire(message.error))
-            elif isinstance(message, Notification):
-                self._on_notification(message)
-            else:
-                asyncio.create_task(self._answer(sock, message))
+            frames = [await sock.recv()]
+            while len(frames) < 1000:
+                try:
+                    frames.append(drain.recv(zmq.NOBLOCK))
+                except zmq.ZMQError:  # Again: nothing more queued
+                    break
+            for frame in frames:
+                if sock.closed:
+                    return
+                self._dispatch(sock, frame)
+
+    def _dispatch(self, sock: zmq.asyncio.Socket, frame: bytes) -> None:
+        """Route one frame: a reply to its future, a notification, a broker request."""
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            log.warning("undecodable frame from the broker: %s", exc)
+            return
+        if isinstance(message, Response):
+            future = self._pending.get(message.msgid)
+            if future is not None and not future.done():
+                if message.error is None:
+                    on_result = self._on_result.pop(message.msgid, None)
+                    if on_result is not None:
+                        on_result(message.result)
+                    future.set_result(message.result)
+                else:
+                    future.set_exception(RemoteError.from_wire(message.error))
+        elif isinstance(message, Notification):
+            self._on_notification(message)
+        else:
+            asyncio.create_task(self._answer(sock, message))
 
     async def _answer(self, sock: zmq.asyncio.Socket, request: Request) -> None:
         """Answer a request the broker sent (init, end, ...)."""

@@ -1,0 +1,493 @@
+"""``make bench``: Plugboard side by side with raw pyzmq, Redis and MQTT, in one run.
+
+Writes docs/BENCHMARKS.md and bench/results/bench.json. Absolute figures drift
+10-30 % between runs on a 2-core machine; the ratios within one run are what to read.
+Benchmarks report: a missed target is said plainly, never an error. Redis and MQTT
+columns need ``redis-server`` and ``mosquitto`` on the PATH (Debian packages of those
+names); without them those columns say "not installed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))
+WORKER = [sys.executable, str(ROOT / "bench" / "worker.py")]
+QUICK = bool(os.environ.get("BENCH_QUICK"))
+LATENCY_N = 1000 if QUICK else 2000
+THROUGHPUT_N = 10_000 if QUICK else 30_000
+BATCHED_N = 50_000 if QUICK else 200_000
+SCALES = [10_000, 100_000] if QUICK else [10_000, 100_000, 1_000_000]
+
+
+class Peer:
+    """A worker process: waits for its 'ready', says 'go', reads its JSON result."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([*WORKER, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, cwd=ROOT, text=True)
+
+    def ready(self, timeout: float = 300) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready"):
+            self.proc.kill()
+            raise RuntimeError(f"{self.proc.args[2]} did not get ready: {line!r}")
+        return line.strip()
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float = 300) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.proc.wait(timeout)
+        return json.loads(line) if line.strip() else {}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def free_port() -> int:
+    """For servers that cannot pick their own port; a small race, acceptable here."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Broker:
+    def __init__(self, *extra: str) -> None:
+        self.state = Path(tempfile.mkdtemp(prefix="pbb-"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "--state-dir", str(self.state),
+             "--log-level", "WARNING", "broker", "--durability", "off",
+             "--endpoint", f"ipc://{self.state}/b.sock", "--endpoint", "tcp://127.0.0.1:*",
+             *extra], stdout=subprocess.PIPE, cwd=ROOT, text=True)
+        assert self.proc.stdout is not None
+        self.started = time.monotonic()
+        line = self.proc.stdout.readline()
+        endpoints = re.search(r"listening on (.+)$", line)
+        if not endpoints:
+            raise RuntimeError(f"broker did not start: {line!r}")
+        self.ipc, self.tcp = endpoints.group(1).split()
+        self.ps = psutil.Process(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+class Reference:
+    """A raw relay, redis-server or mosquitto, started for this run only."""
+
+    def __init__(self, kind: str, transport: str = "tcp") -> None:
+        self.kind = kind
+        self.proc: subprocess.Popen[str] | None = None
+        self.peer: Peer | None = None
+        self.dir = Path(tempfile.mkdtemp(prefix="pbr-"))
+        if kind == "raw":
+            bind = f"ipc://{self.dir}/r.sock" if transport == "ipc" else "tcp://127.0.0.1:*"
+            self.peer = Peer("raw-relay", bind)
+            self.address = self.peer.ready().split()[1]
+        elif kind == "redis":
+            port = free_port()
+            self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind",
+                                          "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                         stdout=subprocess.DEVNULL, text=True)
+            wait_port(port)
+            self.address = str(port)
+        else:
+            port = free_port()
+            conf = self.dir / "mosquitto.conf"
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                            "max_queued_messages 1000000\n")
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(port)
+            self.address = str(port)
+
+    @staticmethod
+    def available(kind: str) -> bool:
+        return kind == "raw" or shutil.which({"redis": "redis-server",
+                                              "mqtt": "mosquitto"}[kind]) is not None
+
+    def stop(self) -> None:
+        if self.peer is not None:
+            self.peer.stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pair(sub_role: str, write_role: str, address: str, mode: str, count: int,
+         sub_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One subscriber and one writer; the subscriber's figures plus the writer's time."""
+    sub = Peer(sub_role, address, *sub_args, str(count), *(
+        ("live",) if sub_role == "pb-sub" else ()))
+    sub.ready()
+    writer = Peer(write_role, address, mode, str(count))
+    writer.ready()
+    writer.go()
+    written = writer.result()
+    got = sub.result()
+    got["lost"] = count - got.get("received", 0)
+    got["writer_seconds"] = written.get("seconds")
+    return got
+
+
+def percentiles(latencies: list[int]) -> dict[str, float]:
+    if not latencies:
+        return {"p50_us": float("nan"), "p99_us": float("nan")}
+    ordered = sorted(latencies)
+    return {"p50_us": ordered[len(ordered) // 2] / 1000,
+            "p99_us": ordered[int(len(ordered) * 0.99)] / 1000}
+
+
+def run_system(kind: str, transport: str, mode: str, count: int) -> dict[str, Any]:
+    if kind == "plugboard":
+        broker = Broker()
+        try:
+            address = broker.ipc if transport == "ipc" else broker.tcp
+            return pair("pb-sub", "pb-write", address, mode, count, ("bench/x",))
+        finally:
+            broker.stop()
+    ref = Reference(kind, transport)
+    try:
+        role = {"raw": "raw", "redis": "redis", "mqtt": "mqtt"}[kind]
+        return pair(f"{role}-sub", f"{role}-write", ref.address, mode, count)
+    finally:
+        ref.stop()
+
+
+SYSTEMS = ["plugboard", "raw", "redis", "mqtt"]
+
+
+def scenario_latency() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for transport in ("ipc", "tcp"):
+        for kind in SYSTEMS:
+            if transport == "ipc" and kind in ("redis", "mqtt"):
+                continue
+            if not Reference.available(kind if kind != "plugboard" else "raw"):
+                out[f"{kind}/{transport}"] = None
+                continue
+            figures = run_system(kind, transport, "latency", LATENCY_N)
+            out[f"{kind}/{transport}"] = {**percentiles(figures.pop("latencies")),
+                                          "lost": figures["lost"]}
+            print(f"latency {kind}/{transport}: {out[f'{kind}/{transport}']}", flush=True)
+    return out
+
+
+def scenario_throughput() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode, count in (("single", THROUGHPUT_N), ("batched", BATCHED_N)):
+        for kind in SYSTEMS:
+            if kind != "plugboard" and not Reference.available(kind):
+                out[f"{kind}/{mode}"] = None
+                continue
+            if mode == "batched" and kind == "mqtt":
+                continue  # MQTT has no batch of updates in one message
+            figures = run_system(kind, "tcp", mode, count if kind != "mqtt" else THROUGHPUT_N)
+            figures.pop("latencies", None)
+            out[f"{kind}/{mode}"] = {"rate": figures["rate"], "lost": figures["lost"]}
+            print(f"throughput {kind}/{mode}: {out[f'{kind}/{mode}']}", flush=True)
+    return out
+
+
+def scenario_fanout() -> dict[str, Any]:
+    out = {}
+    for subscribers in (1, 10, 100):
+        broker = Broker()
+        peers = []
+        try:
+            per_process = min(subscribers, 10)
+            for _ in range(subscribers // per_process):
+                peer = Peer("pb-subs", broker.tcp, str(per_process), "2000")
+                peers.append(peer)
+            for peer in peers:
+                peer.ready()
+            writer = Peer("pb-write", broker.tcp, "single", "2000")
+            writer.ready()
+            writer.go()
+            writer.result()
+            results = [peer.result() for peer in peers]
+            total = sum(r["received"] for r in results)
+            rate = sum(r["rate"] for r in results)
+            out[str(subscribers)] = {"delivered_per_s": rate, "lost": 2000 * subscribers - total}
+            print(f"fanout {subscribers}: {out[str(subscribers)]}", flush=True)
+        finally:
+            for peer in peers:
+                peer.stop()
+            broker.stop()
+    return out
+
+
+def scenario_snapshot_and_memory() -> dict[str, Any]:
+    out: dict[str, Any] = {"memory": {}}
+    for scale in SCALES:
+        broker = Broker()
+        try:
+            before = broker.ps.memory_info().rss
+            filler = Peer("pb-fill", broker.ipc, str(scale))
+            filler.ready(timeout=900)
+            after = broker.ps.memory_info().rss
+            out["memory"][str(scale)] = {"rss_mb": after / 2**20,
+                                         "bytes_per_property": (after - before) / scale}
+            print(f"memory {scale}: {out['memory'][str(scale)]}", flush=True)
+            if scale == 100_000:
+                sub = Peer("pb-sub", broker.ipc, "fill/#", str(scale), "current")
+                out["snapshot_100k"] = sub.result(timeout=300)
+                print(f"snapshot: {out['snapshot_100k']}", flush=True)
+            filler.go()
+            filler.result()
+        finally:
+            broker.stop()
+    return out
+
+
+async def _set_cost(endpoint: str, patterns: int) -> float:
+    from sdk import Client
+
+    async with Client(endpoint, role="plugin", name="cost", timeout=60) as writer, \
+            Client(endpoint, timeout=60) as watcher:
+        for i in range(patterns):
+            await watcher.subscribe(f"other/{i}/#", current=False)
+        await watcher.subscribe("cost/x", current=False)
+        await writer.declare("cost/x", "int", 0)
+        start = time.perf_counter()
+        for i in range(2000):
+            await writer.set("cost/x", i)
+        return (time.perf_counter() - start) / 2000 * 1e6
+
+
+def scenario_set_cost() -> dict[str, Any]:
+    broker = Broker()
+    try:
+        base = asyncio.run(_set_cost(broker.ipc, 0))
+    finally:
+        broker.stop()
+    broker = Broker()
+    try:
+        loaded = asyncio.run(_set_cost(broker.ipc, 10_000))
+    finally:
+        broker.stop()
+    out = {"us_per_set_0_patterns": base, "us_per_set_10k_patterns": loaded,
+           "ratio": loaded / base}
+    print(f"set cost: {out}", flush=True)
+    return out
+
+
+def scenario_idle() -> dict[str, Any]:
+    broker = Broker()
+    peers = [Peer("pb-idle", broker.ipc, f"idle{i}") for i in range(20)]
+    try:
+        for peer in peers:
+            peer.ready()
+        broker.ps.cpu_percent()
+        time.sleep(10)  # the measurement window itself
+        out = {"cpu_percent_of_one_core": broker.ps.cpu_percent()}
+    finally:
+        for peer in peers:
+            peer.go()
+            peer.stop()
+        broker.stop()
+    print(f"idle: {out}", flush=True)
+    return out
+
+
+def _plugin_dirs(root: Path, count: int) -> None:
+    for i in range(count):
+        folder = root / f"p{i}"
+        folder.mkdir(parents=True)
+        (folder / "plugin.toml").write_text(
+            f'name = "p{i}"\nversion = "1"\nprotocol = [1]\n[run]\n'
+            f'command = ["{{python}}", "{ROOT}/plugins/clock/plugin.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\n'
+            f'[[exports]]\npattern = "p{i}/+"\ntype = "any"\n')
+
+
+async def _until_ready(endpoint: str, count: int, started: float) -> float:
+    from sdk import Change, Client
+
+    async with Client(endpoint, timeout=60) as client:
+        sub = await client.subscribe("system/plugins/+/state")
+        ready: set[str] = set()
+        async for event in sub:
+            if isinstance(event, Change) and event.value == "ready":
+                ready.add(event.name)
+                if len(ready) == count:
+                    return time.monotonic() - started
+    return float("nan")
+
+
+def scenario_startup() -> dict[str, Any]:
+    out = {}
+    for count in (1, 20):
+        root = Path(tempfile.mkdtemp(prefix="pbp-"))
+        _plugin_dirs(root, count)
+        launched = time.monotonic()
+        broker = Broker("--plugins", str(root))
+        try:
+            out[f"{count}_plugins_s"] = asyncio.run(_until_ready(broker.ipc, count, launched))
+        finally:
+            broker.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"startup: {out}", flush=True)
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
+    lat, thr = results["latency"], results["throughput"]
+    lines = ["# Benchmarks", "",
+             f"Measured {facts['date']} by `make bench` on {facts['cpus']} CPUs "
+             f"({facts['machine']}, Python {facts['python']}, pyzmq {facts['pyzmq']}). "
+             "Every reference ran on the same machine in the same run; read the ratios, "
+             "absolute figures drift 10-30 % between runs here.", "",
+             "## 1. Set → notify latency (one-way, writer process → subscriber process)", "",
+             "| system | transport | p50 µs | p99 µs | p50 vs raw relay |", "|---|---|---|---|---|"]
+    for key, fig in lat.items():
+        kind, transport = key.split("/")
+        raw = lat.get(f"raw/{transport}")
+        if fig is None:
+            lines.append(f"| {kind} | {transport} | not installed | | |")
+            continue
+        lines.append(f"| {kind} | {transport} | {fig['p50_us']:.0f} | {fig['p99_us']:.0f} | "
+                     f"{ratio(fig['p50_us'], raw and raw['p50_us'])} |")
+    lines += ["", "## 2. Throughput (updates delivered to one subscriber per second, tcp)", "",
+              "| system | mode | updates/s | lost | vs raw relay |", "|---|---|---|---|---|"]
+    for key, fig in thr.items():
+        kind, mode = key.split("/")
+        raw = thr.get(f"raw/{mode}")
+        if fig is None:
+            lines.append(f"| {kind} | {mode} | not installed | | |")
+            continue
+        lines.append(f"| {kind} | {mode} | {fig['rate']:.0f} | {fig['lost']} | "
+                     f"{ratio(fig['rate'], raw and raw['rate'])} |")
+    lines += ["", "`single`: one set per message, 200 requests in flight (Plugboard), "
+              "fire-and-forget sends (raw relay), SET+PUBLISH pipelined by 100 (Redis), "
+              "QoS 0 retained publishes (MQTT). `batched`: `set_many` of 100 (Plugboard), "
+              "100 updates per frame (raw relay).", "",
+              "## 3. Fan-out (one writer, N subscribers to the same property)", "",
+              "| subscribers | notifications delivered/s | lost |", "|---|---|---|"]
+    for n, fig in results["fanout"].items():
+        lines.append(f"| {n} | {fig['delivered_per_s']:.0f} | {fig['lost']} |")
+    snap = results["scale"].get("snapshot_100k", {})
+    lines += ["", "## 4. Initial snapshot of 100,000 properties", "",
+              f"{snap.get('received', 0)} of 100000 current values arrived in "
+              f"{snap.get('seconds', float('nan')):.2f} s.", "",
+              "## 5. Scale and memory", "", "| properties | broker RSS MB | bytes/property |",
+              "|---|---|---|"]
+    for n, fig in results["scale"]["memory"].items():
+        lines.append(f"| {n} | {fig['rss_mb']:.0f} | {fig['bytes_per_property']:.0f} |")
+    cost = results["set_cost"]
+    lines += ["", f"A set with 10,000 non-matching patterns subscribed: "
+              f"{cost['us_per_set_10k_patterns']:.0f} µs round trip, against "
+              f"{cost['us_per_set_0_patterns']:.0f} µs with none (ratio {cost['ratio']:.2f}).",
+              "", "## 6. Idle cost", "",
+              f"Broker CPU over 10 s with 20 idle plugins connected: "
+              f"{results['idle']['cpu_percent_of_one_core']:.2f} % of one core.", "",
+              "## 7. Start-up", ""]
+    start = results["startup"]
+    lines += [f"From broker launch to ready: 1 Python plugin {start['1_plugins_s']:.2f} s; "
+              f"20 Python plugins {start['20_plugins_s']:.2f} s.", "",
+              "## 8. Persistence", "", "See [BENCHMARKS-persistence.md]"
+              "(BENCHMARKS-persistence.md) (`bench/persistence.py`).", ""]
+    lines += ["## Targets", ""] + targets(results)
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    lat, thr = results["latency"], results["throughput"]
+    out = []
+
+    def line(ok: bool | None, text: str) -> None:
+        out.append(f"- {'met' if ok else 'MISSED' if ok is not None else 'not measured'}: "
+                   f"{text}")
+
+    pb, raw = lat.get("plugboard/tcp"), lat.get("raw/tcp")
+    if pb and raw:
+        line(pb["p50_us"] <= 1.25 * raw["p50_us"], f"latency p50 ≤ 1.25× raw relay "
+             f"(tcp: {pb['p50_us'] / raw['p50_us']:.2f}×)")
+        for ref in ("redis", "mqtt"):
+            other = lat.get(f"{ref}/tcp")
+            line(other and pb["p50_us"] < other["p50_us"], f"latency p50 below {ref}")
+    for mode, goal in (("single", 1.0), ("batched", 0.7)):
+        pbt, rawt = thr.get(f"plugboard/{mode}"), thr.get(f"raw/{mode}")
+        if pbt and rawt:
+            line(pbt["rate"] >= goal * rawt["rate"], f"{mode} throughput ≥ {goal}× raw relay "
+                 f"({pbt['rate'] / rawt['rate']:.2f}×), {pbt['lost']} lost")
+    snap = results["scale"].get("snapshot_100k", {})
+    line(snap.get("received") == 100_000 and snap.get("seconds", 99) < 1.0,
+         f"100k snapshot complete in under 1 s ({snap.get('seconds', float('nan')):.2f} s)")
+    mem = results["scale"]["memory"].get("1000000")
+    line(mem and mem["bytes_per_property"] < 512 if mem else None,
+         "under 512 bytes per property at 1M properties"
+         + (f" ({mem['bytes_per_property']:.0f})" if mem else ""))
+    line(results["idle"]["cpu_percent_of_one_core"] < 1.0, "idle CPU under 1 % of one core")
+    return out
+
+
+def main() -> None:
+    import zmq
+
+    facts = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(),
+             "cpus": os.cpu_count(), "python": platform.python_version(),
+             "pyzmq": zmq.pyzmq_version()}
+    results = {
+        "latency": scenario_latency(),
+        "throughput": scenario_throughput(),
+        "fanout": scenario_fanout(),
+        "scale": scenario_snapshot_and_memory(),
+        "set_cost": scenario_set_cost(),
+        "idle": scenario_idle(),
+        "startup": scenario_startup(),
+    }
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "bench.json").write_text(
+        json.dumps({"facts": facts, "results": results}, indent=1))
+    report = write_report(results, facts)
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / "BENCHMARKS.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

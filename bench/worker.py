@@ -1,0 +1,355 @@
+"""Benchmark peers, one process each: ``python bench/worker.py ROLE ARGS...``.
+
+A peer prints ``ready`` once it is set up (a subscriber: once its subscription is
+live), a writer then waits for ``go`` on stdin. At the end each prints one JSON line.
+Values carry ``time.monotonic_ns()`` at sending; CLOCK_MONOTONIC is shared by all
+processes of a machine, so the receiver computes one-way latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+import msgpack  # noqa: E402
+import zmq  # noqa: E402
+
+PACE_S = 0.001  # latency mode: one message per millisecond, so nothing queues
+IDLE_END_S = 2.0
+
+
+def ready() -> None:
+    print("ready", flush=True)
+
+
+def go() -> None:
+    sys.stdin.readline()
+
+
+def report(**figures: Any) -> None:
+    print(json.dumps(figures), flush=True)
+
+
+class Receipts:
+    """What a subscriber saw: latencies and the time span of the receipts."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.latencies: list[int] = []
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+
+    def got(self, sent_ns: int | None = None) -> bool:
+        now = time.monotonic()
+        if self.count == 0:
+            self.first = now
+        self.last = now
+        self.count += 1
+        if sent_ns:
+            self.latencies.append(time.monotonic_ns() - sent_ns)
+        return self.count >= self.expected
+
+    def report(self) -> None:
+        span = max(self.last - self.first, 1e-9)
+        report(received=self.count, rate=(self.count - 1) / span if self.count > 1 else 0,
+               latencies=self.latencies)
+
+
+# -- Plugboard ------------------------------------------------------------------------------
+
+async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> None:
+    from sdk import Change, Client, Gap, Synced
+
+    async with Client(endpoint, timeout=30) as client:
+        sub = await client.subscribe(pattern, policy="all", current=current == "current",
+                                     queue_limit=1_000_000)
+        receipts = Receipts(expected)
+        if current != "current":
+            ready()
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            # One timeout rescheduled per event: no task per receive on the measured path.
+            async with asyncio.timeout(120) as idle:
+                async for event in sub:
+                    idle.reschedule(loop.time() + IDLE_END_S)
+                    if isinstance(event, Change) and (event.snapshot or event.revision > 0):
+                        value = event.value
+                        sent = value if isinstance(value, int) and value > 10**9 else None
+                        if receipts.got(None if event.snapshot else sent):
+                            break
+                    elif isinstance(event, Gap):
+                        print(f"gap {event.count}", file=sys.stderr)
+                    elif isinstance(event, Synced) and current == "current":
+                        break
+        except TimeoutError:
+            pass
+        if current == "current":
+            report(received=receipts.count, seconds=time.monotonic() - start)
+        else:
+            receipts.report()
+
+
+async def pb_subs(endpoint: str, clients: int, expected: int) -> None:
+    """Several subscribers in one process (fan-out): total notifications per second."""
+    from sdk import Change, Client
+
+    async def one() -> Receipts:
+        async with Client(endpoint, timeout=30) as client:
+            sub = await client.subscribe("bench/x", policy="all", current=False,
+                                         queue_limit=1_000_000)
+            started.append(1)
+            if len(started) == clients:
+                ready()
+            receipts = Receipts(expected)
+            while True:
+                try:
+                    event = await sub.next(IDLE_END_S if receipts.count else 120)
+                except Exception:
+                    return receipts
+                if isinstance(event, Change) and receipts.got():
+                    return receipts
+
+    started: list[int] = []
+    all_receipts = await asyncio.gather(*(one() for _ in range(clients)))
+    first = min(r.first for r in all_receipts)
+    last = max(r.last for r in all_receipts)
+    total = sum(r.count for r in all_receipts)
+    report(received=total, rate=total / max(last - first, 1e-9))
+
+
+async def pb_write(endpoint: str, mode: str, count: int) -> None:
+    from sdk import Client
+
+    async with Client(endpoint, role="plugin", name="bench", timeout=60) as client:
+        await client.declare("bench/x", "int", 0)
+        ready()
+        await asyncio.get_running_loop().run_in_executor(None, go)
+        start = time.monotonic()
+        if mode == "latency":
+            for _ in range(count):
+                await client.set("bench/x", time.monotonic_ns())
+                await asyncio.sleep(PACE_S)
+        elif mode == "single":
+            window = 200
+            for first in range(0, count, window):
+                await asyncio.gather(*(client.set("bench/x", time.monotonic_ns())
+                                       for _ in range(min(window, count - first))))
+        else:  # batched: set_many of 100 properties' worth of values on one property
+            for first in range(0, count, 100):
+                await client.set_many([("bench/x", time.monotonic_ns())
+                                       for _ in range(min(100, count - first))])
+        report(seconds=time.monotonic() - start)
+
+
+async def pb_fill(endpoint: str, count: int) -> None:
+    """Declare ``count`` properties (for the snapshot and memory scenarios)."""
+    from sdk import Client
+
+    async with Client(endpoint, role="plugin", name="fill", timeout=120) as client:
+        pending = []
+        for i in range(count):
+            pending.append(client.declare(f"fill/p{i // 1000}/v{i % 1000}", "int", i))
+            if len(pending) == 500:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+        ready()
+        await asyncio.get_running_loop().run_in_executor(None, go)
+
+
+async def pb_idle(endpoint: str, name: str) -> None:
+    from sdk import Client
+
+    async with Client(endpoint, role="plugin", name=name, timeout=30) as client:
+        await client.declare(f"{name}/x", "int", 1)
+        ready()
+        await asyncio.get_running_loop().run_in_executor(None, go)
+
+
+# -- raw pyzmq relay: the physical limit for a Python broker -------------------------------
+
+def raw_relay(bind: str) -> None:
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(bind)
+    print(f"ready {router.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
+    values: dict[str, Any] = {}
+    subscribers: list[bytes] = []
+    packer = msgpack.Packer()
+    while True:
+        peer, frame = router.recv_multipart()
+        message = msgpack.unpackb(frame)
+        if message == "sub":
+            subscribers.append(peer)
+            router.send_multipart([peer, b"ok"])
+            continue
+        if message == "stop":
+            break
+        items = message if isinstance(message[0], list) else [message]
+        for name, value in items:
+            values[name] = value
+        out = packer.pack(items)
+        for subscriber in subscribers:
+            router.send_multipart([subscriber, out])
+
+
+def raw_sub(endpoint: str, expected: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send(msgpack.packb("sub"))
+    sock.recv()
+    ready()
+    receipts = Receipts(expected)
+    while sock.poll(int(IDLE_END_S * 1000) if receipts.count else 120_000):
+        done = False
+        for _name, value in msgpack.unpackb(sock.recv()):
+            done = receipts.got(value)
+        if done:
+            break
+    receipts.report()
+
+
+def raw_write(endpoint: str, mode: str, count: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    ready()
+    go()
+    start = time.monotonic()
+    if mode == "latency":
+        for _ in range(count):
+            sock.send(msgpack.packb(["bench/x", time.monotonic_ns()]))
+            time.sleep(PACE_S)
+    elif mode == "single":
+        for _ in range(count):
+            sock.send(msgpack.packb(["bench/x", time.monotonic_ns()]))
+    else:
+        for first in range(0, count, 100):
+            sock.send(msgpack.packb([["bench/x", time.monotonic_ns()]
+                                     for _ in range(min(100, count - first))]))
+    report(seconds=time.monotonic() - start)
+    sock.close(linger=5000)
+
+
+# -- Redis: SET + PUBLISH ----------------------------------------------------------------------
+
+def redis_sub(port: str, expected: int) -> None:
+    import redis
+
+    pubsub = redis.Redis(port=int(port)).pubsub()
+    pubsub.subscribe("bench/x")
+    pubsub.get_message(timeout=5)  # the subscribe confirmation
+    ready()
+    receipts = Receipts(expected)
+    while True:
+        message = pubsub.get_message(timeout=IDLE_END_S if receipts.count else 120)
+        if message is None:
+            break
+        if message["type"] == "message" and receipts.got(int(message["data"])):
+            break
+    receipts.report()
+
+
+def redis_write(port: str, mode: str, count: int) -> None:
+    import redis
+
+    client = redis.Redis(port=int(port))
+    ready()
+    go()
+    start = time.monotonic()
+    if mode == "latency":
+        for _ in range(count):
+            value = time.monotonic_ns()
+            client.pipeline(transaction=False).set("bench/x", value).publish(
+                "bench/x", value).execute()
+            time.sleep(PACE_S)
+    else:  # Redis's fast path: SET+PUBLISH pipelined, 100 pairs per round trip
+        for first in range(0, count, 100):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(min(100, count - first)):
+                value = time.monotonic_ns()
+                pipe.set("bench/x", value).publish("bench/x", value)
+            pipe.execute()
+    report(seconds=time.monotonic() - start)
+
+
+# -- MQTT: retained QoS 0 ----------------------------------------------------------------------
+
+def _mqtt_client() -> Any:
+    import paho.mqtt.client as mqtt
+
+    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+
+
+def mqtt_sub(port: str, expected: int) -> None:
+    import threading
+
+    client = _mqtt_client()
+    receipts = Receipts(expected)
+    done = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, message: Any) -> None:
+        if message.retain:
+            return  # the retained value from before the run
+        if receipts.got(int(message.payload)):
+            done.set()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect("127.0.0.1", int(port))
+    client.subscribe("bench/x", qos=0)
+    client.loop_start()
+    subscribed.wait(10)
+    ready()
+    last = -1
+    while not done.wait(IDLE_END_S if receipts.count else 120):
+        if receipts.count == last:
+            break
+        last = receipts.count
+    client.loop_stop()
+    receipts.report()
+
+
+def mqtt_write(port: str, mode: str, count: int) -> None:
+    client = _mqtt_client()
+    client.connect("127.0.0.1", int(port))
+    client.loop_start()
+    ready()
+    go()
+    start = time.monotonic()
+    for _ in range(count):
+        client.publish("bench/x", str(time.monotonic_ns()), qos=0, retain=True)
+        if mode == "latency":
+            time.sleep(PACE_S)
+    report(seconds=time.monotonic() - start)
+    time.sleep(0.5)
+    client.loop_stop()
+
+
+ROLES = {
+    "pb-sub": lambda a: asyncio.run(pb_sub(a[0], a[1], int(a[2]), a[3])),
+    "pb-subs": lambda a: asyncio.run(pb_subs(a[0], int(a[1]), int(a[2]))),
+    "pb-write": lambda a: asyncio.run(pb_write(a[0], a[1], int(a[2]))),
+    "pb-fill": lambda a: asyncio.run(pb_fill(a[0], int(a[1]))),
+    "pb-idle": lambda a: asyncio.run(pb_idle(a[0], a[1])),
+    "raw-relay": lambda a: raw_relay(a[0]),
+    "raw-sub": lambda a: raw_sub(a[0], int(a[1])),
+    "raw-write": lambda a: raw_write(a[0], a[1], int(a[2])),
+    "redis-sub": lambda a: redis_sub(a[0], int(a[1])),
+    "redis-write": lambda a: redis_write(a[0], a[1], int(a[2])),
+    "mqtt-sub": lambda a: mqtt_sub(a[0], int(a[1])),
+    "mqtt-write": lambda a: mqtt_write(a[0], a[1], int(a[2])),
+}
+
+if __name__ == "__main__":
+    ROLES[sys.argv[1]](sys.argv[2:])
