@@ -35,8 +35,11 @@ lint: install-test
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(STATE) *.egg-info
+	rm -rf $(VENV) *.egg-info
 
-## bench: measure and write docs/BENCHMARKS-*.md (reports only; never part of make test)
+## bench: measure and write docs/BENCHMARKS*.md (reports only; never part of make test).
+## Redis and MQTT columns need Debian's redis-server and mosquitto installed.
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/persistence.py
+	$(BIN)/python bench/run.py

@@ -494,9 +494,7 @@ class BrokerCore:
         else:
             prop = self.store.add(name, vtype, meta, session.name or "")
             session.properties[prop] = None
-            for sub in self.subscriptions.match(name):
-                sub.properties[prop] = None
-                prop.subscriptions.append(sub)
+            self._index(prop)
             if "value" not in params:
                 self._changed(prop)
         if "value" in params:
@@ -514,9 +512,7 @@ class BrokerCore:
     def declare_system(self, name: str, vtype: ValueType, value: Any, **meta: Any) -> Property:
         """Declare a broker-owned property below ``system/`` (used by SystemProperties)."""
         prop = self.store.add(name, vtype, parse_meta(vtype, meta), SYSTEM_NAMESPACE)
-        for sub in self.subscriptions.match(name):
-            sub.properties[prop] = None
-            prop.subscriptions.append(sub)
+        self._index(prop)
         self._write(prop, value)
         return prop
 
@@ -593,9 +589,13 @@ class BrokerCore:
                                   parse_meta(record.type, record.meta), namespace(record.name))
             prop.value, prop.revision, prop.changed_at = (record.value, record.revision,
                                                           record.timestamp)
-            for sub in self.subscriptions.match(record.name):
-                sub.properties[prop] = None
-                prop.subscriptions.append(sub)
+            self._index(prop)
+
+    def _index(self, prop: Property) -> None:
+        """Attach a new property to the subscriptions whose pattern matches it."""
+        for sub in self.subscriptions.match(prop.name):
+            sub.properties[prop] = None
+            prop.watch(sub)
 
     def _changed(self, prop: Property) -> None:
         for sub in prop.subscriptions:
@@ -654,7 +654,7 @@ class BrokerCore:
         props = [p for p in self.store if matches(pattern, p.name)]
         for prop in props:
             sub.properties[prop] = None
-            prop.subscriptions.append(sub)
+            prop.watch(sub)
         self.subscriptions.add(pattern, sub)
         session.subscriptions[sub.sid] = sub
 
@@ -676,7 +676,7 @@ class BrokerCore:
     def _drop_subscription(self, sub: Subscription) -> None:
         self.subscriptions.remove(sub.pattern, sub)
         for prop in sub.properties:
-            prop.subscriptions.remove(sub)
+            prop.unwatch(sub)
         sub.properties.clear()
         self._dirty.pop(sub, None)
 

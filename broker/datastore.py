@@ -91,11 +91,29 @@ def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
     persist = params.get("persist", False)
     if not isinstance(persist, bool):
         raise ProtocolError("invalid_params", "persist must be a bool")
-    return Meta(
+    return _shared(Meta(
         unit=text("unit"), description=text("description"), min=bounds.get("min"),
         max=bounds.get("max"), enum=enum_values, writable_by=tuple(writable_by),
         persist=persist,
-    )
+    ))
+
+
+_META_CACHE: dict[tuple[Any, ...], Meta] = {}
+
+
+def _shared(meta: Meta) -> Meta:
+    """One Meta object for identical declarations: a large store repeats a few shapes."""
+    try:
+        # Types are part of the key: 0 == 0.0 == False, but they are not the same bound.
+        enum = tuple((type(v), v) for v in meta.enum) if meta.enum is not None else None
+        key = (meta.unit, meta.description, type(meta.min), meta.min, type(meta.max),
+               meta.max, enum, meta.writable_by, meta.persist)
+        hash(key)
+    except TypeError:  # enum values that are lists or maps
+        return meta
+    if len(_META_CACHE) > 10_000:
+        _META_CACHE.clear()
+    return _META_CACHE.setdefault(key, meta)
 
 
 def _num(value: Any) -> Any:
@@ -116,8 +134,18 @@ class Property:
     revision: int = 0
     """How many times it was written; 0 while it holds no value."""
     changed_at: Timestamp = field(default_factory=lambda: Timestamp(0, 0))
-    subscriptions: list[Subscription] = field(default_factory=list)
-    """Subscriptions whose pattern matches this name, kept at subscribe/declare time."""
+    subscriptions: list[Subscription] | tuple[()] = ()
+    """Subscriptions whose pattern matches this name, kept at subscribe/declare time
+    (an empty tuple until the first: most properties of a large store have none)."""
+
+    def watch(self, sub: Subscription) -> None:
+        if self.subscriptions:
+            self.subscriptions.append(sub)  # type: ignore[union-attr]
+        else:
+            self.subscriptions = [sub]
+
+    def unwatch(self, sub: Subscription) -> None:
+        self.subscriptions.remove(sub)
 
     def check(self, value: Any) -> Any:
         """``value`` as it would be stored, or ProtocolError naming the broken rule."""
