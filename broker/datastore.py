@@ -140,12 +140,12 @@ class Property:
 
     def watch(self, sub: Subscription) -> None:
         if self.subscriptions:
-            self.subscriptions.append(sub)  # type: ignore[union-attr]
+            self.subscriptions.append(sub)
         else:
             self.subscriptions = [sub]
 
     def unwatch(self, sub: Subscription) -> None:
-        self.subscriptions.remove(sub)
+        self.subscriptions.remove(sub)  # type: ignore[union-attr]
 
     def check(self, value: Any) -> Any:
         """``value`` as it would be stored, or ProtocolError naming the broken rule."""
