@@ -9,7 +9,7 @@
     │   ├── NotAllowed              unauthorized, forbidden, contract_violation
     │   ├── NotFound                not_found, stale_handle
     │   ├── InvalidValue            type_mismatch, out_of_range, not_in_enum
-    │   └── Conflict                name_taken, already_declared, invalid_state
+    │   └── Conflict                name_taken, invalid_state
     ├── ConnectionFailed            no broker at the endpoint, or the connection was lost
     ├── RequestTimeout              no reply within the request's timeout
     └── ConfigError                 a bad setting or file given to the broker or CLI
@@ -77,9 +77,7 @@ ERROR_CODES: dict[str, str] = {
     "out_of_range": "the value is outside the declared min/max",
     "not_in_enum": "the value is not one of the declared enum values",
     "name_taken": "another connected plugin already uses this name",
-    "already_declared": "the property exists and belongs to another plugin",
     "limit_exceeded": "a per-session limit was reached",
-    "timeout": "the peer that should answer did not in time",
     "shutting_down": "the broker is stopping",
     "internal": "the broker failed; the message says how",
 }
@@ -141,5 +139,5 @@ _CLASS_BY_CODE: dict[str, type[RemoteError]] = {
     **dict.fromkeys(["unauthorized", "forbidden", "contract_violation"], NotAllowed),
     **dict.fromkeys(["not_found", "stale_handle"], NotFound),
     **dict.fromkeys(["type_mismatch", "out_of_range", "not_in_enum"], InvalidValue),
-    **dict.fromkeys(["name_taken", "already_declared", "invalid_state"], Conflict),
+    **dict.fromkeys(["name_taken", "invalid_state"], Conflict),
 }

@@ -10,46 +10,13 @@ import msgpack
 import pytest
 import zmq
 
-from .conftest import Processes
+from tests.conformance.raw import RawPeer
+
 from .processes import BrokerProcess
 
 pytestmark = pytest.mark.integration
 
 MAX_FRAME = 65536
-
-
-class RawPeer:
-    """A DEALER that speaks bytes, to send what no SDK would."""
-
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.msgid = 0
-
-    def send(self, *frames: bytes) -> None:
-        self.sock.send_multipart(list(frames))
-
-    def recv(self, timeout: float = 5.0) -> Any:
-        if not self.sock.poll(int(timeout * 1000)):
-            raise AssertionError(f"no reply within {timeout} s")
-        return msgpack.unpackb(self.sock.recv(), strict_map_key=False, timestamp=0,
-                               ext_hook=lambda c, d: (c, d))
-
-    def call(self, method: str, **params: Any) -> Any:
-        self.msgid += 1
-        self.send(msgpack.packb([0, self.msgid, method, params]))
-        reply = self.recv()
-        assert reply[:2] == [1, self.msgid], reply
-        return reply
-
-    def hello(self) -> None:
-        assert self.call("hello", versions=[1], role="client")[2] is None
-
-
-@pytest.fixture
-def small_broker(processes: Processes) -> BrokerProcess:
-    return processes.broker(None, "--max-frame", str(MAX_FRAME))
 
 
 class Peers:
