@@ -88,6 +88,9 @@ class Contract:
     exports: tuple[Export, ...] = ()
     limits: Limits = field(default_factory=Limits)
     config: dict[str, Any] = field(default_factory=dict)
+    conformance: dict[str, Any] = field(default_factory=dict)
+    """For ``plugboard conform``: a stimulus property the checker writes (playing its
+    owner), the value, and the response property and value the plugin must produce."""
 
     @property
     def file(self) -> str:
@@ -259,6 +262,7 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
             provides=r.strings("provides"), needs=r.strings("needs"),
             after=r.strings("after"), before=r.strings("before"), exports=tuple(exports),
             limits=limits, config=r.get("config", dict, {}),
+            conformance=r.get("conformance", dict, {}),
         )
     return contract, r.problems
 

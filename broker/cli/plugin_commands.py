@@ -30,6 +30,17 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def conform(args: argparse.Namespace) -> int:
+    from plugin_runtime.conformance import conform as run_checks
+
+    steps = asyncio.run(run_checks(Path(args.path)))
+    for step in steps:
+        print(step)
+    failed = [s for s in steps if not s.ok]
+    print(f"{len(steps) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def add_commands(commands: Any) -> None:
     cmd = commands.add_parser(
         "check", help="check plugin contracts (plugin.toml)",
@@ -38,6 +49,16 @@ def add_commands(commands: Any) -> None:
                     "field and reason, and exits 1 if there is any.")
     cmd.add_argument("paths", nargs="+", metavar="PATH")
     cmd.set_defaults(handler=check)
+
+    cmd = commands.add_parser(
+        "conform", help="drive one plugin (any language) through its life cycle",
+        description="Start a private broker, launch the plugin in PATH as the runtime "
+                    "would, and check: hello and init, declarations within its contract, a "
+                    "subscription delivery (from the contract's [conformance] table), "
+                    "heartbeats, reconnecting after a broker restart, and end. Prints each "
+                    "step and exits 1 if any failed.")
+    cmd.add_argument("path", metavar="PATH", help="the plugin's folder (with plugin.toml)")
+    cmd.set_defaults(handler=conform)
     add_runtime_commands(commands)
 
 

@@ -1,0 +1,230 @@
+"""``plugboard conform DIR``: drive one plugin, in any language, through its life cycle
+and report what it got wrong.
+
+The checker runs its own broker on a private ipc endpoint and launches the plugin as
+the runtime would (environment, token, process group). Steps: hello and init,
+declarations within the contract, a subscription delivery (when the contract has a
+``[conformance]`` table), heartbeats over several session timeouts, a broker restart
+(the plugin must reconnect and declare again), and ``end`` (reply, then exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.core import CoreConfig
+from broker.server import BrokerServer, ServerConfig
+from broker.sessions import Session
+from protocol.errors import PlugboardError
+from sdk import Change, Client
+
+from .contract import Contract, load_contract
+from .process import PluginProcess
+
+HEARTBEAT_MS = 300
+SESSION_TIMEOUT_MS = 1500
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    ok: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+class _Hooks:
+    """The core's runtime hooks, turned into events the checker awaits."""
+
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+
+    def plugin_ready(self, session: Session) -> None:
+        self.ready.set()
+
+    def plugin_session_ended(self, session: Session, reason: str) -> None:
+        self.end_reason = reason
+        self.ended.set()
+
+
+class Checker:
+    def __init__(self, contract: Contract, workdir: Path) -> None:
+        self.contract = contract
+        self.endpoint = f"ipc://{workdir}/conform.sock"
+        self.token = secrets.token_urlsafe(16)
+        self.workdir = workdir
+        self.steps: list[Step] = []
+        self.hooks = _Hooks()
+        self.server: BrokerServer | None = None
+        self.serving: asyncio.Task[None] | None = None
+
+    def record(self, name: str, ok: bool, detail: str) -> bool:
+        self.steps.append(Step(name, ok, detail))
+        return ok
+
+    async def start_broker(self) -> None:
+        self.hooks = _Hooks()
+        self.server = BrokerServer(ServerConfig(endpoints=(self.endpoint,), core=CoreConfig(
+            heartbeat_ms=HEARTBEAT_MS, session_timeout_ms=SESSION_TIMEOUT_MS)))
+        core = self.server.core
+        core.contracts[self.contract.name] = self.contract
+        core.plugin_tokens[self.contract.name] = self.token
+        core.runtime = self.hooks
+        self.serving = asyncio.create_task(self.server.serve())
+        await self.server.ready.wait()
+
+    async def kill_broker(self) -> None:
+        """Gone at once, as after a crash: no end, no goodbye."""
+        assert self.serving is not None
+        self.serving.cancel()
+        try:
+            await self.serving
+        except asyncio.CancelledError:
+            pass
+
+    async def declared(self, timeout: float, quiet: float = 0.5) -> dict[str, Any]:
+        """The plugin's properties (name → type) once it has declared some and then
+        declared nothing new for ``quiet`` seconds."""
+        name = self.contract.name
+        loop = asyncio.get_running_loop()
+        async with Client(self.endpoint, timeout=5) as client:
+            sub = await client.subscribe(f"{name}/#")
+            found: set[str] = set()
+            try:
+                async with asyncio.timeout(timeout) as deadline:
+                    async for event in sub:
+                        if isinstance(event, Change) and event.name not in found:
+                            found.add(event.name)
+                            deadline.reschedule(loop.time() + quiet)
+            except TimeoutError:
+                pass
+            return {i.name: i.type for i in await client.list(f"{name}/#")}
+
+    async def stimulus(self) -> None:
+        spec = self.contract.conformance
+        if not spec:
+            self.record("subscription delivery", True, "skipped: the contract has no "
+                        "[conformance] table (stimulus, value, response, expect)")
+            return
+        stimulus, value = str(spec["stimulus"]), spec["value"]
+        response, expect = str(spec["response"]), spec["expect"]
+        owner = stimulus.split("/", 1)[0]
+        vtype = {bool: "bool", int: "int", float: "float", str: "str"}[type(value)]
+        async with Client(self.endpoint, role="plugin", name=owner, timeout=5) as fake, \
+                Client(self.endpoint, timeout=5) as watcher:
+            responses = await watcher.subscribe(response)
+            await fake.declare(stimulus, vtype)
+            await fake.set(stimulus, value)
+            seen = []
+            try:
+                async with asyncio.timeout(5):
+                    async for event in responses:
+                        if isinstance(event, Change):
+                            seen.append(event.value)
+                            if event.value == expect:
+                                break
+            except TimeoutError:
+                pass
+        ok = expect in seen
+        self.record("subscription delivery", ok, f"wrote {stimulus} = {value!r}; "
+                    f"{response} went through {seen[-5:]!r}, expected {expect!r}")
+
+    async def run(self) -> list[Step]:
+        contract = self.contract
+        await self.start_broker()
+        process = PluginProcess(contract, endpoint=self.endpoint, token=self.token,
+                                log_path=self.workdir / "plugin.log")
+        try:
+            await self._life_cycle(process)
+        finally:
+            if process.poll() is None:
+                await process.stop(lambda: None, 1.0)
+            process.close()
+            if self.server is not None:
+                self.server.stop()
+            if self.serving is not None and not self.serving.done():
+                await self.serving
+        return self.steps
+
+    async def _life_cycle(self, process: PluginProcess) -> None:
+        contract = self.contract
+        assert self.server is not None
+        await process.spawn()
+        try:
+            await asyncio.wait_for(self.hooks.ready.wait(), contract.run.start_timeout)
+            self.record("hello and init", True, "said hello with its token and answered init")
+        except TimeoutError:
+            said_hello = contract.name in self.server.core.plugins
+            self.record("hello and init", False, (
+                "said hello but did not answer init" if said_hello else "never said hello")
+                + f" within {contract.run.start_timeout:g} s; exit status {process.poll()}; "
+                f"stderr: {process.stderr_tail()[-500:]}")
+            return
+        props = await self.declared(5)
+        outside = [n for n, t in props.items()
+                   if (e := contract.export_for(n)) is None or e.type.value not in (t, "any")]
+        self.record("declarations", bool(props) and not outside,
+                    f"declared {', '.join(f'{n} ({t})' for n, t in props.items()) or 'nothing'}"
+                    + (f"; outside the contract: {outside}" if outside else ""))
+        await self.stimulus()
+        await asyncio.sleep(3 * SESSION_TIMEOUT_MS / 1000)  # several timeouts of silence
+        alive = contract.name in self.server.core.plugins
+        self.record("heartbeat", alive, "kept its session over three session timeouts"
+                    if alive else f"lost its session: {self.hooks.end_reason}")
+        await self.kill_broker()
+        await self.start_broker()
+        try:
+            await asyncio.wait_for(self.hooks.ready.wait(), 20)
+            again = await self.declared(5)
+            self.record("broker restart", set(again) >= set(props),
+                        f"reconnected and declared {len(again)} of {len(props)} again")
+        except TimeoutError:
+            self.record("broker restart", False, "did not say hello to the restarted broker "
+                        "within 20 s")
+            return
+        session = self.server.core.plugins.get(contract.name)
+        if session is None:
+            self.record("end", False, "no session to end")
+            return
+        self.server.core.ask_to_end(session)
+        self.server.poke()
+        try:
+            code = await asyncio.wait_for(process.wait(), contract.run.stop_timeout + 1)
+            answered = self.hooks.end_reason == "ended"
+            self.record("end", code == 0 and answered, f"answered end: {answered}; exited "
+                        f"with status {code}")
+        except TimeoutError:
+            self.record("end", False, f"still running {contract.run.stop_timeout + 1:g} s "
+                        "after end")
+
+
+@asynccontextmanager
+async def _workdir() -> AsyncIterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="pbc-"))  # short: ipc paths have a length limit
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def conform(directory: Path) -> list[Step]:
+    contract, problems = load_contract(directory)
+    if contract is None:
+        return [Step("contract", False, "; ".join(str(p) for p in problems))]
+    async with _workdir() as workdir:
+        try:
+            return await Checker(contract, workdir).run()
+        except (PlugboardError, OSError) as exc:
+            return [Step("checker", False, f"{type(exc).__name__}: {exc}")]
