@@ -19,10 +19,9 @@ import builtins
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
-import zmq.asyncio
 
 from protocol._version import SUPPORTED_VERSIONS
 from protocol.codec import Notification, Request, Response, decode, encode
@@ -39,6 +38,7 @@ from ._subscription import Listener, Subscription
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RequestHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 MessageCallback = Callable[[Message], Any]
 ReconnectCallback = Callable[[Reconnected], Any]
@@ -92,12 +92,12 @@ class Client:
         """Set once the broker's ``end`` request was answered."""
         self.callback_errors = 0
         """How many user callbacks raised (each was logged)."""
-        self._ctx = zmq.asyncio.Context()
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._read_scheduled = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._on_result: dict[int, Callable[[Any], None]] = {}
         self._msgid = 0
-        self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         # A bare Client in the plugin role is ready at once; Plugin installs its own.
@@ -159,10 +159,8 @@ class Client:
         self.closed.set()
 
     def _close_socket(self, reason: Exception) -> None:
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-        self._reader = None
         if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(int(self._sock.getsockopt(zmq.FD)))
             self._sock.close(linger=0)
             self._sock = None
         pending, self._pending = self._pending, {}
@@ -180,9 +178,11 @@ class Client:
             sock.close(linger=0)
             raise ConnectionFailed(f"no broker is running at {self.endpoint} "
                                    "(socket file missing)")
+        sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.connect(self.endpoint)
         self._sock = sock
-        self._reader = asyncio.create_task(self._read_loop(sock))
+        asyncio.get_running_loop().add_reader(int(sock.getsockopt(zmq.FD)), self._on_readable)
+        self._poke()
         params: dict[str, Any] = {"versions": list(SUPPORTED_VERSIONS), "role": self.role,
                                   "client": "plugboard-sdk-python"}
         if self.name is not None:
@@ -210,53 +210,100 @@ class Client:
         ``on_result`` runs in the reader as the reply arrives, before any later frame
         is handled: subscribe uses it so the snapshot that follows finds its route.
         """
-        sock = self._sock
-        if sock is None:
-            raise ConnectionFailed("not connected to the broker")
+        return await self._start(method, params, timeout=timeout, on_result=on_result)
+
+    def _start(self, method: str, params: Mapping[str, Any] | None = None, *,
+               timeout: float | None = None,
+               on_result: Callable[[Any], None] | None = None) -> asyncio.Future[Any]:
+        """Send a request now and return the future of its reply.
+
+        No coroutine and no task per request: many can be in flight cheaply. The
+        timeout is a timer, not wait_for (which costs a task per request).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._sock is None:
+            future.set_exception(ConnectionFailed("not connected to the broker"))
+            return future
         self._msgid = (self._msgid + 1) % (MAX_MSGID + 1)
         msgid = self._msgid
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            self._send(encode(Request(msgid, method, dict(params or {}))))
+        except zmq.Again:
+            future.set_exception(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
+            return future
+        except ProtocolError as exc:
+            future.set_exception(exc)
+            return future
         self._pending[msgid] = future
         if on_result is not None:
             self._on_result[msgid] = on_result
-        try:
-            frame = encode(Request(msgid, method, dict(params or {})))
+        wait = self.timeout if timeout is None else timeout
+        timer = loop.call_later(wait, _expire, future, method, wait)
+        future.add_done_callback(lambda done: self._finished(msgid, method, timer, done))
+        return future
+
+    def _finished(self, msgid: int, method: str, timer: asyncio.TimerHandle,
+                  future: asyncio.Future[Any]) -> None:
+        timer.cancel()
+        self._pending.pop(msgid, None)
+        self._on_result.pop(msgid, None)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, RemoteError) and exc.code == "hello_required" and method != "hello":
+            self._connection_lost("the broker no longer knows this session")
+
+    def _then(self, future: asyncio.Future[Any], transform: Callable[[Any], T]
+              ) -> asyncio.Future[T]:
+        """A future of ``transform(result)``, chained without a task."""
+        out: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(source: asyncio.Future[Any]) -> None:
+            if out.done():
+                return
+            if source.cancelled():
+                out.cancel()
+            elif (exc := source.exception()) is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(transform(source.result()))
+
+        future.add_done_callback(done)
+        return out
+
+    # The socket is a plain zmq socket whose file descriptor the event loop watches.
+    # ZeroMQ's descriptor is edge-triggered and a send can consume the edge, so after
+    # every send and every drain the loop checks EVENTS again (_poke); this is the only
+    # place that reads EVENTS. Receives never await, so none can be cancelled midway.
+
+    def _send(self, frame: bytes) -> None:
+        assert self._sock is not None
+        self._sock.send(frame, zmq.NOBLOCK)
+        self._poke()
+
+    def _poke(self) -> None:
+        if not self._read_scheduled:
+            self._read_scheduled = True
+            asyncio.get_running_loop().call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        self._read_scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(1000):
             try:
-                await sock.send(frame, zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                raise ConnectionFailed(f"cannot reach the broker at {self.endpoint}") from None
-            wait = self.timeout if timeout is None else timeout
-            # A timer, not wait_for: wait_for costs a task per request on the hot path.
-            timer = asyncio.get_running_loop().call_later(wait, _expire, future, method, wait)
-            try:
-                return await future
-            finally:
-                timer.cancel()
-        except RemoteError as exc:
-            if exc.code == "hello_required" and method != "hello":
-                self._connection_lost("the broker no longer knows this session")
-            raise
-        finally:
-            self._pending.pop(msgid, None)
-            self._on_result.pop(msgid, None)
+                break
+            self._dispatch(frame)
+            if self._sock is not sock:  # closed by what the frame triggered
+                return
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._poke()
 
-    async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
-        # After one awaited receive, drain what else is queued without awaiting: a
-        # shadow of the same socket, used only here, receives with NOBLOCK.
-        drain: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        while True:
-            frames = [await sock.recv()]
-            while len(frames) < 1000:
-                try:
-                    frames.append(drain.recv(zmq.NOBLOCK))
-                except zmq.ZMQError:  # Again: nothing more queued
-                    break
-            for frame in frames:
-                if sock.closed:
-                    return
-                self._dispatch(sock, frame)
-
-    def _dispatch(self, sock: zmq.asyncio.Socket, frame: bytes) -> None:
+    def _dispatch(self, frame: bytes) -> None:
         """Route one frame: a reply to its future, a notification, a broker request."""
         try:
             message = decode(frame)
@@ -276,9 +323,9 @@ class Client:
         elif isinstance(message, Notification):
             self._on_notification(message)
         else:
-            asyncio.create_task(self._answer(sock, message))
+            asyncio.create_task(self._answer(self._sock, message))
 
-    async def _answer(self, sock: zmq.asyncio.Socket, request: Request) -> None:
+    async def _answer(self, sock: zmq.Socket[bytes] | None, request: Request) -> None:
         """Answer a request the broker sent (init, end, ...)."""
         handler = self._handlers.get(request.method)
         error: dict[str, Any] | None = None
@@ -292,8 +339,11 @@ class Client:
                 self.callback_errors += 1
                 log.exception("handler for %s raised", request.method)
                 error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}
-        if not sock.closed:
-            await sock.send(encode(Response(request.msgid, error, result)))
+        if sock is not None and sock is self._sock:  # not to a connection since replaced
+            try:
+                self._send(encode(Response(request.msgid, error, result)))
+            except zmq.Again:
+                log.warning("could not answer %s: the broker is not reading", request.method)
         if request.method == "end":
             # The broker ends the session on this reply; nothing more to say to it.
             self.session = None
@@ -449,20 +499,30 @@ class Client:
         if isinstance(target, str) and target in self._declared:
             self._declared[target]["value"] = value
 
-    async def set(self, target: str | int, value: Any) -> int:
-        """Write a value; returns the property's new revision."""
-        result = await self.request("set", {"target": target, "value": value})
-        self._remember(target, value)
-        return result["revision"]  # type: ignore[no-any-return]
+    def set(self, target: str | int, value: Any) -> asyncio.Future[int]:
+        """Write a value; ``await`` it for the property's new revision.
 
-    async def set_many(self, items: Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
-                       ) -> builtins.list[int]:
-        """Write several values at once, all or nothing; returns their revisions."""
-        pairs = list(items.items() if isinstance(items, Mapping) else items)
-        result = await self.request("set_many", {"items": [list(p) for p in pairs]})
-        for target, value in pairs:
+        It returns a future rather than being a coroutine, so many writes can be in
+        flight (``asyncio.gather``) without a task each.
+        """
+        def written(result: Any) -> int:
             self._remember(target, value)
-        return result["revisions"]  # type: ignore[no-any-return]
+            return int(result["revision"])
+
+        return self._then(self._start("set", {"target": target, "value": value}), written)
+
+    def set_many(self, items: Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
+                 ) -> asyncio.Future[builtins.list[int]]:
+        """Write several values at once, all or nothing; ``await`` it for the revisions."""
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+
+        def written(result: Any) -> builtins.list[int]:
+            for target, value in pairs:
+                self._remember(target, value)
+            return list(result["revisions"])
+
+        return self._then(self._start("set_many", {"items": [list(p) for p in pairs]}),
+                          written)
 
     async def subscribe(
         self, pattern: str, *, current: bool = True, policy: str = "latest",

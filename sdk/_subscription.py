@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -18,26 +19,45 @@ T = TypeVar("T")
 
 
 class _Stream(Generic[T]):
-    """An async iterator over a queue the connection fills; ends after ``_finish``."""
+    """An async iterator over what the connection received; ends after ``_finish``.
+
+    A deque plus one waiter future, not an asyncio.Queue: a batch of a thousand changes
+    costs one wake-up, and reading what is already here does not suspend.
+    """
 
     def __init__(self, client: Client, pattern: str) -> None:
         self.pattern = pattern
         self._client = client
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.closed = False
 
     def _put(self, item: Any) -> None:
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        self._wake()
+
+    def _put_many(self, items: list[Any]) -> None:
+        self._items.extend(items)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
 
     async def __anext__(self) -> T:
-        item = await self._queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items[0]
         if item is _CLOSED:
-            self._queue.put_nowait(_CLOSED)
             raise StopAsyncIteration
-        return item  # type: ignore[no-any-return]
+        return self._items.popleft()  # type: ignore[no-any-return]
 
     async def next(self, timeout: float | None = None) -> T:
         """The next item, waiting at most ``timeout`` seconds (RequestTimeout after)."""
@@ -48,7 +68,7 @@ class _Stream(Generic[T]):
 
     def _finish(self) -> None:
         self.closed = True
-        self._queue.put_nowait(_CLOSED)
+        self._put(_CLOSED)
 
 
 class Subscription(_Stream[Event]):
@@ -78,12 +98,15 @@ class Subscription(_Stream[Event]):
                 self._put(Gap(seq - self._seq - 1, "notification batches lost on the way"))
             self._seq = seq
         snapshot = bool(params.get("snapshot"))
+        names = self._names
+        events: list[Any] = []
         for item in params.get("items") or ():
             handle = item[0]
             if len(item) > 4:
-                self._names[handle] = item[4]
-            self._put(Change(self._names.get(handle, ""), handle, item[1], item[2], item[3],
-                             snapshot))
+                names[handle] = item[4]
+            events.append(Change(names.get(handle, ""), handle, item[1], item[2], item[3],
+                                 snapshot))
+        self._put_many(events)
         for handle, name in params.get("removed") or ():
             self._names.pop(handle, None)
             self._put(Removed(name, handle))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from ._client import Client
@@ -17,6 +17,11 @@ from ._events import Event, PropertyInfo
 from ._subscription import Subscription
 
 T = TypeVar("T")
+
+
+async def _awaited(start: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Start ``start(*args)`` inside the loop thread (it needs the running loop)."""
+    return await start(*args)
 
 
 class SyncSubscription:
@@ -96,10 +101,10 @@ class SyncClient:
         return self._call(self.client.list(pattern))
 
     def set(self, target: str | int, value: Any) -> int:
-        return self._call(self.client.set(target, value))
+        return self._call(_awaited(self.client.set, target, value))
 
     def set_many(self, items: Any) -> builtins.list[int]:
-        return self._call(self.client.set_many(items))
+        return self._call(_awaited(self.client.set_many, items))
 
     def declare(self, name: str, type: str, value: Any = ..., **meta: Any) -> int:
         return self._call(self.client.declare(name, type, value, **meta))
