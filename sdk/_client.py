@@ -1,8 +1,9 @@
 """The asyncio client: one DEALER socket, requests with timeouts, pushed notifications.
 
-One reader task owns every receive on the socket and is never cancelled mid-receive
-except when the socket is closed (a cancelled receive can lose a message, pyzmq
-#1925). Replies are matched through a msgid→Future map cleaned up in ``finally``.
+The socket is a plain zmq socket whose descriptor the event loop watches; frames are
+received with NOBLOCK in a callback, so no receive is ever awaited or cancelled (a
+cancelled receive can lose a message, pyzmq #1925). Replies are matched through a
+msgid→Future map, cleaned up when each future completes.
 
 If the broker goes away (pings unanswered, a ``shutdown`` notice, ``hello_required``)
 the client reconnects with a fresh socket, says ``hello`` again, re-declares what it
