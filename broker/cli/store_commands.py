@@ -15,38 +15,11 @@ import msgpack
 
 from protocol.codec import decode_value, encode_value
 from protocol.errors import ConfigError
-from protocol.values import Duration, Timestamp, ValueType
+from protocol.values import ValueType
 
 from ..statedir import StateDir
 from ..store import STORE_NAME, Record, Store
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, Timestamp):
-        return {"$timestamp": [value.seconds, value.nanoseconds]}
-    if isinstance(value, Duration):
-        return {"$duration": value.ns}
-    if isinstance(value, bytes):
-        return {"$bytes": value.hex()}
-    if isinstance(value, list):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    return value
-
-
-def _from_json(node: Any) -> Any:
-    if isinstance(node, dict):
-        if set(node) == {"$timestamp"}:
-            return Timestamp(*node["$timestamp"])
-        if set(node) == {"$duration"}:
-            return Duration(node["$duration"])
-        if set(node) == {"$bytes"}:
-            return bytes.fromhex(node["$bytes"])
-        return {k: _from_json(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_from_json(v) for v in node]
-    return node
+from .values import from_json, to_json
 
 
 def _open(args: argparse.Namespace) -> Store:
@@ -81,7 +54,7 @@ def export(args: argparse.Namespace) -> int:
         store.close()
     target = Path(args.file)
     if target.suffix == ".json":
-        target.write_text(json.dumps({"plugboard_store": 1, "properties": _to_json(rows)},
+        target.write_text(json.dumps({"plugboard_store": 1, "properties": to_json(rows)},
                                      indent=1, ensure_ascii=False))
     else:
         target.write_bytes(encode_value({"plugboard_store": 1, "properties": rows}))
@@ -93,7 +66,7 @@ def import_(args: argparse.Namespace) -> int:
     source = Path(args.file)
     try:
         if source.suffix == ".json":
-            data = _from_json(json.loads(source.read_text()))
+            data = from_json(json.loads(source.read_text()))
         else:
             data = decode_value(source.read_bytes(), max_frame=2**31)
         rows = data["properties"]

@@ -57,18 +57,38 @@ def parse_timestamp(text: str) -> Timestamp:
     return Timestamp.from_datetime(when)
 
 
-def _from_json(node: Any) -> Any:
+def from_json(node: Any) -> Any:
+    """Tagged JSON to values: {"$timestamp": [s, ns] or text}, {"$duration": ns or text},
+    {"$bytes": hex}. The same tags as protocol/vectors and ``plugboard store export``."""
     if isinstance(node, dict):
         if set(node) == {"$duration"}:
-            return parse_duration(str(node["$duration"]))
+            ns = node["$duration"]
+            return Duration(ns) if isinstance(ns, int) else parse_duration(str(ns))
         if set(node) == {"$timestamp"}:
-            return parse_timestamp(str(node["$timestamp"]))
+            stamp = node["$timestamp"]
+            return (Timestamp(*stamp) if isinstance(stamp, list)
+                    else parse_timestamp(str(stamp)))
         if set(node) == {"$bytes"}:
             return bytes.fromhex(node["$bytes"])
-        return {k: _from_json(v) for k, v in node.items()}
+        return {k: from_json(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_from_json(v) for v in node]
+        return [from_json(v) for v in node]
     return node
+
+
+def to_json(value: Any) -> Any:
+    """Values to tagged JSON (see :func:`from_json`), exactly: nothing is rounded."""
+    if isinstance(value, Timestamp):
+        return {"$timestamp": [value.seconds, value.nanoseconds]}
+    if isinstance(value, Duration):
+        return {"$duration": value.ns}
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
 
 
 def parse_value(text: str, vtype: ValueType) -> Any:
@@ -91,7 +111,7 @@ def parse_value(text: str, vtype: ValueType) -> Any:
             return parse_timestamp(text)
         if vtype is ValueType.DURATION:
             return parse_duration(text)
-        return _from_json(json.loads(text))
+        return from_json(json.loads(text))
     except (ValueError, json.JSONDecodeError):
         raise ConfigError(f"{text!r} is not a valid {vtype.value}") from None
 

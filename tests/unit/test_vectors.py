@@ -6,31 +6,16 @@ from typing import Any
 
 import pytest
 
+from broker.cli.values import from_json
 from protocol import (
-    Duration,
     ProtocolError,
     Request,
     Response,
-    Timestamp,
     encode_value,
 )
 from protocol.codec import decode
 
 VECTORS = json.loads((Path(__file__).parents[2] / "protocol/vectors/codec.json").read_text())
-
-
-def from_json(node: Any) -> Any:
-    if isinstance(node, dict):
-        if set(node) == {"$bytes"}:
-            return bytes.fromhex(node["$bytes"])
-        if set(node) == {"$timestamp"}:
-            return Timestamp(*node["$timestamp"])
-        if set(node) == {"$duration"}:
-            return Duration(node["$duration"])
-        return {k: from_json(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [from_json(v) for v in node]
-    return node
 
 
 def as_list(message: Any) -> list[Any]:
