@@ -62,6 +62,8 @@ class ManagedPlugin:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task[None] | None = None
     restart_timer: asyncio.TimerHandle | None = None
+    waiting_for: set[str] = field(default_factory=set)
+    """Plugins it needs that failed to start; it starts once all of them are ready."""
 
     @property
     def name(self) -> str:
@@ -159,8 +161,10 @@ class Supervisor:
             contract = self.plugins[name].contract
             blocked = [n for n in failed if name in dependents(self._contracts(), n)]
             if blocked:
+                self.plugins[name].waiting_for = set(blocked)
                 self._set_state(self.plugins[name], PluginState.FAILED,
-                                f"not started: it depends on {', '.join(blocked)}, which failed")
+                                f"not started: it depends on {', '.join(blocked)}, which "
+                                "failed; it starts when they are ready")
                 failed.add(name)
                 continue
             if not await self.start(contract.name):
@@ -206,6 +210,7 @@ class Supervisor:
         if plugin.ready.is_set() and process.poll() is None:
             plugin.tracker.started_ok()
             self._set_state(plugin, PluginState.READY, "")
+            self._release_dependents(name)
             return True
         code = process.poll()
         why = (f"exited with status {code} before it was ready" if code is not None else
@@ -216,6 +221,14 @@ class Supervisor:
         if code is None:
             await process.stop(lambda: None, plugin.contract.run.stop_timeout)
         return False
+
+    def _release_dependents(self, name: str) -> None:
+        """Start plugins that were held back only because ``name`` had failed."""
+        for other in self.plugins.values():
+            if name in other.waiting_for:
+                other.waiting_for.discard(name)
+                if not other.waiting_for and other.state is PluginState.FAILED:
+                    asyncio.ensure_future(self.start(other.name))
 
     async def _watch(self, plugin: ManagedPlugin, process: PluginProcess) -> None:
         """Everything that happens when a plugin process exits, for whatever reason."""

@@ -255,3 +255,15 @@ async def test_reload_follows_the_replacement_rule(runtime: Runtime) -> None:
     assert await supervisor.reload("base", force=True) == ["user"]
     assert supervisor.plugins["user"].process.pid != user_pid
     assert supervisor.plugins["user"].state is PluginState.READY
+
+
+async def test_dependents_start_once_a_failed_plugin_recovers(runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "shaky", extra='provides = ["service"]',
+                CRASH_ON_START_ONCE=str(root / "crashed-once"))
+    make_plugin(root, "patient", extra='needs = ["service"]')
+    supervisor = await runtime.start(root)
+    assert supervisor.plugins["patient"].state is PluginState.FAILED
+    assert "starts when they are ready" in supervisor.plugins["patient"].reason
+    await runtime.until_state("patient", PluginState.READY)
+    assert supervisor.plugins["shaky"].state is PluginState.READY
