@@ -34,7 +34,9 @@ async def ready_echo(processes: Processes, broker: BrokerProcess) -> BrokerProce
 
 
 def test_every_command_has_help() -> None:
-    for command in ([], ["broker"], ["get"], ["set"], ["ls"], ["watch"]):
+    for command in ([], ["broker"], ["get"], ["set"], ["ls"], ["watch"], ["check"],
+                    ["conform"], ["plugins"], ["logs"], ["top"], ["store"],
+                    ["store", "info"], ["store", "export"], ["store", "import"]):
         out = plugboard(Path("/nonexistent"), *command, "--help")
         assert out.returncode == 0 and "usage: plugboard" in out.stdout
 
