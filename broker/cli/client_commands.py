@@ -17,7 +17,7 @@ from protocol.values import ValueType
 from sdk import Change, Client, Gap, Reconnected, Removed, Synced
 
 from ..statedir import default_endpoint, read_admin_token
-from .values import format_value, parse_value
+from .values import format_table, format_value, parse_value
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,9 +79,7 @@ def ls(args: argparse.Namespace) -> int:
     rows = [("NAME", "TYPE", "VALUE", "UNIT", "OWNER")] + [
         (i.name, i.type, format_value(i.value), i.meta.get("unit") or "", i.owner) for i in items
     ]
-    widths = [min(max(len(r[c]) for r in rows), 60) for c in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[c]) if c < 4 else cell for c, cell in enumerate(row)))
+    print(format_table(rows))
     return 0
 
 

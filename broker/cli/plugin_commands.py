@@ -14,7 +14,7 @@ from plugin_runtime.contract import check_contracts
 from protocol.errors import ConfigError
 
 from .client_commands import add_connection_arguments, connect
-from .values import format_value
+from .values import format_table, format_value
 
 
 def check(args: argparse.Namespace) -> int:
@@ -73,9 +73,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"{row.get('cpu_percent') or 0:.1f}", f"{rss / 2**20:.1f} MB" if rss else "-",
             (row.get("reason") or "")[:60],
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip()
-                     for line in lines)
+    return format_table(lines)
 
 
 def plugins(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from protocol.errors import ConfigError
@@ -114,6 +115,14 @@ def parse_value(text: str, vtype: ValueType) -> Any:
         return from_json(json.loads(text))
     except (ValueError, json.JSONDecodeError):
         raise ConfigError(f"{text!r} is not a valid {vtype.value}") from None
+
+
+def format_table(rows: Sequence[Sequence[str]], max_width: int = 60) -> str:
+    """Rows as left-aligned columns (the first row is the header); the last column is
+    not padded, and no padding exceeds ``max_width``."""
+    widths = [min(max(len(row[c]) for row in rows), max_width) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip()
+                     for row in rows)
 
 
 def format_value(value: Any) -> str:

@@ -281,22 +281,15 @@ static void subscribe_params(msgpack_packer *pk, void *arg) {
     pack_str(pk, "pattern"); pack_str(pk, follow);
 }
 
-static void set_count_params(msgpack_packer *pk, void *arg) {
-    (void)arg;
-    char full[300];
-    snprintf(full, sizeof full, "%s/count", name);
-    msgpack_pack_map(pk, 2);
-    pack_str(pk, "target"); pack_str(pk, full);
-    pack_str(pk, "value"); msgpack_pack_int64(pk, count);
-}
+struct int_write { const char *key; int64_t value; };
 
-static void set_step_params(msgpack_packer *pk, void *arg) {
-    (void)arg;
+static void set_int_params(msgpack_packer *pk, void *arg) {
+    struct int_write *w = arg;
     char full[300];
-    snprintf(full, sizeof full, "%s/step", name);
+    snprintf(full, sizeof full, "%s/%s", name, w->key);
     msgpack_pack_map(pk, 2);
     pack_str(pk, "target"); pack_str(pk, full);
-    pack_str(pk, "value"); msgpack_pack_int64(pk, step);
+    pack_str(pk, "value"); msgpack_pack_int64(pk, w->value);
 }
 
 static void open_socket(void) {
@@ -391,11 +384,13 @@ int main(void) {
         char code[64] = "";
         bool ok = true;
         if (step != last_step) {
-            ok = call("set", set_step_params, NULL, &reply, code, sizeof code);
+            struct int_write w = {"step", step};
+            ok = call("set", set_int_params, &w, &reply, code, sizeof code);
             if (ok) { msgpack_unpacked_destroy(&reply); last_step = step; }
         }
         count += step;
-        if (ok) ok = call("set", set_count_params, NULL, &reply, code, sizeof code);
+        struct int_write w = {"count", count};
+        if (ok) ok = call("set", set_int_params, &w, &reply, code, sizeof code);
         if (ok) msgpack_unpacked_destroy(&reply);
         else if (strcmp(code, "hello_required") == 0 || strcmp(code, "timeout") == 0)
             reconnect();
