@@ -22,7 +22,6 @@ import enum
 import logging
 import sqlite3
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,12 +124,6 @@ class Store:
                 log.error("store %s: dropped the damaged record of %r (%s)", self.path, name,
                           exc)
         return records
-
-    def __len__(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM properties").fetchone()[0])
-
-    def __iter__(self) -> Iterator[Record]:
-        return iter(self.load())
 
     # -- writing ---------------------------------------------------------------------------
 

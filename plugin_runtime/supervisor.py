@@ -118,11 +118,11 @@ class Supervisor:
             ("uptime", ValueType.DURATION, Duration.from_seconds(
                 self.clock() - plugin.started_mono) if running else Duration(0)),
         ]
-        stats = stats if running else {}
-        for key, vtype in (("cpu_percent", ValueType.FLOAT), ("memory_rss", ValueType.INT),
-                           ("threads", ValueType.INT), ("open_files", ValueType.INT)):
-            figures.append((key, vtype, (stats or {}).get(key, vtype is ValueType.FLOAT
-                                                          and 0.0 or 0)))
+        stats = (stats or {}) if running else {}
+        figures += [("cpu_percent", ValueType.FLOAT, float(stats.get("cpu_percent", 0.0))),
+                    ("memory_rss", ValueType.INT, stats.get("memory_rss", 0)),
+                    ("threads", ValueType.INT, stats.get("threads", 0)),
+                    ("open_files", ValueType.INT, stats.get("open_files", 0))]
         for key, vtype, value in figures:
             self.core.set_system(base + key, vtype, value)
         self.poke()

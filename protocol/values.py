@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +76,6 @@ def format_duration(ns: int) -> str:
 
 def now() -> Timestamp:
     """The current wall-clock time as a protocol timestamp."""
-    import time
-
     return Timestamp.from_unix_nano(time.time_ns())
 
 

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).parents[2]
 FIXTURE_PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
@@ -144,6 +143,3 @@ class PluginProcess(ManagedProcess):
             env={"PLUGBOARD_ENDPOINT": endpoint, "PLUGBOARD_NAME": name, **env},
         )
 
-
-def kwargs_for(broker: BrokerProcess) -> dict[str, Any]:
-    return {"token": broker.admin_token, "role": "admin"}
