@@ -69,6 +69,10 @@ class CoreConfig:
     """Subscriptions plus topic listens one session may hold."""
     admin_token: str | None = None
     """The token the admin role must present; None disables the admin role."""
+    allow_unmanaged_plugins: bool = False
+    """Accept a ``plugin`` hello whose name the runtime does not manage (a plugin started
+    by hand). Off by default: anyone who reaches the socket could otherwise own a
+    namespace."""
 
 
 Clock = Callable[[], float]
@@ -84,6 +88,10 @@ class PluginContract(Protocol):
     """What the core needs of a plugin's contract: which names it may declare, as what."""
 
     def export_for(self, name: str, vtype: ValueType | None = None) -> Export | None: ...
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The ``[config]`` table, sent to the plugin in ``init``."""
 
 
 class RuntimeHooks(Protocol):
@@ -397,10 +405,16 @@ class BrokerCore:
             if name in self.plugins:
                 raise ProtocolError("name_taken", f"a plugin named {name!r} is connected")
             expected = self.plugin_tokens.get(name)
-            if name in self.contracts and (expected is None or token is None
-                                           or not hmac.compare_digest(token, expected)):
-                raise ProtocolError("unauthorized", f"plugin {name!r} is managed by the "
-                                    "runtime: it needs the token the runtime gave its process")
+            if name in self.contracts:
+                if expected is None or token is None or not hmac.compare_digest(token, expected):
+                    raise ProtocolError("unauthorized", f"plugin {name!r} is managed by the "
+                                        "runtime: it needs the token the runtime gave its "
+                                        "process")
+            elif not self.config.allow_unmanaged_plugins:
+                raise ProtocolError("unauthorized", f"no plugin named {name!r} is managed by "
+                                    "this broker's runtime, and plugins started by hand are "
+                                    "not allowed (start the broker with "
+                                    "--allow-unmanaged-plugins)")
         elif role is Role.ADMIN:
             expected = self.config.admin_token
             if expected is None or token is None or not hmac.compare_digest(token, expected):
@@ -411,7 +425,9 @@ class BrokerCore:
         self.sessions[peer] = session
         if role is Role.PLUGIN:
             self.plugins[name] = session
-            self.request(session, "init", {"config": {}, "name": name}, lambda reply:
+            contract = self.contracts.get(name)
+            config = dict(contract.config) if contract is not None else {}
+            self.request(session, "init", {"config": config, "name": name}, lambda reply:
                          self._on_init_reply(session, reply), self.config.init_timeout_s)
         else:
             session.state = SessionState.READY
@@ -691,6 +707,7 @@ class BrokerCore:
         topic = _param(params, "topic", str, None)
         target = self.plugins.get(to)
         if target is None:
+            validate_plugin_name(to)
             raise ProtocolError("not_found", f"no plugin {to!r} is connected", to=to)
         message = {"from": session.name or session.sid, "payload": payload}
         if topic is not None:

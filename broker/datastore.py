@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protocol.errors import ProtocolError
+from protocol.names import validate_name
 from protocol.values import NUMERIC_TYPES, Duration, Timestamp, ValueType, check_value
 
 if TYPE_CHECKING:
@@ -75,14 +76,14 @@ def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
             if vtype not in NUMERIC_TYPES:
                 raise ProtocolError("invalid_params", f"{key} applies to int, float and "
                                     f"duration properties, not {vtype.value}")
-            bounds[key] = check_value(vtype, value)
+            bounds[key] = _declared(vtype, key, value)
     if "min" in bounds and "max" in bounds and _num(bounds["min"]) > _num(bounds["max"]):
         raise ProtocolError("invalid_params", "min is greater than max")
     enum_values = params.get("enum")
     if enum_values is not None:
         if not isinstance(enum_values, list) or not enum_values:
             raise ProtocolError("invalid_params", "enum must be a non-empty list")
-        enum_values = [check_value(vtype, v) for v in enum_values]
+        enum_values = [_declared(vtype, "enum", v) for v in enum_values]
     writable_by = params.get("writable_by", [])
     if isinstance(writable_by, str):
         writable_by = [writable_by]
@@ -96,6 +97,16 @@ def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
         max=bounds.get("max"), enum=enum_values, writable_by=tuple(writable_by),
         persist=persist,
     ))
+
+
+def _declared(vtype: ValueType, key: str, value: Any) -> Any:
+    """A min/max/enum value checked against the type: a wrong one is a bad declaration
+    (``invalid_params``), not a bad write."""
+    try:
+        return check_value(vtype, value)
+    except ProtocolError as exc:
+        raise ProtocolError("invalid_params", f"{key} of a {vtype.value} property: "
+                            f"{exc.message}", field=key) from None
 
 
 _META_CACHE: dict[tuple[Any, ...], Meta] = {}
@@ -210,6 +221,7 @@ class Datastore:
         if isinstance(target, str):
             prop = self.by_name.get(target)
             if prop is None:
+                validate_name(target)  # only valid names are stored: check on a miss only
                 raise ProtocolError("not_found", f"no property named {target!r}", name=target)
             return prop
         if type(target) is int and target >= 0:

@@ -8,8 +8,10 @@ runs. The admin token is written anew on every start, readable only by its owner
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from protocol.errors import ConfigError
@@ -18,6 +20,8 @@ SOCKET_NAME = "broker.sock"
 TOKEN_NAME = "admin.token"
 LOCK_NAME = "broker.lock"
 _IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the NUL
+
+log = logging.getLogger(__name__)
 
 
 def default_state_dir() -> Path:
@@ -56,6 +60,16 @@ def read_admin_token(state_dir: Path) -> str | None:
         return None
 
 
+def _tighten(path: Path) -> None:
+    """The state directory holds the admin token, the socket and the logs: only its
+    owner may enter it. One found open to group or others is closed, and logged."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o700)
+        log.warning("state directory %s was open to group or others (mode %04o); "
+                    "tightened to 0700", path, mode)
+
+
 class StateDir:
     """Holds the lock for the broker's lifetime; ``close`` releases it and the token."""
 
@@ -63,6 +77,7 @@ class StateDir:
         self.path = Path(path).absolute()
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _tighten(self.path)
             self._lock = open(self.path / LOCK_NAME, "a+")
         except OSError as exc:
             raise ConfigError(f"cannot use state directory {self.path}: {exc.strerror}") from exc

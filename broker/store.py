@@ -88,6 +88,14 @@ class Store:
         self.dropped: list[str] = []
         """Names of records dropped at load because they were damaged."""
         try:
+            if self.path.stat().st_size == 0:
+                # SQLite takes an empty file as a new database: say so, since a store
+                # emptied by a failed copy or a full disk would otherwise pass unnoticed.
+                log.warning("store %s is an empty file (0 bytes): starting with no stored "
+                            "properties", self.path)
+        except FileNotFoundError:
+            pass
+        try:
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

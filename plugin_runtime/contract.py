@@ -9,6 +9,7 @@ the first problem: it returns all of them, each with file, field and reason.
 
 from __future__ import annotations
 
+import difflib
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +24,14 @@ from protocol.values import ValueType
 
 MANIFEST = "plugin.toml"
 RESTART_POLICIES = ("never", "on-failure", "always")
+TOP_KEYS = ("name", "version", "protocol", "description", "author", "licence", "run",
+            "provides", "needs", "after", "before", "exports", "limits", "config",
+            "conformance")
+RUN_KEYS = ("command", "args", "env", "cwd", "restart", "start_timeout", "stop_timeout")
+EXPORT_KEYS = ("pattern", "type", "unit", "description", "min", "max", "enum",
+               "writable_by", "persist")
+LIMIT_KEYS = ("memory_mb", "cpu_percent", "sustained_s")
+CONFORMANCE_KEYS = ("stimulus", "value", "response", "expect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +159,20 @@ class _Reader:
             return default
         return node
 
+    def known_keys(self, table: Any, where: str, known: tuple[str, ...]) -> None:
+        """Every key of ``table`` must be one of ``known``: a typo is an error, with a
+        did-you-mean, never silently ignored."""
+        if not isinstance(table, dict):
+            return
+        for key in table:
+            if key in known:
+                continue
+            path = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else (
+                "; known keys: " + ", ".join(known))
+            self.problem(path, f"unknown key {key!r}" + hint)
+
     def strings(self, path: str) -> tuple[str, ...]:
         value = self.get(path, list, [])
         if not all(isinstance(v, str) for v in value):
@@ -171,6 +194,10 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
     except tomllib.TOMLDecodeError as exc:
         return None, [Problem(file, "-", f"not valid TOML: {exc}")]
     r = _Reader(file, data)
+    r.known_keys(data, "", TOP_KEYS)
+    r.known_keys(data.get("run"), "run", RUN_KEYS)
+    r.known_keys(data.get("limits"), "limits", LIMIT_KEYS)
+    r.known_keys(data.get("conformance"), "conformance", CONFORMANCE_KEYS)
 
     name = r.get("name", str, required=True)
     if name is not None:
@@ -194,7 +221,10 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
     command = r.get("run.command", (str, list), required=True)
     argv: tuple[str, ...] = ()
     if isinstance(command, str):
-        argv = (command,)
+        # A shell line would be run as one program name: say so now, not at start.
+        example = ", ".join(f'"{part}"' for part in command.split()) or '"program"'
+        r.problem("run.command", f"must be a list of strings (the argv, no shell), got "
+                  f"the string {command!r}; write command = [{example}]")
     elif isinstance(command, list):
         if not command or not all(isinstance(c, str) for c in command):
             r.problem("run.command", "must be a non-empty list of strings")
@@ -225,6 +255,7 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
         if not isinstance(item, dict):
             r.problem(where, "must be a table")
             continue
+        r.known_keys(item, where, EXPORT_KEYS)
         try:
             pattern = validate_pattern(item.get("pattern"))
             if name is not None and pattern.split("/", 1)[0] != name:

@@ -14,7 +14,7 @@ import os
 import signal
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
@@ -48,8 +48,14 @@ class RotatingLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "ab")  # noqa: SIM115 - kept open for the process's life
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)  # plugins' output may hold secrets: owner only
+        self._file = self._open()
+
+    def _open(self) -> BinaryIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "ab")
 
     def write(self, data: bytes) -> None:
         if self._file.tell() + len(data) > LOG_MAX_BYTES:
@@ -59,7 +65,7 @@ class RotatingLog:
                 if older.exists():
                     older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-            self._file = open(self.path, "ab")  # noqa: SIM115
+            self._file = self._open()
         self._file.write(data)
         self._file.flush()
 

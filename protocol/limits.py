@@ -11,6 +11,11 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 32
 """Deepest nesting of lists and maps in one message, counting the envelope itself."""
 
+MAX_VALUE_DEPTH = 24
+"""Deepest nesting of lists and maps inside one property value (a scalar is 0, ``[1]`` is
+1). The broker wraps a value in up to 5 levels (a ``changes`` item, a ``list`` reply), so
+every value it accepts still fits in a frame of MAX_DEPTH levels for every reader."""
+
 MAX_NAME_BYTES = 255
 """Longest property name, topic or pattern, in UTF-8 bytes."""
 

@@ -17,6 +17,7 @@ from typing import Any
 from msgpack import Timestamp
 
 from .errors import ProtocolError
+from .limits import MAX_VALUE_DEPTH
 
 __all__ = ["DURATION_EXT", "Duration", "Timestamp", "ValueType", "check_value", "now"]
 
@@ -126,6 +127,30 @@ def numeric(value: Any) -> float | int:
     return value.ns if isinstance(value, Duration) else value
 
 
+def check_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> None:
+    """Refuse a value whose lists and maps nest deeper than ``limit`` (``too_deep``).
+
+    A value must fit in every envelope the broker puts around it, so the limit is on the
+    value itself, below the frame's own depth limit.
+    """
+    level = [value]
+    depth = 0
+    while level:
+        nested: list[Any] = []
+        for item in level:
+            if type(item) is list:
+                nested.extend(item)
+            elif type(item) is dict:
+                nested.extend(item.values())
+        if not nested and not any(type(i) is list or type(i) is dict for i in level):
+            return
+        depth += 1
+        if depth > limit:
+            raise ProtocolError("too_deep", f"the value nests lists and maps deeper than "
+                                f"{limit} levels", limit=limit)
+        level = nested
+
+
 def check_value(
     vtype: ValueType,
     value: Any,
@@ -139,6 +164,8 @@ def check_value(
     An int written to a float property is stored as a float: several msgpack encoders
     (JavaScript's among them) write integral floats as ints.
     """
+    if type(value) is list or type(value) is dict:
+        check_depth(value)
     if vtype is not ValueType.ANY:
         pytypes = _PY_TYPES[vtype]
         # bool is an int subclass in Python but not on the wire.

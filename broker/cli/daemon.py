@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -16,10 +18,14 @@ from pathlib import Path
 from plugin_runtime.contract import Contract, check_contracts
 from plugin_runtime.supervisor import Supervisor
 
+from protocol.errors import ConfigError
+
 from ..core import CoreConfig
 from ..server import BrokerServer, ServerConfig
 from ..statedir import StateDir, default_endpoint
 from ..store import STORE_NAME, Durability, Store
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +48,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at most that window; off = written at a clean stop only")
     parser.add_argument("--batch-ms", type=int, default=100,
                         help="commit window of --durability batch (default 100)")
+    parser.add_argument("--allow-unmanaged-plugins", action="store_true",
+                        help="accept plugins started by hand (a plugin hello whose name no "
+                             "--plugins contract manages); off by default, since anyone who "
+                             "reaches the socket could then own a namespace")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow binding tcp on a non-loopback address; traffic is then "
+                             "unauthenticated and in clear text (a warning is logged)")
+
+
+def check_exposure(endpoints: list[str], insecure: bool) -> None:
+    """Refuse a tcp bind reachable from other hosts unless ``--insecure`` says so: tcp
+    carries everything unauthenticated and in clear text."""
+    exposed = [e for e in endpoints if e.startswith("tcp://") and not _loopback(e)]
+    if not exposed:
+        return
+    if not insecure:
+        raise ConfigError(f"{', '.join(exposed)} is reachable from other hosts, and tcp is "
+                          "neither authenticated nor encrypted: anyone there could read every "
+                          "property. Bind tcp://127.0.0.1:PORT, or pass --insecure to accept "
+                          "the exposure")
+    log.warning("INSECURE: listening on %s without authentication or encryption; anyone "
+                "who reaches it reads every property", ", ".join(exposed))
+
+
+def _loopback(endpoint: str) -> bool:
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', an interface name or a host name: may face the network
 
 
 def run(args: argparse.Namespace) -> int:
+    endpoints = args.endpoint or []
+    check_exposure(endpoints, args.insecure)
     contracts, problems = check_contracts(args.plugins) if args.plugins else ([], [])
     if problems:
         for problem in problems:
@@ -57,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
         store = Store(state.path / STORE_NAME, Durability(args.durability))
         config = ServerConfig(
             batch_ms=args.batch_ms,
-            endpoints=tuple(args.endpoint or [default_endpoint(state.path)]),
+            endpoints=tuple(endpoints or [default_endpoint(state.path)]),
             core=CoreConfig(admin_token=state.admin_token, heartbeat_ms=args.heartbeat_ms,
                             session_timeout_ms=args.session_timeout_ms,
-                            max_frame=args.max_frame),
+                            max_frame=args.max_frame,
+                            allow_unmanaged_plugins=args.allow_unmanaged_plugins),
         )
         asyncio.run(_serve(BrokerServer(config, store=store), contracts, state.path))
     finally:

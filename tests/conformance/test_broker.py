@@ -155,6 +155,65 @@ def test_properties(peer: Peers) -> None:
     expect(client.error("delete", target=f"{name}/mode"), "forbidden")
 
 
+BAD_NAMES = ["a//b", "/a", "a/", "", "x" * 256, "/".join(["s"] * 17), "a b", "a/+"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
+def test_every_method_that_takes_a_name_checks_it(peer: Peers, bad: str) -> None:
+    owner, name = plugin(peer)
+    client = peer()
+    client.hello()
+    owner.call("declare", name=f"{name}/ok", type="int", value=1)
+    expect(client.error("get", target=bad), "invalid_name")
+    expect(client.error("set", target=bad, value=1), "invalid_name")
+    expect(owner.error("delete", target=bad), "invalid_name")
+    failed = expect(owner.error("set_many", items=[[f"{name}/ok", 2], [bad, 1]]),
+                    "invalid_name")
+    assert failed["index"] == 1
+    expect(client.error("publish", topic=bad, payload=b""), "invalid_name")
+    expect(client.error("send", to=bad, payload=b""), "invalid_name")
+    assert client.call("get", target=f"{name}/ok")["value"] == 1  # nothing written
+
+
+def test_bounds_and_enum_of_the_wrong_type_are_invalid_params(peer: Peers) -> None:
+    owner, name = plugin(peer)
+    for meta in ({"min": "low"}, {"max": [1]}, {"enum": [1, "two"]}, {"enum": []},
+                 {"min": 5, "max": 1}, {"min": 1.5}):
+        failed = expect(owner.error("declare", name=f"{name}/n", type="int", **meta),
+                        "invalid_params")
+        assert failed["message"], meta
+    expect(owner.error("declare", name=f"{name}/s", type="str", min=1), "invalid_params")
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_every_accepted_value_reaches_every_reader_intact(peer: Peers) -> None:
+    owner, name = plugin(peer)
+    watcher = peer()
+    watcher.hello()
+    deepest = nested(24)
+    owner.call("declare", name=f"{name}/deep", type="any")
+    watcher.call("subscribe", pattern=f"{name}/#", current=False)
+    owner.call("set", target=f"{name}/deep", value=deepest)
+    assert watcher.take(2, "changes")[2]["items"][0][1] == deepest
+    assert watcher.call("get", target=f"{name}/deep")["value"] == deepest
+    assert watcher.call("list", pattern=f"{name}/#")["items"][0]["value"] == deepest
+    late = peer()
+    late.hello()
+    late.call("subscribe", pattern=f"{name}/#")
+    assert late.take(2, "changes")[2]["items"][0][1] == deepest
+    for method, params in (("set", {"target": f"{name}/deep", "value": nested(25)}),
+                           ("declare", {"name": f"{name}/d2", "type": "list",
+                                        "value": [nested(24)]})):
+        expect(owner.error(method, **params), "too_deep")
+    assert watcher.call("get", target=f"{name}/deep")["revision"] == 1
+
+
 def test_subscriptions_and_changes(peer: Peers) -> None:
     owner, name = plugin(peer)
     watcher = peer()

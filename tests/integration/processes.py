@@ -91,13 +91,14 @@ class ManagedProcess:
 class BrokerProcess(ManagedProcess):
     """``plugboard broker`` on ipc in a short temp dir and on a free tcp port."""
 
-    def __init__(self, state_dir: Path | None = None, *extra: str, timeout: float = 15.0) -> None:
+    def __init__(self, state_dir: Path | None = None, *extra: str, timeout: float = 15.0,
+                 allow_unmanaged: bool = True, tcp: str = "tcp://127.0.0.1:*") -> None:
         self.state_dir = state_dir or short_tmpdir()
         argv = [sys.executable, "-m", "broker.cli", "--state-dir", str(self.state_dir),
                 "--log-level", "DEBUG", "broker",
                 "--endpoint", f"ipc://{self.state_dir}/broker.sock",
-                "--endpoint", "tcp://127.0.0.1:*",
-                "--heartbeat-ms", "200", "--session-timeout-ms", "1500", *extra]
+                "--endpoint", tcp, "--heartbeat-ms", "200", "--session-timeout-ms", "1500",
+                *(["--allow-unmanaged-plugins"] if allow_unmanaged else []), *extra]
         super().__init__(argv, stderr_path=self.state_dir / "broker.stderr",
                          stdout=subprocess.PIPE)
         self.instance, self.endpoints = self._wait_ready(timeout)

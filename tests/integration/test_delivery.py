@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def small_hwm_server() -> AsyncIterator[BrokerServer]:
     server = BrokerServer(ServerConfig(endpoints=("tcp://127.0.0.1:*",), send_hwm=5,
-                                       core=CoreConfig(session_timeout_ms=60_000)))
+                                       core=CoreConfig(session_timeout_ms=60_000,
+                                                       allow_unmanaged_plugins=True)))
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(5):
         await server.ready.wait()

@@ -267,3 +267,18 @@ async def test_dependents_start_once_a_failed_plugin_recovers(runtime: Runtime) 
     assert "starts when they are ready" in supervisor.plugins["patient"].reason
     await runtime.until_state("patient", PluginState.READY)
     assert supervisor.plugins["shaky"].state is PluginState.READY
+
+
+async def test_the_config_table_reaches_the_plugin_and_a_reload_brings_the_new_one(
+        runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "configured", extra='[config]\nanswer = 42\nnested = {unit = "degC"}')
+    supervisor = await runtime.start(root)
+    core = runtime.server.core
+    config = core.store.by_name["configured/config"]
+    assert config.value == {"answer": 42, "nested": {"unit": "degC"}}, reason_of(
+        runtime, "configured")
+    manifest = root / "configured" / "plugin.toml"
+    manifest.write_text(manifest.read_text().replace("answer = 42", "answer = 43"))
+    await supervisor.reload("configured")
+    assert core.store.by_name["configured/config"].value["answer"] == 43

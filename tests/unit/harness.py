@@ -29,6 +29,7 @@ class FakeClock:
 class Harness:
     def __init__(self, **config: Any) -> None:
         self.clock = FakeClock()
+        config.setdefault("allow_unmanaged_plugins", True)
         self.core = BrokerCore(CoreConfig(admin_token="secret", **config), clock=self.clock,
                                wallclock=self.clock.wall)
         self.inbox: dict[bytes, list[Any]] = defaultdict(list)

@@ -101,7 +101,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def plugin(tmp_path: Path, name: str, **clauses: list[str]) -> None:
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in clauses.items())
     write(tmp_path, f'name = "{name}"\nversion = "1"\nprotocol = 1\n{extra}'
-          f'[run]\ncommand = "true"\n', name)
+          f'[run]\ncommand = ["true"]\n', name)
 
 
 def test_dependency_order_needs_and_placement(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_unmet_needs_cycles_unknown_placement_and_duplicates(tmp_path: Path) -> 
     plugin(tmp_path, "a", needs=["x", "missing"], after=["ghost"])
     plugin(tmp_path, "b", provides=["x"], needs=["y"])
     plugin(tmp_path, "c", provides=["y"], needs=["x"])
-    write(tmp_path, 'name = "a"\nversion = "2"\nprotocol = 1\n[run]\ncommand = "true"\n', "a2")
+    write(tmp_path, 'name = "a"\nversion = "2"\nprotocol = 1\n[run]\ncommand = ["true"]\n', "a2")
     _, problems = check_contracts([tmp_path])
     reasons = [str(p) for p in problems]
     assert any("two plugins are named 'a'" in r for r in reasons)
@@ -147,3 +147,30 @@ def test_bundled_plugins_pass_the_checker() -> None:
     names = [c.name for c in contracts]
     assert {"clock", "sysmon", "room", "thermostat"} <= set(names)
     assert names.index("room") < names.index("thermostat")
+
+
+def test_unknown_keys_are_errors_with_a_did_you_mean(tmp_path: Path) -> None:
+    text = GOOD.replace('description = "d"', 'descripton = "d"\nrestart = "always"').replace(
+        "[run]\n", "[run]\nstop_timout = 3\n").replace("min = 0", "min = 0\nunits = \"x\"")
+    contract, problems = load_contract(write(tmp_path, text))
+    assert contract is None
+    found = {p.field: p.reason for p in problems}
+    assert "did you mean 'description'?" in found["descripton"]
+    assert "unknown key 'restart'" in found["restart"]
+    assert "did you mean 'stop_timeout'?" in found["run.stop_timout"]
+    assert "did you mean 'unit'?" in found["exports[0].units"]
+    assert all(p.file.endswith("plugin.toml") for p in problems)
+
+
+def test_a_command_given_as_a_string_says_how_to_write_it(tmp_path: Path) -> None:
+    text = GOOD.replace('command = ["{python}", "{dir}/plugin.py"]',
+                        'command = "python3 plugin.py"')
+    contract, problems = load_contract(write(tmp_path, text))
+    assert contract is None
+    assert [p.field for p in problems] == ["run.command"]
+    assert 'command = ["python3", "plugin.py"]' in problems[0].reason
+
+
+def test_config_is_free_form(tmp_path: Path) -> None:
+    contract, problems = load_contract(write(tmp_path, GOOD + "\n[config]\nanswr = 42\n"))
+    assert problems == [] and contract is not None and contract.config == {"answr": 42}

@@ -1,6 +1,8 @@
 """The broker core driven without sockets, on a fake clock."""
 
 import msgpack
+from typing import Any
+
 import pytest
 
 from protocol import Duration, RemoteError, Timestamp
@@ -60,9 +62,18 @@ def test_second_plugin_with_a_taken_name_is_refused(h: Harness) -> None:
     assert err.code == "name_taken"
 
 
+class NoExports:
+    """The least contract: exports nothing, configures nothing."""
+
+    config: dict[str, Any] = {}
+
+    def export_for(self, name: str, vtype: Any = None) -> None:
+        return None
+
+
 def test_a_managed_plugin_needs_its_launch_token() -> None:
     h = Harness()
-    h.core.contracts["m"] = object()  # type: ignore[assignment]
+    h.core.contracts["m"] = NoExports()
     h.core.plugin_tokens["m"] = "tok"
     for token in (None, "wrong"):
         params = {"versions": [1], "role": "plugin", "name": "m"}
@@ -356,7 +367,7 @@ encode_request.msgid = 10_000  # type: ignore[attr-defined]
     (b"\xc1", "malformed"),
     (msgpack.packb([0, 77, "set", "notamap"]), "invalid_message"),
     (msgpack.packb([0, 78, "frobnicate", {}]), "unknown_method"),
-    (msgpack.packb([0, 79, "set", {"target": "a//b", "value": 1}]), "not_found"),
+    (msgpack.packb([0, 79, "set", {"target": "a//b", "value": 1}]), "invalid_name"),
     (msgpack.packb([0, 80, "subscribe", {"pattern": "a/#/b"}]), "invalid_pattern"),
     (msgpack.packb([0, 81, "set", {"value": msgpack.ExtType(9, b"")}]), "unknown_ext"),
     (msgpack.packb([0, 82, "get", {}]), "invalid_params"),

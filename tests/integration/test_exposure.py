@@ -1,0 +1,70 @@
+"""What the broker exposes and to whom: network binds, plugins started by hand, file modes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from sdk import Change, Client
+from tests.conformance.raw import RawPeer
+
+from .conftest import Processes
+from .processes import ROOT, short_tmpdir
+
+pytestmark = pytest.mark.integration
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_bind_other_hosts_can_reach_needs_insecure(processes: Processes) -> None:
+    state = short_tmpdir()
+    refused = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "--state-dir", str(state), "broker",
+         "--endpoint", "tcp://0.0.0.0:*"], capture_output=True, text=True, timeout=20, cwd=ROOT)
+    assert refused.returncode == 1
+    assert "reachable from other hosts" in refused.stderr and "--insecure" in refused.stderr
+    broker = processes.broker(None, "--insecure", tcp="tcp://0.0.0.0:*")
+    assert "INSECURE: listening on tcp://0.0.0.0:*" in broker.stderr_path.read_text()
+
+
+def test_a_plugin_started_by_hand_is_refused_unless_allowed(processes: Processes) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        strict = processes.broker(allow_unmanaged=False)
+        peer = RawPeer(ctx, strict.tcp)
+        error = peer.error("hello", versions=[1], role="plugin", name="intruder")
+        assert error["code"] == "unauthorized" and "--allow-unmanaged-plugins" in error[
+            "message"]
+        assert peer.hello("client")["session"]  # clients are still welcome
+        peer.close()
+        open_broker = processes.broker()
+        peer = RawPeer(ctx, open_broker.tcp)
+        assert peer.hello("plugin", name="byhand")["session"]
+        peer.close()
+    finally:
+        ctx.term()
+
+
+async def test_state_logs_and_store_are_owner_only(processes: Processes) -> None:
+    state = short_tmpdir()
+    os.chmod(state, 0o755)
+    (state / "store.sqlite").write_bytes(b"")
+    broker = processes.broker(state, "--plugins", str(ROOT / "plugins" / "clock"))
+    async with Client(broker.ipc) as client:
+        sub = await client.subscribe("system/plugins/clock/state")
+        await processes.until(sub, lambda e: isinstance(e, Change) and e.value == "ready")
+    assert mode(state) == 0o700
+    logs = state / "logs"
+    assert mode(logs) == 0o700 and mode(logs / "clock.log") == 0o600
+    assert mode(state / "admin.token") == 0o600
+    stderr = broker.stderr_path.read_text()
+    assert "was open to group or others (mode 0755); tightened to 0700" in stderr
+    assert "is an empty file (0 bytes)" in stderr
