@@ -5,6 +5,14 @@ the asyncio loop. ZeroMQ's descriptor is edge-triggered, so every pass drains up
 batch of messages with NOBLOCK, applies them, flushes, and re-checks ``EVENTS``
 before returning; nothing else reads ``EVENTS``. Receives are never cancelled, so
 no message is lost to a cancelled await (pyzmq #1925).
+
+Disconnects are learned from ZeroMQ itself, not from a timeout: a socket monitor
+reports ``DISCONNECTED`` with the connection's file descriptor, and the first message
+of every peer tells which descriptor it came through (``SRCFD``). (``ROUTER_NOTIFY``
+would say it directly but is a draft option that released libzmq builds lack.) The
+monitor is drained before the ROUTER on every pass: libzmq queues the event before it
+closes the descriptor, so a new connection that reuses the number is never mistaken
+for the old one.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import sys
 from dataclasses import dataclass, field
 
 import zmq
@@ -60,6 +69,10 @@ class BrokerServer:
         self._timer_at = 0.0
         self._pump_scheduled = False
         self._plugins_gone = asyncio.Event()
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._peer_at: dict[int, bytes] = {}
+        """Connection file descriptor → the routing id of the peer using it."""
+        self._fd_of: dict[bytes, int] = {}
 
     def poke(self) -> None:
         """Have the loop flush soon: for changes made to the core outside a pump."""
@@ -79,18 +92,24 @@ class BrokerServer:
         # Options apply to later binds only, so all are set first.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, core_config.max_frame + 64)
+        # One rule for oversize frames: libzmq drops the connection (the peer's socket
+        # reconnects, its session is ended); the broker never reads such a frame.
+        sock.setsockopt(zmq.MAXMSGSIZE, core_config.max_frame)
         sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         sock.setsockopt(zmq.RCVHWM, self.config.send_hwm)
         sock.setsockopt(zmq.HEARTBEAT_IVL, core_config.heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, core_config.session_timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, core_config.session_timeout_ms)
         fd = int(sock.getsockopt(zmq.FD))
+        monitor = self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor.setsockopt(zmq.RCVHWM, 0)  # a lost event would leave a session behind
+        monitor_fd = int(monitor.getsockopt(zmq.FD))
         try:
             for endpoint in self.config.endpoints:
                 sock.bind(check_endpoint(endpoint))
                 self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
             loop.add_reader(fd, self._pump)
+            loop.add_reader(monitor_fd, self._pump)
             self._pump()
             log.info("broker %s listening on %s", self.core.instance, ", ".join(self.endpoints))
             self.ready.set()
@@ -98,12 +117,15 @@ class BrokerServer:
             await self._shutdown()
         finally:
             loop.remove_reader(fd)
+            loop.remove_reader(monitor_fd)
             if self._timer is not None:
                 self._timer.cancel()
             if self._commit_timer is not None:
                 self._commit_timer.cancel()
             if self.store is not None:
                 self.store.close()  # commits what is queued (all of it, under "off")
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=0)
             self._ctx.term()
 
@@ -124,12 +146,15 @@ class BrokerServer:
         self._pump_scheduled = False
         sock, core = self._sock, self.core
         assert sock is not None
+        gone = self._disconnected()
         for _ in range(self.config.receive_batch):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                peer = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            core.receive(frames[0], frames[1:])
+            core.receive(peer, self._rest_of_message(sock, peer))
+        for peer in gone:
+            core.peer_gone(peer, "connection closed")
         deadline = core.tick()
         outgoing = core.flush()
         self._persist()
@@ -141,6 +166,43 @@ class BrokerServer:
             # More is waiting: yield to the loop first so other tasks are not starved.
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
+
+    def _disconnected(self) -> list[bytes]:
+        """Peers whose connection ZeroMQ reported closed since the last pass."""
+        monitor = self._monitor
+        gone: list[bytes] = []
+        while monitor is not None:
+            try:
+                event = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            # Frame 1 is 16-bit event id + 32-bit value (the fd for DISCONNECTED).
+            if len(event[0]) >= 6 and int.from_bytes(event[0][:2], sys.byteorder) == \
+                    zmq.EVENT_DISCONNECTED:
+                peer = self._peer_at.pop(int.from_bytes(event[0][2:6], sys.byteorder), None)
+                if peer is not None:
+                    self._fd_of.pop(peer, None)
+                    gone.append(peer)
+        return gone
+
+    def _rest_of_message(self, sock: zmq.Socket[bytes], peer: bytes) -> list[bytes]:
+        """The frames after the routing id; learns a new peer's connection descriptor."""
+        frames: list[bytes] = []
+        if peer not in self._fd_of and sock.getsockopt(zmq.RCVMORE):
+            first = sock.recv(copy=False)
+            fd = int(first.get(zmq.SRCFD))
+            if fd >= 0:  # inproc has no descriptor
+                previous = self._peer_at.get(fd)
+                if previous is not None:
+                    # One descriptor, one connection: the previous one is gone.
+                    self._fd_of.pop(previous, None)
+                    self.core.peer_gone(previous, "connection closed")
+                self._peer_at[fd] = peer
+                self._fd_of[peer] = fd
+            frames.append(first.bytes)
+        while sock.getsockopt(zmq.RCVMORE):
+            frames.append(sock.recv())
+        return frames
 
     def _persist(self) -> None:
         """Group commit: under ``always`` this turn's writes are committed before its

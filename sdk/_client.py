@@ -32,7 +32,7 @@ from protocol.errors import (
     RemoteError,
     RequestTimeout,
 )
-from protocol.limits import MAX_MSGID
+from protocol.limits import MAX_FRAME_BYTES, MAX_MSGID
 
 from ._events import Message, PropertyInfo, Reconnected
 from ._subscription import Listener, Subscription
@@ -87,6 +87,8 @@ class Client:
         self.instance: str | None = None
         self.session: str | None = None
         self.heartbeat = 2.0
+        self.max_frame = MAX_FRAME_BYTES
+        """The largest frame the broker accepts (from hello); larger requests fail here."""
         self.closed = asyncio.Event()
         """Set when the client is closed for good (by close() or after giving up)."""
         self.end_requested = asyncio.Event()
@@ -199,6 +201,7 @@ class Client:
         self.instance = result["instance"]
         self.session = result["session"]
         self.heartbeat = result.get("heartbeat_ms", 2000) / 1000
+        self.max_frame = int(result.get("max_frame", MAX_FRAME_BYTES))
         return changed
 
     # -- requests -----------------------------------------------------------------------
@@ -229,7 +232,12 @@ class Client:
         self._msgid = (self._msgid + 1) % (MAX_MSGID + 1)
         msgid = self._msgid
         try:
-            self._send(encode(Request(msgid, method, dict(params or {}))))
+            frame = encode(Request(msgid, method, dict(params or {})))
+            if len(frame) > self.max_frame:
+                # The broker would drop the connection, so it is never sent.
+                raise ProtocolError("too_large", f"{method} request of {len(frame)} bytes "
+                                    f"exceeds the broker's max_frame of {self.max_frame}")
+            self._send(frame)
         except zmq.Again:
             future.set_exception(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
             return future

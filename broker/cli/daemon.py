@@ -17,7 +17,6 @@ from pathlib import Path
 
 from plugin_runtime.contract import Contract, check_contracts
 from plugin_runtime.supervisor import Supervisor
-
 from protocol.errors import ConfigError
 
 from ..core import CoreConfig

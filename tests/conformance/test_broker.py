@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 import signal
+import time
 from pathlib import Path
 
 import msgpack
@@ -59,11 +60,52 @@ def test_malformed_vectors(peer: Peers, vector: dict[str, str]) -> None:
     assert me.call("ping")["instance"]
 
 
-def test_frame_just_over_max_frame_is_too_large(peer: Peers) -> None:
+def session_ids(peer: RawPeer) -> set[str]:
+    return {s["session"] for s in peer.call("sessions")["sessions"]}
+
+
+def until_gone(watcher: RawPeer, session: str, within: float) -> float:
+    """Seconds until ``session`` left the broker's list; fails after ``within``."""
+    started = time.monotonic()
+    while session in session_ids(watcher):
+        assert time.monotonic() - started < within, f"{session} still listed"
+    return time.monotonic() - started
+
+
+def test_a_frame_over_max_frame_drops_the_connection_and_ends_the_session(
+        peer: Peers) -> None:
+    watcher = peer()
+    watcher.hello()
     me = peer()
-    limit = me.hello()["max_frame"]
-    me.send(msgpack.packb([0, 1, "ping", {"pad": b"\0" * (limit + 1)}]))
-    expect(me.recv(10)[2], "too_large")
+    hello = me.hello()
+    limit = hello["max_frame"]
+    padding = limit
+    while len(exact := msgpack.packb([0, 1, "ping", {"pad": b"\0" * padding}])) != limit:
+        padding += limit - len(exact)
+    me.send(exact)
+    assert me.reply_to(1)[2] is None  # max_frame itself is allowed
+    me.send(msgpack.packb([0, 2, "ping", {"pad": b"\0" * (padding + 1)}]))
+    until_gone(watcher, hello["session"], 2.0)
+    # ZeroMQ reconnects the socket by itself; the broker knows no session on it.
+    expect(me.error("ping"), "hello_required")
+
+
+def test_a_closed_connection_ends_its_session_at_once(peer: Peers) -> None:
+    watcher = peer()
+    watcher.hello()
+    owner, name = plugin(peer)
+    owner.call("declare", name=f"{name}/x", type="int", value=1)
+    watcher.call("subscribe", pattern=f"{name}/#", current=False)
+    session = next(s["session"] for s in watcher.call("sessions")["sessions"]
+                   if s["name"] == name)
+    owner.close()
+    started = time.monotonic()
+    removed = watcher.take(2, "changes", timeout=2)[2]
+    assert removed["removed"][0][1] == f"{name}/x"
+    assert time.monotonic() - started < 0.5  # well inside any heartbeat timeout
+    assert session not in session_ids(watcher)
+    again = peer()
+    assert again.hello("plugin", name=name)["session"]  # no name_taken
 
 
 def test_multipart_message(peer: Peers) -> None:

@@ -10,6 +10,8 @@ import msgpack
 import pytest
 import zmq
 
+from protocol.errors import ProtocolError
+from sdk import Client
 from tests.conformance.raw import RawPeer
 
 from .conftest import Processes
@@ -71,8 +73,6 @@ CASES = [
     ("deep nesting", [b"\x94\x00\x01\xa4ping\x81\xa1x" + b"\x91" * 100 + b"\xc0"], "too_deep"),
     ("int map key", [b"\x94\x00\x01\xa4ping\x81\x01\x02"], "malformed"),
     ("multipart", [msgpack.packb([0, 1, "ping", {}]), b"extra"], "invalid_message"),
-    ("just over max_frame", [msgpack.packb([0, 1, "ping", {"x": b"\x00" * MAX_FRAME}])],
-     "too_large"),
     ("stale handle", [msgpack.packb([0, 1, "get", {"target": 2**40}])], "not_found"),
     ("unknown subscription", [msgpack.packb([0, 1, "unsubscribe", {"sub": 999}])],
      "not_found"),
@@ -123,3 +123,12 @@ def test_oversize_frame_drops_the_connection_only(raw: Peers,
         raise AssertionError("the dropped peer never got an answer after reconnecting")
     assert reply[2]["code"] == "hello_required"
     assert bystander.call("ping")
+
+
+async def test_the_sdk_refuses_to_send_a_frame_the_broker_would_drop(
+        small_broker: BrokerProcess) -> None:
+    async with Client(small_broker.ipc) as client:
+        with pytest.raises(ProtocolError) as caught:
+            await client.request("ping", {"pad": b"\0" * (client.max_frame + 1)})
+        assert caught.value.code == "too_large" and "max_frame" in caught.value.message
+        assert (await client.request("ping"))["instance"]  # still connected

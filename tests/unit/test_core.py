@@ -1,8 +1,8 @@
 """The broker core driven without sockets, on a fake clock."""
 
-import msgpack
 from typing import Any
 
+import msgpack
 import pytest
 
 from protocol import Duration, RemoteError, Timestamp
