@@ -12,6 +12,7 @@ import ctypes
 import enum
 import os
 import signal
+import subprocess
 from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,6 +20,7 @@ from typing import Any, BinaryIO
 import psutil
 
 from .contract import Contract
+from .orphans import kill_all, processes_with_tokens, reap_adopted
 
 _PR_SET_PDEATHSIG = 1
 LOG_MAX_BYTES = 1024 * 1024
@@ -74,7 +76,12 @@ class RotatingLog:
 
 
 class PluginProcess:
-    """Popen-shaped: ``spawn``, ``poll``, ``wait``, ``terminate``, ``kill``, ``stop``."""
+    """Popen-shaped: ``spawn``, ``poll``, ``wait``, ``terminate``, ``kill``, ``stop``.
+
+    Its exit is watched through a pidfd, apart from its output pipes: a descendant that
+    keeps stdout open (a daemon that double-forked) must not keep ``wait`` or ``stop``
+    from returning, as it would with asyncio's subprocess, which waits for both.
+    """
 
     def __init__(self, contract: Contract, *, endpoint: str, token: str, log_path: Path) -> None:
         self.contract = contract
@@ -82,11 +89,15 @@ class PluginProcess:
         self.token = token
         self.log = RotatingLog(log_path)
         self.stderr_lines: deque[str] = deque(maxlen=20)
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.stop_step = StopStep.NONE
         self.descendants: list[int] = []
         """Last known descendants, so grandchildren can be killed after the plugin died."""
+        self.escaped: list[str] = []
+        """``pid (name)`` of descendants found outside the process group and killed."""
         self._readers: list[asyncio.Task[None]] = []
+        self._pipes: list[asyncio.ReadTransport] = []
+        self._exited: asyncio.Future[int] | None = None
         self._ps: psutil.Process | None = None
 
     @property
@@ -99,24 +110,63 @@ class PluginProcess:
         env = {**os.environ, **run.env, "PLUGBOARD_ENDPOINT": self.endpoint,
                "PLUGBOARD_NAME": self.contract.name, "PLUGBOARD_TOKEN": self.token}
         self.log.write(f"--- starting {' '.join(self.contract.argv())}\n".encode())
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.contract.argv(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=run.cwd,
-            env=env, start_new_session=True, preexec_fn=_die_with_parent,
+        loop = asyncio.get_running_loop()
+        self.proc = proc = subprocess.Popen(
+            self.contract.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=run.cwd, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [asyncio.create_task(self._capture(self.proc.stdout, False)),
-                         asyncio.create_task(self._capture(self.proc.stderr, True))]
+        self._exited = loop.create_future()
+        self._watch_exit(proc)
+        assert proc.stdout is not None and proc.stderr is not None
+        for pipe, is_stderr in ((proc.stdout, False), (proc.stderr, True)):
+            reader = asyncio.StreamReader()
+            transport, _ = await loop.connect_read_pipe(
+                lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)  # type: ignore[misc]
+            self._pipes.append(transport)
+            self._readers.append(asyncio.create_task(self._capture(reader, is_stderr)))
         try:
-            self._ps = psutil.Process(self.proc.pid)
+            self._ps = psutil.Process(proc.pid)
         except psutil.Error:
             self._ps = None
 
+    def _watch_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        """Resolve ``_exited`` when the process ends: a pidfd where Linux has one, else
+        a 50 ms check of waitpid."""
+        loop = asyncio.get_running_loop()
+
+        def check() -> bool:
+            code = proc.poll()
+            if code is None:
+                return False
+            if self._exited is not None and not self._exited.done():
+                self._exited.set_result(code)
+            return True
+
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            def again() -> None:
+                if not check():
+                    loop.call_later(0.05, again)
+            again()
+            return
+
+        def readable() -> None:
+            if check():
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+
+        loop.add_reader(pidfd, readable)
+
     async def _capture(self, stream: asyncio.StreamReader, is_stderr: bool) -> None:
-        while line := await stream.readline():
-            self.log.write(line)
-            if is_stderr:
-                self.stderr_lines.append(line.decode(errors="replace").rstrip())
+        try:
+            while line := await stream.readline():
+                self.log.write(line)
+                if is_stderr:
+                    self.stderr_lines.append(line.decode(errors="replace").rstrip())
+        except (ValueError, OSError):  # a line over the reader's limit, a closed pipe
+            pass
 
     def stderr_tail(self) -> str:
         return "\n".join(self.stderr_lines)
@@ -125,14 +175,20 @@ class PluginProcess:
         return self.proc.returncode if self.proc else None
 
     async def wait(self) -> int:
-        assert self.proc is not None
-        code = await self.proc.wait()
-        for reader in self._readers:  # the pipes close when the process and its group do
-            try:
-                await asyncio.wait_for(asyncio.shield(reader), 1.0)
-            except (TimeoutError, asyncio.CancelledError):
-                reader.cancel()
+        """The exit status, once the process has exited; output still in its pipes is
+        read for up to half a second, then the pipes are closed whoever holds them."""
+        assert self._exited is not None
+        code = await asyncio.shield(self._exited)
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=0.5)
+        self._close_pipes()
         return code
+
+    def _close_pipes(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        for transport in self._pipes:
+            transport.close()
 
     def _signal_group(self, signum: int) -> None:
         if self.proc is None:
@@ -146,13 +202,26 @@ class PluginProcess:
         self._signal_group(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL to the group and to every descendant seen, also those that left it."""
+        """SIGKILL to the group, to every descendant seen, and to every process that
+        still carries this launch's token: also those that left the group."""
         self._signal_group(signal.SIGKILL)
         for pid in self.descendants:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        if self.proc is None:
+            return
+        outside = []
+        for proc in processes_with_tokens({self.token}):
+            try:
+                if proc.pid != self.proc.pid and os.getpgid(proc.pid) != self.proc.pid:
+                    outside.append(proc)
+            except OSError:
+                continue
+        self.escaped += kill_all(outside)
+        if not outside:
+            reap_adopted({self.proc.pid})
 
     def remember_descendants(self) -> None:
         if self._ps is None:
@@ -165,8 +234,9 @@ class PluginProcess:
 
     async def stop(self, ask_to_end: Any, timeout: float) -> StopStep:
         """Escalate: ``ask_to_end()`` (the ``end`` request), then SIGTERM, then SIGKILL,
-        each given ``timeout`` seconds. Returns the step that made it exit."""
-        if self.proc is None or self.proc.returncode is not None:
+        each given ``timeout`` seconds. Returns the step that made it exit. Bounded:
+        whatever descendants do, it returns within about three timeouts."""
+        if self.proc is None or self._exited is None or self._exited.done():
             self.kill()  # grandchildren of an exited plugin
             return self.stop_step
         self.remember_descendants()
@@ -176,12 +246,15 @@ class PluginProcess:
             self.stop_step = step
             action()
             try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
+                await asyncio.wait_for(asyncio.shield(self._exited), timeout)
                 break
             except TimeoutError:
                 continue
         self.kill()  # whatever is left of the group and its descendants
-        await self.wait()
+        if self._exited.done():
+            await self.wait()
+        else:  # not even SIGKILL ended it (uninterruptible sleep): stop waiting
+            self._close_pipes()
         return self.stop_step
 
     def stats(self) -> dict[str, Any]:
@@ -203,6 +276,5 @@ class PluginProcess:
         return figures
 
     def close(self) -> None:
-        for reader in self._readers:
-            reader.cancel()
+        self._close_pipes()
         self.log.close()

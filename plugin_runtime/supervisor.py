@@ -25,12 +25,15 @@ from protocol.errors import ProtocolError
 from protocol.values import Duration, Timestamp, ValueType
 
 from .contract import Contract, dependents, load_contract, replacement_problems
+from .orphans import LaunchLog, reap_adopted
 from .process import PluginProcess, StopStep
 from .restart import RestartTracker
 
 log = logging.getLogger(__name__)
 PREFIX = "system/plugins/"
 STATS_INTERVAL = 1.0
+SESSION_LOST_GRACE = 1.0
+"""Seconds a plugin process may live on without a session before it is replaced."""
 
 
 class PluginState(enum.StrEnum):
@@ -79,6 +82,7 @@ class Supervisor:
         self.core = core
         self.endpoint = endpoint
         self.log_dir = Path(state_dir) / "logs"
+        self.launches = LaunchLog(Path(state_dir))
         self.poke = poke
         self.clock = clock
         self.order = [c.name for c in contracts]
@@ -145,16 +149,30 @@ class Supervisor:
         plugin = self.plugins.get(session.name or "")
         if plugin is None or plugin.state is not PluginState.READY or self._closing:
             return
-        if plugin.process is not None and plugin.process.poll() is None:
-            # Connection lost while the process lives (blocked loop, hung): replace it.
-            log.warning("plugin %s lost its session (%s); killing it", plugin.name, reason)
-            plugin.reason = f"session lost: {reason}"
-            plugin.process.kill()
+        process = plugin.process
+        if process is None or process.poll() is not None:
+            return
+        # A closed connection usually means the process is exiting: its exit status
+        # says more than "session lost", so it gets a moment to exit by itself.
+        asyncio.get_running_loop().call_later(
+            SESSION_LOST_GRACE, self._replace_if_hung, plugin, process, reason)
+
+    def _replace_if_hung(self, plugin: ManagedPlugin, process: PluginProcess,
+                         reason: str) -> None:
+        """The session is gone but the process lives on without a new one (a blocked
+        loop, a hang): replace it."""
+        if (plugin.process is not process or process.poll() is not None or self._closing
+                or plugin.name in self.core.plugins):
+            return
+        log.warning("plugin %s lost its session (%s); killing it", plugin.name, reason)
+        plugin.reason = f"session lost: {reason}"
+        process.kill()
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start_all(self) -> None:
         """Start in dependency order, each ready before those that need it."""
+        self.launches.end_leftovers()
         self._stats_task = asyncio.create_task(self._stats_loop())
         failed: set[str] = set()
         for name in self.order:
@@ -198,6 +216,8 @@ class Supervisor:
             self._set_state(plugin, PluginState.FAILED, f"cannot start "
                             f"{' '.join(plugin.contract.argv())}: {exc.strerror}")
             return False
+        assert process.pid is not None
+        self.launches.add(name, process.pid, token)
         plugin.started_at = Timestamp.from_unix_nano(time.time_ns())
         plugin.started_mono = self.clock()
         plugin.watcher = asyncio.create_task(self._watch(plugin, process))
@@ -235,8 +255,14 @@ class Supervisor:
         code = await process.wait()
         process.kill()  # the rest of its group and known descendants
         process.close()
+        if process.escaped:
+            log.warning("plugin %s left processes outside its process group; killed %s",
+                        plugin.name, ", ".join(process.escaped))
         if plugin.process is not process:
             return
+        self.launches.remove(plugin.name)
+        escaped = (f"; killed {len(process.escaped)} process(es) that escaped its process "
+                   "group: " + ", ".join(process.escaped)) if process.escaped else ""
         self.core.plugin_tokens.pop(plugin.name, None)  # one-time: gone with the process
         session = self.core.plugins.get(plugin.name)
         if session is not None:
@@ -250,14 +276,15 @@ class Supervisor:
         decision = plugin.tracker.on_exit(self.clock(), failed=failed,
                                           requested=plugin.stop_requested)
         if plugin.stop_requested:
-            self._set_state(plugin, PluginState.STOPPED, "stopped on request")
+            self._set_state(plugin, PluginState.STOPPED, "stopped on request" + escaped)
         elif decision.restart:
-            self._set_state(plugin, PluginState.BACKOFF, f"{plugin.reason}; {decision.reason}")
+            self._set_state(plugin, PluginState.BACKOFF,
+                            f"{plugin.reason}{escaped}; {decision.reason}")
             plugin.restart_timer = asyncio.get_running_loop().call_later(
                 decision.delay, lambda: asyncio.ensure_future(self._restart_after_backoff(plugin)))
         else:
             state = PluginState.FAILED if decision.failed or failed else PluginState.EXITED
-            self._set_state(plugin, state, f"{plugin.reason}; {decision.reason}")
+            self._set_state(plugin, state, f"{plugin.reason}{escaped}; {decision.reason}")
 
     async def _restart_after_backoff(self, plugin: ManagedPlugin) -> None:
         plugin.restart_timer = None
@@ -330,6 +357,8 @@ class Supervisor:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
+            reap_adopted({p.process.pid for p in self.plugins.values()
+                          if p.process is not None and p.process.pid is not None})
             for plugin in self.plugins.values():
                 process = plugin.process
                 if process is None or process.poll() is not None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from plugin_runtime.contract import Contract, check_contracts
+from plugin_runtime.orphans import become_subreaper
 from plugin_runtime.supervisor import Supervisor
 from protocol.errors import ConfigError
 
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     state = StateDir(args.state_dir)
+    if contracts and not become_subreaper():
+        log.info("cannot become a child subreaper here; escaped plugin descendants are "
+                 "found by their launch token only")
     try:
         store = Store(state.path / STORE_NAME, Durability(args.durability))
         config = ServerConfig(

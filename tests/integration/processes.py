@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -144,3 +145,31 @@ class PluginProcess(ManagedProcess):
             env={"PLUGBOARD_ENDPOINT": endpoint, "PLUGBOARD_NAME": name, **env},
         )
 
+
+def make_plugin(root: Path, name: str, *, restart: str = "on-failure", extra: str = "",
+                **env: str) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    env_lines = "".join(f'{k} = "{v}"\n' for k, v in env.items())
+    (folder / "plugin.toml").write_text(textwrap.dedent(f"""\
+        name = "{name}"
+        version = "1.0"
+        protocol = [1]
+        {extra}
+        [run]
+        command = ["{{python}}", "{FIXTURE_PLUGINS / 'misbehave.py'}"]
+        restart = "{restart}"
+        start_timeout = 3
+        stop_timeout = 1
+
+        [run.env]
+        PYTHONPATH = "{Path(__file__).parents[2]}"
+        {env_lines}
+        [[exports]]
+        pattern = "{name}/+"
+        type = "any"
+
+        [limits]
+        memory_mb = 150
+        sustained_s = 1
+        """))

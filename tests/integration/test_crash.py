@@ -5,6 +5,7 @@ Runs PLUGBOARD_CRASH_ROUNDS rounds (3 by default; set it higher for a long run).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -12,12 +13,13 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sdk import Change, Client
 
 from .conftest import Processes
-from .processes import ROOT, ManagedProcess, short_tmpdir
+from .processes import ROOT, ManagedProcess, make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +92,25 @@ async def test_no_acknowledged_write_is_lost_when_the_broker_is_killed(
         with sqlite3.connect(state_dir / "store.sqlite") as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         restarted.stop()
+
+
+async def test_a_killed_brokers_grandchildren_are_ended_by_the_next_broker(
+        processes: Processes) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "parent", GRANDCHILDREN="1")
+    state = short_tmpdir()
+    broker = processes.broker(state, "--plugins", str(root))
+    async with Client(broker.ipc) as client:
+        sub = await client.subscribe("parent/child_1")
+        events = await processes.until(sub, lambda e: isinstance(e, Change))
+    grandchildren = [psutil.Process(int(events[-1].value))]
+    async with Client(broker.ipc) as client:
+        grandchildren.append(psutil.Process((await client.get("parent/child_0")).value))
+    broker.signal(signal.SIGKILL)
+    broker.wait(5)
+    # The plugin died with the broker (parent-death signal); its children did not.
+    assert all(child.is_running() for child in grandchildren)
+    again = processes.broker(state)
+    gone, alive = await asyncio.to_thread(psutil.wait_procs, grandchildren, 5)
+    assert not alive, f"still running after the restart: {alive}\n{again.describe()}"
+    assert "left running by a previous broker" in again.stderr_path.read_text()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,38 +20,9 @@ from plugin_runtime.process import StopStep
 from plugin_runtime.supervisor import PluginState, Supervisor
 from sdk import Change, Client, Removed
 
-from .processes import FIXTURE_PLUGINS, short_tmpdir
+from .processes import make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
-
-
-def make_plugin(root: Path, name: str, *, restart: str = "on-failure", extra: str = "",
-                **env: str) -> None:
-    folder = root / name
-    folder.mkdir(parents=True)
-    env_lines = "".join(f'{k} = "{v}"\n' for k, v in env.items())
-    (folder / "plugin.toml").write_text(textwrap.dedent(f"""\
-        name = "{name}"
-        version = "1.0"
-        protocol = [1]
-        {extra}
-        [run]
-        command = ["{{python}}", "{FIXTURE_PLUGINS / 'misbehave.py'}"]
-        restart = "{restart}"
-        start_timeout = 3
-        stop_timeout = 1
-
-        [run.env]
-        PYTHONPATH = "{Path(__file__).parents[2]}"
-        {env_lines}
-        [[exports]]
-        pattern = "{name}/+"
-        type = "any"
-
-        [limits]
-        memory_mb = 150
-        sustained_s = 1
-        """))
 
 
 class Runtime:
@@ -282,3 +252,21 @@ async def test_the_config_table_reaches_the_plugin_and_a_reload_brings_the_new_o
     manifest.write_text(manifest.read_text().replace("answer = 42", "answer = 43"))
     await supervisor.reload("configured")
     assert core.store.by_name["configured/config"].value["answer"] == 43
+
+
+async def test_a_daemon_holding_the_pipes_does_not_hang_the_stop_and_is_killed(
+        runtime: Runtime) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "forker", DAEMON="1")
+    supervisor = await runtime.start(root)
+    assert "forker/daemon" in runtime.server.core.store.by_name, reason_of(runtime, "forker")
+    daemon = runtime.server.core.store.by_name["forker/daemon"].value
+    assert psutil.pid_exists(daemon), reason_of(runtime, "forker")
+    assert os.getpgid(daemon) != supervisor.plugins["forker"].process.pid  # type: ignore
+    async with asyncio.timeout(3 * 1 + 2):  # three escalation steps of stop_timeout 1 s
+        await supervisor.stop("forker")
+    gone = await asyncio.to_thread(psutil.wait_procs, [psutil.Process(daemon)], 3)
+    assert gone[0] and not gone[1], "the escaped daemon is still running"
+    plugin = supervisor.plugins["forker"]
+    assert plugin.state is PluginState.STOPPED
+    assert "escaped its process group" in plugin.reason and f"{daemon} (sleep)" in plugin.reason
