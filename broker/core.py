@@ -39,7 +39,7 @@ from .datastore import (
     Property,
     parse_meta,
 )
-from .sessions import PendingRequest, Role, Session, SessionState
+from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
 from .store import Record, Store
 from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription
 from .system import SystemProperties
@@ -47,6 +47,9 @@ from .system import SystemProperties
 log = logging.getLogger(__name__)
 
 BROKER_VERSION = "0.1.0"
+BACKLOG_RETRY_S = 0.01
+"""How soon frames ZeroMQ refused are offered again (it tells no one when a peer's
+pipe has room)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +72,10 @@ class CoreConfig:
     """Subscriptions plus topic listens one session may hold."""
     admin_token: str | None = None
     """The token the admin role must present; None disables the admin role."""
+    peer_queue_bytes: int = 8 * 1024 * 1024
+    """What the broker holds for one peer that does not read fast enough: frames
+    ZeroMQ would not take plus changes queued under policy ``all``. Beyond it changes
+    are dropped (the subscriber sees ``gap`` or a ``seq`` jump) and counted."""
     allow_unmanaged_plugins: bool = False
     """Accept a ``plugin`` hello whose name the runtime does not manage (a plugin started
     by hand). Off by default: anyone who reaches the socket could otherwise own a
@@ -143,7 +150,9 @@ class BrokerCore:
         self.listeners = PatternIndex[tuple[Session, int]]()
         self.messages_in = 0
         self.messages_out = 0
-        self.drops = 0
+        self._drops_of_ended = 0
+        self._congested: dict[Session, None] = {}
+        """Sessions with a backlog: their frames are retried, their changes held back."""
         self.shutting_down = False
         self._outbox: list[tuple[bytes, bytes]] = []
         self._dirty: dict[Subscription, None] = {}
@@ -194,19 +203,58 @@ class BrokerCore:
             self._error_to(peer, None, ProtocolError(
                 "unknown_method", f"no notification {message.method!r} is sent to the broker"))
 
+    @property
+    def drops(self) -> int:
+        """Changes and frames dropped at peers' queue limits, since the start."""
+        return self._drops_of_ended + sum(s.budget.dropped for s in self.sessions.values())
+
     def flush(self) -> list[tuple[bytes, bytes]]:
-        """Frames to send now: replies and one batch per subscription with news."""
+        """Frames to send now: backlogs first, then replies and one batch per
+        subscription with news. A peer with a backlog gets no new batch until ZeroMQ
+        took all of it: its changes wait in its subscriptions, bounded by their policy."""
+        retry: list[tuple[bytes, bytes]] = []
+        held: dict[bytes, None] = {}
+        if self._congested:
+            for session in self._congested:
+                held[session.peer] = None
+                while session.backlog:
+                    frame = session.backlog.popleft()
+                    session.budget.used -= len(frame)
+                    retry.append((session.peer, frame))
+            self._congested = {}
         if self._dirty:
             now = self.clock()
             for sub in list(self._dirty):
+                if sub.peer in held:
+                    continue
                 batches = sub.take(now)
                 if batches:
                     del self._dirty[sub]
                     for params in batches:
                         self._notify(sub.peer, "changes", params)
         out, self._outbox = self._outbox, []
+        if retry:
+            out = retry + out
         self.messages_out += len(out)
         return out
+
+    def blocked(self, peer: bytes, frames: list[bytes]) -> None:
+        """ZeroMQ would not take these frames for ``peer`` (its pipe is full): keep them,
+        in order, within the peer's budget; what does not fit is dropped and counted."""
+        session = self.sessions.get(peer)
+        if session is None:
+            self._drops_of_ended += len(frames)
+            return
+        budget = session.budget
+        for frame in frames:
+            if budget.fits(len(frame)):
+                session.backlog.append(frame)
+                budget.used += len(frame)
+            else:
+                budget.dropped += 1
+        self.messages_out -= len(frames)
+        if session.backlog:
+            self._congested[session] = None
 
     def tick(self) -> float:
         """Run timers (session expiry, request deadlines, stats); return the next deadline."""
@@ -216,8 +264,12 @@ class BrokerCore:
             self._next_expiry_check = now + min(self.config.heartbeat_ms / 1000, 0.5)
         self.system.refresh(now)
         deadline = min(self._next_expiry_check, self.system.next_refresh)
+        if self._congested:
+            deadline = min(deadline, now + BACKLOG_RETRY_S)
+        congested = self._congested
         for sub in self._dirty:
-            deadline = min(deadline, sub.due_at)
+            if not congested or self.sessions.get(sub.peer) not in congested:
+                deadline = min(deadline, sub.due_at)
         return deadline
 
     def peer_gone(self, peer: bytes, reason: str) -> None:
@@ -225,13 +277,6 @@ class BrokerCore:
         session = self.sessions.get(peer)
         if session is not None:
             self.end_session(session, reason)
-
-    def count_drop(self, peer: bytes) -> None:
-        """The driver could not queue a frame for ``peer`` (its high-water mark)."""
-        self.drops += 1
-        session = self.sessions.get(peer)
-        if session is not None:
-            session.drops += 1
 
     def begin_shutdown(self) -> None:
         """Ask every plugin to ``end`` and tell clients; see :attr:`shutdown_complete`."""
@@ -283,6 +328,8 @@ class BrokerCore:
         log.info("session %s (%s %s) ended: %s", session.sid, session.role.value,
                  session.name or "-", reason)
         del self.sessions[session.peer]
+        self._drops_of_ended += session.budget.dropped
+        self._congested.pop(session, None)
         if session.name is not None and self.plugins.get(session.name) is session:
             del self.plugins[session.name]
         for prop in list(session.properties):
@@ -421,7 +468,8 @@ class BrokerCore:
                 raise ProtocolError("unauthorized", "the admin role needs the token from the "
                                     "broker's state directory (admin.token)")
         session = Session(peer=peer, sid=f"s{self._new_id()}", role=role, name=name,
-                          version=max(common), last_seen=self.clock())
+                          version=max(common), last_seen=self.clock(),
+                          budget=QueueBudget(self.config.peer_queue_bytes))
         self.sessions[peer] = session
         if role is Role.PLUGIN:
             self.plugins[name] = session
@@ -665,7 +713,7 @@ class BrokerCore:
         current = _param(params, "current", bool, True)
         sub = Subscription(self._new_id(), session.peer, pattern, policy=policy,
                            queue_limit=queue_limit, min_interval=min_interval_ms / 1000,
-                           deadband=deadband)
+                           deadband=deadband, budget=session.budget)
         # Index once here so a later set costs only its own subscribers.
         props = [p for p in self.store if matches(pattern, p.name)]
         for prop in props:
@@ -690,6 +738,7 @@ class BrokerCore:
         return {}
 
     def _drop_subscription(self, sub: Subscription) -> None:
+        sub.discard()
         self.subscriptions.remove(sub.pattern, sub)
         for prop in sub.properties:
             prop.unwatch(sub)

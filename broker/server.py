@@ -39,8 +39,10 @@ class ServerConfig:
     endpoints: tuple[str, ...]
     """Where to bind; ``tcp://127.0.0.1:*`` picks a free port (see ``endpoints``)."""
     core: CoreConfig = field(default_factory=CoreConfig)
-    send_hwm: int = 10_000
-    """Frames queued per peer before further frames to it are dropped and counted."""
+    send_hwm: int = 100
+    """Frames ZeroMQ queues per peer; past it the core keeps them (within the peer's
+    ``peer_queue_bytes``) and holds back new changes for it. Small, because ZeroMQ
+    counts frames, not bytes: this times a batch's ~64 KiB bounds what it holds."""
     receive_batch: int = 1000
     """Most messages applied before one flush."""
     batch_ms: int = 100
@@ -226,18 +228,25 @@ class BrokerServer:
         assert sock is not None
         while frames:
             gone: set[bytes] = set()
+            stuck: dict[bytes, list[bytes]] = {}
             for peer, frame in frames:
                 if peer in gone:
+                    continue
+                held = stuck.get(peer)
+                if held is not None:  # keep this peer's order: after the refused one
+                    held.append(frame)
                     continue
                 try:
                     sock.send_multipart((peer, frame), zmq.NOBLOCK)
                 except zmq.Again:
-                    # ROUTER would drop silently at the peer's HWM; we drop and count.
-                    core.count_drop(peer)
+                    # ROUTER would drop silently at the peer's HWM: the core keeps it.
+                    stuck[peer] = [frame]
                 except zmq.ZMQError as exc:
                     if exc.errno != errno.EHOSTUNREACH:
                         raise
                     gone.add(peer)
+            for peer, held in stuck.items():
+                core.blocked(peer, held)
             for peer in gone:
                 core.peer_gone(peer, "connection closed")
             frames = core.flush() if gone else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,27 @@ class PendingRequest:
 
 
 @dataclass(slots=True, eq=False)
+class QueueBudget:
+    """Bytes the broker holds for one peer: frames ZeroMQ would not take yet (the
+    backlog) and changes waiting in the peer's ``all`` queues. Past ``limit`` further
+    changes are dropped (a ``gap``) and frames are dropped (a ``seq`` jump), counted."""
+
+    limit: int
+    used: int = 0
+    dropped: int = 0
+    """Changes and frames dropped for this peer."""
+
+    def fits(self, size: int) -> bool:
+        """Room for a frame: replies and notifications may use the whole budget."""
+        return self.used + size <= self.limit
+
+    def fits_change(self, size: int) -> bool:
+        """Room for a queued change: it may use three quarters, so that a peer whose
+        queues are full still gets the replies to its requests."""
+        return self.used + size <= self.limit - self.limit // 4
+
+
+@dataclass(slots=True, eq=False)
 class Session:
     peer: bytes
     sid: str
@@ -58,10 +80,12 @@ class Session:
     listens: dict[int, str] = field(default_factory=dict)
     """Topic listen id → pattern."""
     requests: dict[int, PendingRequest] = field(default_factory=dict)
-    drops: int = 0
-    """Messages to this peer dropped because its queue was full."""
+    budget: QueueBudget = field(default_factory=lambda: QueueBudget(0))
+    backlog: deque[bytes] = field(default_factory=deque)
+    """Frames ZeroMQ refused (the peer's pipe is full), sent first when it takes again."""
 
     def describe(self) -> dict[str, Any]:
         return {"session": self.sid, "role": self.role.value, "name": self.name,
                 "state": self.state.value, "properties": len(self.properties),
-                "subscriptions": len(self.subscriptions), "drops": self.drops}
+                "subscriptions": len(self.subscriptions), "drops": self.budget.dropped,
+                "queued_bytes": self.budget.used}

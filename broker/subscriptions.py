@@ -3,7 +3,9 @@
 A subscription never holds unbounded memory. Under policy ``latest`` it keeps at most
 one pending change per property (later writes replace earlier ones, and the number
 replaced is reported as ``coalesced``). Under ``all`` it keeps an ordered queue up to
-``queue_limit`` changes; what overflows is dropped and reported as ``gap``.
+``queue_limit`` changes and within its peer's byte budget (:class:`QueueBudget`); what
+overflows is dropped and reported as ``gap``. A batch closes at BATCH_ITEMS items or
+about BATCH_BYTES, so no single frame to a slow peer is large.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
 from protocol.values import Duration, Timestamp
 
+from .sessions import QueueBudget
+
 if TYPE_CHECKING:
     from .datastore import Property
+
+BATCH_BYTES = 64 * 1024
+"""A ``changes`` batch closes once its items reach about this many bytes."""
+_ITEM_OVERHEAD = 24
 
 T = TypeVar("T")
 
@@ -77,6 +85,34 @@ class PatternIndex(Generic[T]):
             self._match(one, parts, index + 1, found)
 
 
+def approx_size(value: Any) -> int:
+    """About the bytes ``value`` takes encoded: cheap, for budgets and batch sizes."""
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return len(value) + 5
+    if kind is list:
+        return 5 + sum(map(approx_size, value))
+    if kind is dict:
+        return 5 + sum(len(key) + 5 + approx_size(item) for key, item in value.items())
+    return 9
+
+
+def _batches(items: list[list[Any]], sizes: list[int],
+             max_items: int = BATCH_ITEMS) -> list[list[list[Any]]]:
+    """Items cut into batches of at most ``max_items`` and about BATCH_BYTES each."""
+    if len(items) <= 1:
+        return [items]
+    batches: list[list[list[Any]]] = []
+    start = total = 0
+    for index, size in enumerate(sizes):
+        if index > start and (index - start >= max_items or total + size > BATCH_BYTES):
+            batches.append(items[start:index])
+            start, total = index, 0
+        total += size
+    batches.append(items[start:])
+    return batches
+
+
 def _numeric(value: Any) -> float | None:
     if isinstance(value, Duration):
         return value.ns
@@ -90,6 +126,9 @@ class Subscription:
 
     __slots__ = (
         "_all",
+        "_all_bytes",
+        "_all_sizes",
+        "budget",
         "_last_value",
         "_latest",
         "_named",
@@ -111,6 +150,7 @@ class Subscription:
     def __init__(
         self, sid: int, peer: bytes, pattern: str, *, policy: str = POLICY_LATEST,
         queue_limit: int, min_interval: float = 0.0, deadband: float | None = None,
+        budget: QueueBudget | None = None,
     ) -> None:
         self.sid = sid
         self.peer = peer
@@ -123,6 +163,10 @@ class Subscription:
         self.seq = 0
         self._latest: dict[Property, None] = {}
         self._all: list[list[Any]] = []
+        self._all_sizes: list[int] = []
+        self._all_bytes = 0
+        self.budget = budget or QueueBudget(2**62)
+        """Shared by every subscription of one peer: what they queue counts against it."""
         self._removed: list[list[Any]] = []
         self.gap = 0
         self.coalesced = 0
@@ -130,6 +174,11 @@ class Subscription:
         self._last_value: dict[int, float] = {}
         self.due_at = 0.0
         """Monotonic time before which no batch is sent (min_interval)."""
+
+    def discard(self) -> None:
+        """Give back what the queue holds of the budget (the subscription is dropped)."""
+        self.budget.used -= self._all_bytes
+        self._all, self._all_sizes, self._all_bytes = [], [], 0
 
     @property
     def pending(self) -> bool:
@@ -162,10 +211,16 @@ class Subscription:
                 self.coalesced += 1
             else:
                 self._latest[prop] = None
-        elif len(self._all) < self.queue_limit:
-            self._all.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
         else:
-            self.gap += 1
+            size = approx_size(prop.value) + _ITEM_OVERHEAD
+            if len(self._all) < self.queue_limit and self.budget.fits_change(size):
+                self._all.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
+                self._all_sizes.append(size)
+                self._all_bytes += size
+                self.budget.used += size
+            else:
+                self.gap += 1
+                self.budget.dropped += 1
         return True
 
     def offer_removal(self, prop: Property) -> None:
@@ -177,15 +232,16 @@ class Subscription:
 
     def snapshot(self, props: list[Property]) -> list[dict[str, Any]]:
         """Batches of current values, the last one marked ``synced``."""
+        items, sizes = [], []
+        for prop in props:
+            self._passes_deadband(prop)
+            items.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
+            sizes.append(approx_size(prop.value) + _ITEM_OVERHEAD)
         batches = []
-        for start in range(0, max(len(props), 1), SNAPSHOT_CHUNK):
-            chunk = props[start:start + SNAPSHOT_CHUNK]
-            items = []
-            for prop in chunk:
-                self._passes_deadband(prop)
-                items.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
+        for chunk in _batches(items, sizes, SNAPSHOT_CHUNK):
             self.seq += 1
-            batches.append({"sub": self.sid, "seq": self.seq, "items": items, "snapshot": True})
+            batches.append({"sub": self.sid, "seq": self.seq, "snapshot": True,
+                            "items": chunk})
         batches[-1]["synced"] = True
         return batches
 
@@ -195,14 +251,17 @@ class Subscription:
             return []
         if self.policy == POLICY_LATEST:
             items = [self._item(p, p.value, p.revision, p.changed_at) for p in self._latest]
+            sizes = [approx_size(item[1]) + _ITEM_OVERHEAD for item in items]
             self._latest.clear()
         else:
             items, self._all = self._all, []
+            sizes, self._all_sizes = self._all_sizes, []
+            self.budget.used -= self._all_bytes
+            self._all_bytes = 0
         batches = []
-        for start in range(0, max(len(items), 1), BATCH_ITEMS):
+        for chunk in _batches(items, sizes):
             self.seq += 1
-            batches.append({"sub": self.sid, "seq": self.seq,
-                            "items": items[start:start + BATCH_ITEMS]})
+            batches.append({"sub": self.sid, "seq": self.seq, "items": chunk})
         last = batches[-1]
         if self._removed:
             last["removed"], self._removed = self._removed, []

@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at most that window; off = written at a clean stop only")
     parser.add_argument("--batch-ms", type=int, default=100,
                         help="commit window of --durability batch (default 100)")
+    parser.add_argument("--peer-queue-bytes", type=int,
+                        default=CoreConfig().peer_queue_bytes,
+                        help="most bytes held for one peer that reads too slowly (frames "
+                             "ZeroMQ would not take, changes queued under policy all); "
+                             "beyond it changes are dropped and counted (default 8 MiB)")
     parser.add_argument("--allow-unmanaged-plugins", action="store_true",
                         help="accept plugins started by hand (a plugin hello whose name no "
                              "--plugins contract manages); off by default, since anyone who "
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             core=CoreConfig(admin_token=state.admin_token, heartbeat_ms=args.heartbeat_ms,
                             session_timeout_ms=args.session_timeout_ms,
                             max_frame=args.max_frame,
+                            peer_queue_bytes=args.peer_queue_bytes,
                             allow_unmanaged_plugins=args.allow_unmanaged_plugins),
         )
         asyncio.run(_serve(BrokerServer(config, store=store), contracts, state.path))

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import msgpack
+import psutil
 import pytest
+import zmq
 
 from .conftest import Peers, Target
-from .raw import RawPeer
+from .raw import RawPeer, unpack
 
 ROOT = Path(__file__).parents[2]
 SPEC = (ROOT / "protocol" / "PROTOCOL.md").read_text()
@@ -293,6 +295,35 @@ def test_subscriptions_and_changes(peer: Peers) -> None:
     expect(watcher.error("unsubscribe", sub=sub["sub"]), "not_found")
     expect(watcher.error("subscribe", pattern="#/x"), "invalid_pattern")
     expect(watcher.error("subscribe", pattern="#", policy="some"), "invalid_params")
+
+
+def test_a_subscriber_that_does_not_read_is_told_what_it_missed(
+        target: Target, peer: Peers) -> None:
+    owner, name = plugin(peer)
+    owner.call("declare", name=f"{name}/blob", type="bytes", value=b"")
+    slow = peer()
+    slow.sock.setsockopt(zmq.RCVHWM, 1)
+    slow.hello()
+    slow.call("subscribe", pattern=f"{name}/#", policy="all", current=False)  # then no reads
+    rss = psutil.Process(target.broker.pid).memory_info().rss if target.broker else 0
+    writes, size = 800, 50_000
+    for index in range(writes):
+        owner.call("set", target=f"{name}/blob", value=bytes([index % 256]) * size)
+        if index % 50 == 0:
+            slow.request("ping", {})  # keeps the session; the reply waits with the rest
+    if target.broker is not None:
+        grown = psutil.Process(target.broker.pid).memory_info().rss - rss
+        assert grown < writes * size // 2, f"the broker grew by {grown >> 20} MiB"
+    items = gaps = 0
+    seqs = []
+    while slow.sock.poll(1000):
+        message = unpack(slow.sock.recv())
+        if message[0] == 2 and message[1] == "changes":
+            seqs.append(message[2]["seq"])
+            items += len(message[2]["items"])
+            gaps += message[2].get("gap", 0)
+    assert gaps > 0 and items + gaps == writes, (items, gaps)
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 def test_session_end_removes_properties(peer: Peers) -> None:

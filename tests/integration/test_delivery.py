@@ -11,19 +11,21 @@ import pytest
 import zmq
 
 from broker import BrokerServer, CoreConfig, ServerConfig
-from sdk import Client, Message, RequestTimeout
+from sdk import Change, Client, Message, RequestTimeout, Subscription
 
 from .conftest import Processes
 from .processes import BrokerProcess
 
 pytestmark = pytest.mark.integration
+PEER_QUEUE_BYTES = 1024 * 1024
 
 
 @pytest.fixture
 async def small_hwm_server() -> AsyncIterator[BrokerServer]:
-    server = BrokerServer(ServerConfig(endpoints=("tcp://127.0.0.1:*",), send_hwm=5,
-                                       core=CoreConfig(session_timeout_ms=60_000,
-                                                       allow_unmanaged_plugins=True)))
+    server = BrokerServer(ServerConfig(
+        endpoints=("tcp://127.0.0.1:*",), send_hwm=5,
+        core=CoreConfig(session_timeout_ms=60_000, allow_unmanaged_plugins=True,
+                        peer_queue_bytes=PEER_QUEUE_BYTES)))
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(5):
         await server.ready.wait()
@@ -33,10 +35,12 @@ async def small_hwm_server() -> AsyncIterator[BrokerServer]:
         await task
 
 
-async def test_frames_a_slow_peer_cannot_take_are_dropped_and_counted(
+async def test_a_slow_subscriber_is_bounded_in_bytes_and_shown_its_gap(
     small_hwm_server: BrokerServer,
 ) -> None:
     endpoint = small_hwm_server.endpoints[0]
+    core = small_hwm_server.core
+    writes = 300
     ctx = zmq.Context()
     slow = ctx.socket(zmq.DEALER)
     slow.setsockopt(zmq.RCVHWM, 1)
@@ -44,32 +48,53 @@ async def test_frames_a_slow_peer_cannot_take_are_dropped_and_counted(
     slow.setsockopt(zmq.LINGER, 0)
     slow.connect(endpoint)
     try:
-        async with Client(endpoint, role="plugin", name="writer") as writer:
+        async with Client(endpoint, role="plugin", name="writer") as writer, \
+                Client(endpoint) as fast_side:
             await writer.declare("writer/blob", "bytes", b"")
+            fast = await fast_side.subscribe("writer/blob", policy="all", current=False)
             slow.send(msgpack.packb([0, 1, "hello", {"versions": [1], "role": "client"}]))
-            slow.send(msgpack.packb([0, 2, "subscribe", {"pattern": "writer/blob",
+            slow.send(msgpack.packb([0, 2, "subscribe", {"pattern": "writer/#",
                                                          "policy": "all", "current": False}]))
-            async with asyncio.timeout(10):
-                core = small_hwm_server.core
-                while len(core.sessions) < 2 or not core.subscriptions.match("writer/blob"):
+            async with asyncio.timeout(20):
+                while len(core.sessions) < 3 or len(core.subscriptions.match("writer/blob")) < 2:
                     await writer.request("ping")
+                slow_session = next(s for s in core.sessions.values() if any(
+                    sub.pattern == "writer/#" for sub in s.subscriptions.values()))
                 # The slow peer never reads; each write is its own loop turn and batch.
-                for i in range(400):
-                    await writer.set("writer/blob", bytes([i % 256]) * 60_000)
-            core = small_hwm_server.core
+                for i in range(writes):
+                    await writer.set("writer/blob", bytes([i % 256]) * 20_000)
+                    assert slow_session.budget.used <= PEER_QUEUE_BYTES
+                revisions = [e.revision async for e in _changes(fast, writes)]
+            # Everyone else got every change, in order.
+            assert revisions == list(range(2, writes + 2))
             assert core.drops > 0
-            slow_session = next(s for s in core.sessions.values() if s.name is None)
-            assert slow_session.drops == core.drops
-        # What did arrive shows the loss as a jump in sequence numbers.
+            listed = (await fast_side.request("sessions"))["sessions"]
+            assert max(s["drops"] for s in listed) == core.drops
+        # The slow peer, reading at last, is told how many it missed.
+        items = gaps = 0
         seqs = []
-        while slow.poll(200):
+        # The broker runs in this loop: wait for frames off the loop, so it can send.
+        while await asyncio.to_thread(slow.poll, 500):
             message = msgpack.unpackb(slow.recv(), timestamp=0)
             if message[0] == 2 and message[1] == "changes":
                 seqs.append(message[2]["seq"])
-        assert seqs and seqs[-1] > len(seqs)
+                items += len(message[2]["items"])
+                gaps += message[2].get("gap", 0)
+        assert gaps > 0 and items + gaps == writes, (items, gaps)
+        assert seqs == list(range(1, len(seqs) + 1))
     finally:
         slow.close(linger=0)
         ctx.term()
+
+
+async def _changes(sub: Subscription, count: int) -> AsyncIterator[Change]:
+    seen = 0
+    async for event in sub:
+        if isinstance(event, Change):
+            yield event
+            seen += 1
+            if seen == count:
+                return
 
 
 async def test_a_raising_callback_is_logged_counted_and_harmless(

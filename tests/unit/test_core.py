@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from protocol import Duration, RemoteError, Timestamp
-from protocol.codec import Notification, Response, encode
+from protocol.codec import Notification, Request, Response, encode
 
 from .harness import REMOVED, Harness
 
@@ -407,3 +407,27 @@ def test_system_properties_follow_the_broker(h: Harness) -> None:
     assert isinstance(get("started_at"), Timestamp)
     assert get("uptime") >= Duration(2 * 10**9)
     assert get("messages_in") > 0
+
+
+def test_a_congested_peer_gets_its_backlog_first_and_its_changes_held_in_budget() -> None:
+    h = Harness(peer_queue_bytes=4000)
+    h.plugin(P, "p")
+    h.client(C)
+    h.call(P, "declare", name="p/x", type="bytes", value=b"")
+    h.call(C, "subscribe", pattern="p/#", policy="all", current=False)
+    session = h.core.sessions[C]
+    refused = [encode(Notification("message", {"n": i})) for i in range(2)]
+    h.core.blocked(C, refused)  # as the driver does when ZeroMQ says EAGAIN
+    assert session.budget.used == sum(map(len, refused))
+    for index in range(10):
+        h.core.receive(P, [encode(Request(100 + index, "set", {"target": "p/x",
+                                                               "value": b"z" * 500}))])
+    out = [frame for peer, frame in h.core.flush() if peer == C]
+    assert out == refused  # the backlog first; new changes held back meanwhile
+    assert session.budget.used <= 4000 - 4000 // 4  # queued changes: three quarters at most
+    h.pump()
+    notes = h.notes(C)
+    delivered = sum(len(n["items"]) for n in notes)
+    assert delivered + sum(n.get("gap", 0) for n in notes) == 10 and delivered < 10
+    assert h.core.drops == 10 - delivered == session.describe()["drops"]
+    assert session.budget.used == 0
