@@ -93,7 +93,7 @@ class Broker:
             [sys.executable, *profiler, "-m", "broker.cli", "--state-dir", str(self.state),
              "--log-level", "WARNING", "broker", "--durability", "off",
              "--endpoint", f"ipc://{self.state}/b.sock", "--endpoint", "tcp://127.0.0.1:*",
-             *extra], stdout=subprocess.PIPE, cwd=ROOT, text=True)
+             "--allow-unmanaged-plugins", *extra], stdout=subprocess.PIPE, cwd=ROOT, text=True)
         assert self.proc.stdout is not None
         self.started = time.monotonic()
         line = self.proc.stdout.readline()
@@ -310,6 +310,56 @@ def scenario_set_cost() -> dict[str, Any]:
     return out
 
 
+async def _slow_subscriber(endpoint: str, broker: psutil.Process, writes: int) -> dict[str, Any]:
+    """A client subscribed to ``#`` under policy ``all`` that never reads, while a
+    plugin makes ``writes`` sets of 1 KB: what does the broker's memory do?"""
+    import msgpack
+    import zmq
+
+    from sdk import Client
+
+    ctx = zmq.Context()
+    slow = ctx.socket(zmq.DEALER)
+    slow.setsockopt(zmq.RCVHWM, 1)
+    slow.setsockopt(zmq.RCVBUF, 4096)
+    slow.setsockopt(zmq.LINGER, 0)
+    slow.connect(endpoint)
+    try:
+        slow.send(msgpack.packb([0, 1, "hello", {"versions": [1], "role": "client"}]))
+        slow.send(msgpack.packb([0, 2, "subscribe", {"pattern": "#", "policy": "all",
+                                                     "current": False}]))
+        async with Client(endpoint, role="plugin", name="slowbench", timeout=60) as writer:
+            await writer.declare("slowbench/blob", "bytes", b"")
+            before = broker.memory_info().rss
+            pending = []
+            for index in range(writes):
+                pending.append(writer.set("slowbench/blob", index.to_bytes(8, "big") * 128))
+                if len(pending) == 200:
+                    await asyncio.gather(*pending)
+                    pending = []
+                if index % 10_000 == 0:  # keeps the slow session alive; never read
+                    slow.send(msgpack.packb([0, 3 + index, "ping", {}]))
+            await asyncio.gather(*pending)
+            after = broker.memory_info().rss
+            sessions = (await writer.request("sessions"))["sessions"]
+            stalled = next(s for s in sessions if s["role"] == "client")
+    finally:
+        slow.close(linger=0)
+        ctx.term()
+    return {"writes": writes, "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
+            "drops": stalled["drops"], "queued_bytes": stalled["queued_bytes"]}
+
+
+def scenario_slow_subscriber() -> dict[str, Any]:
+    broker = Broker()
+    try:
+        out = asyncio.run(_slow_subscriber(broker.ipc, broker.ps, 100_000))
+    finally:
+        broker.stop()
+    print(f"slow subscriber: {out}", flush=True)
+    return out
+
+
 def scenario_idle() -> dict[str, Any]:
     broker = Broker()
     peers = [Peer("pb-idle", broker.ipc, f"idle{i}") for i in range(20)]
@@ -448,6 +498,15 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
     lines += ["", f"A set with 10,000 non-matching patterns subscribed: "
               f"{cost['us_per_set_10k_patterns']:.0f} µs round trip, against "
               f"{cost['us_per_set_0_patterns']:.0f} µs with none (ratio {cost['ratio']:.2f}).",
+              ""]
+    slow = results["slow_subscriber"]
+    lines += ["### A subscriber that never reads", "",
+              f"A client subscribed to `#` under policy `all` that reads nothing while a "
+              f"plugin makes {slow['writes']:,} sets of 1 KB: broker RSS "
+              f"{slow['rss_before_mb']:.0f} MB before, {slow['rss_after_mb']:.0f} MB after "
+              f"({slow['queued_bytes'] / 2**20:.1f} MiB held for it, the default "
+              f"`--peer-queue-bytes` is 8 MiB; {slow['drops']:,} changes dropped and "
+              "reported to it as `gap`).",
               "", "## 6. Idle cost", "",
               f"Broker CPU over 10 s with 20 idle plugins connected: "
               f"{results['idle']['cpu_percent_of_one_core']:.2f} % of one core.", "",
@@ -521,6 +580,7 @@ def main() -> None:
         "fanout": scenario_fanout(),
         "scale": scenario_snapshot_and_memory(),
         "set_cost": scenario_set_cost(),
+        "slow_subscriber": scenario_slow_subscriber(),
         "idle": scenario_idle(),
         "startup": scenario_startup(),
         "profile": scenario_profile(),

@@ -21,18 +21,27 @@ from .raw import RawPeer, unpack
 ROOT = Path(__file__).parents[2]
 SPEC = (ROOT / "protocol" / "PROTOCOL.md").read_text()
 VECTORS = json.loads((ROOT / "protocol" / "vectors" / "codec.json").read_text())["vectors"]
-COVERED: set[str] = set()
-"""Error codes some test here provoked; checked against the spec's table at the end."""
+ERROR_TABLE = {(method.strip("`"), code) for method, code in re.findall(
+    r"^\| (any|`[a-z_.]+`) \| `([a-z_]+)` \|",
+    SPEC.split("### Errors by method")[1].split("## 13.")[0], re.M)}
+"""PROTOCOL.md's errors by method: (method or "any", code)."""
+COVERED: set[tuple[str, str]] = set()
+"""(method, code) pairs some test here provoked; checked against the spec at the end."""
 UNREACHABLE = {
-    "contract_violation": "needs a plugin launched by the runtime, with its token",
-    "shutting_down": "needs a hello that races the broker's stop",
-    "internal": "needs a bug in the broker",
+    ("declare", "contract_violation"): "needs a plugin launched by the runtime, with its token",
+    ("declare", "limit_exceeded"): "needs 2^29 properties",
+    ("plugins.reload", "contract_violation"): "needs a configured plugin whose contract "
+                                              "changed (tests/integration/test_runtime.py)",
+    ("hello", "shutting_down"): "needs a hello that races the broker's stop",
+    ("any", "internal"): "needs a bug in the broker",
 }
 
 
 def expect(error: dict[str, object], code: str) -> dict[str, object]:
     assert error["code"] == code, error
-    COVERED.add(code)
+    pair = (str(error.get("_method", "any")), code)
+    COVERED.add(pair if pair in ERROR_TABLE or ("any", code) not in ERROR_TABLE
+                else ("any", code))
     return error
 
 
@@ -361,7 +370,7 @@ def test_subscription_limit(peer: Peers) -> None:
     ids = [me.request("subscribe", {"pattern": f"limit/{i}", "current": False})
            for i in range(10_001)]
     replies = [me.reply_to(msgid, 30) for msgid in ids]
-    expect(replies[-1][2], "limit_exceeded")
+    expect({**replies[-1][2], "_method": "subscribe"}, "limit_exceeded")
     assert all(r[2] is None for r in replies[:-1])
 
 
@@ -390,11 +399,68 @@ def test_end_and_shutdown(target: Target, peer: Peers) -> None:
     assert target.broker.wait(15) == 0
 
 
-def test_zz_every_error_code_is_covered() -> None:
+def test_each_method_answers_each_error_of_its_rows(target: Target, peer: Peers) -> None:
+    """The rows of the errors-by-method table no other test here reaches."""
+    owner, name = plugin(peer)
+    client = peer()
+    client.hello()
+    owner.call("declare", name=f"{name}/n", type="int", value=1, min=0, max=9,
+               enum=[1, 2, 3])
+    gone = owner.call("declare", name=f"{name}/gone", type="int")["handle"]
+    owner.call("delete", target=gone)
+    closed = f"{name}/n"
+    cases = [
+        (owner, "declare", {"name": f"{name}/m", "type": "int", "value": 10, "max": 9},
+         "out_of_range"),
+        (owner, "declare", {"name": f"{name}/e", "type": "int", "value": 4, "enum": [1]},
+         "not_in_enum"),
+        (owner, "delete", {"target": 1.5}, "invalid_params"),
+        (owner, "delete", {"target": f"{name}/none"}, "not_found"),
+        (owner, "delete", {"target": gone}, "stale_handle"),
+        (client, "list", {"limit": 0}, "invalid_params"),
+        (client, "list", {"pattern": "a/#/b"}, "invalid_pattern"),
+        (client, "set", {"target": f"{name}/none", "value": 1}, "not_found"),
+        (client, "set", {"target": gone, "value": 1}, "stale_handle"),
+        (client, "set_many", {"items": [[closed, 2]]}, "forbidden"),
+        (owner, "set_many", {"items": "all"}, "invalid_params"),
+        (owner, "set_many", {"items": [[closed, 2], [f"{name}/none", 1]]}, "not_found"),
+        (owner, "set_many", {"items": [[closed, 4]]}, "not_in_enum"),
+        (owner, "set_many", {"items": [[gone, 4]]}, "stale_handle"),
+        (owner, "set_many", {"items": [[closed, nested(25)]]}, "too_deep"),
+        (owner, "set_many", {"items": [[closed, "two"]]}, "type_mismatch"),
+        (client, "listen", {"pattern": 7}, "invalid_params"),
+        (client, "listen", {"pattern": "#/x"}, "invalid_pattern"),
+        (client, "unlisten", {"listen": "one"}, "invalid_params"),
+        (client, "unlisten", {"listen": 424242}, "not_found"),
+        (client, "unsubscribe", {}, "invalid_params"),
+        (client, "publish", {"topic": "t/x"}, "invalid_params"),
+        (client, "send", {"to": "system", "payload": b""}, "forbidden"),
+        (client, "nonsense", {}, "unknown_method"),
+        (peer(), "get", {"target": closed}, "hello_required"),
+    ]
+    for who, method, params, code in cases:
+        expect(who.error(method, **params), code)
+    assert client.call("get", target=closed)["value"] == 1
+    for action in ("start", "stop", "restart", "reload"):
+        expect(client.error(f"plugins.{action}", name="x"), "forbidden")
+    if target.admin_token is not None:
+        admin = peer()
+        admin.hello("admin", token=target.admin_token)
+        for action in ("start", "stop", "restart", "reload"):
+            expect(admin.error(f"plugins.{action}", name="no-such-plugin"), "not_found")
+    listens = [client.request("listen", {"pattern": f"l/{i}"}) for i in range(10_001)]
+    replies = [client.reply_to(msgid, 30) for msgid in listens]
+    expect({**replies[-1][2], "_method": "listen"}, "limit_exceeded")
+
+
+def test_zz_every_row_of_the_error_table_is_covered() -> None:
     if not COVERED:
         pytest.skip("meaningful only after the module's other tests ran")
-    table = set(re.findall(r"^\| `([a-z_]+)` \|", SPEC.split("## 12. Error codes")[1], re.M))
-    assert table, "the error table was not found in PROTOCOL.md"
+    table = ERROR_TABLE
+    assert len(table) > 50, "the errors-by-method table was not found in PROTOCOL.md"
     assert set(UNREACHABLE) <= table
+    unlisted = {pair for pair in COVERED if pair not in table and (
+        "any", pair[1]) not in table}
+    assert not unlisted, f"errors the broker sent that the table does not list: {unlisted}"
     missing = table - COVERED - set(UNREACHABLE)
-    assert not missing, f"error codes no conformance test provoked: {sorted(missing)}"
+    assert not missing, f"rows no conformance test provoked: {sorted(missing)}"
