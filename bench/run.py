@@ -93,7 +93,7 @@ class Broker:
             [sys.executable, *profiler, "-m", "broker.cli", "--state-dir", str(self.state),
              "--log-level", "WARNING", "broker", "--durability", "off",
              "--endpoint", f"ipc://{self.state}/b.sock", "--endpoint", "tcp://127.0.0.1:*",
-             "--allow-unmanaged-plugins", *extra], stdout=subprocess.PIPE, cwd=ROOT, text=True)
+             "--allow-unmanaged-plugins", "--insecure", *extra], stdout=subprocess.PIPE, cwd=ROOT, text=True)
         assert self.proc.stdout is not None
         self.started = time.monotonic()
         line = self.proc.stdout.readline()

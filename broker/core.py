@@ -39,6 +39,7 @@ from .datastore import (
     Property,
     parse_meta,
 )
+from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
 from .store import Record, Store
 from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription
@@ -175,6 +176,11 @@ class BrokerCore:
         self.persistence: Store | None = None
         """Where persistent properties are kept; None keeps nothing."""
         self._extra_methods: dict[str, tuple[MethodHandler, bool]] = {}
+        self.keys: KeyRing | None = None
+        """CURVE keys allowed in, with their roles and names; None without CURVE."""
+        self._peer_keys: dict[bytes, str] = {}
+        """The CURVE key each tcp connection proved (the ZAP handler's User-Id)."""
+        self.register_method("keys.reload", self._reload_keys, admin_only=True)
         self.system = SystemProperties(self)
 
     # -- the driver's interface ---------------------------------------------------
@@ -272,8 +278,13 @@ class BrokerCore:
                 deadline = min(deadline, sub.due_at)
         return deadline
 
+    def identify(self, peer: bytes, key: str) -> None:
+        """The driver learned which CURVE key ``peer``'s connection proved."""
+        self._peer_keys[peer] = key
+
     def peer_gone(self, peer: bytes, reason: str) -> None:
         """The driver learned the peer is unreachable (its connection is gone)."""
+        self._peer_keys.pop(peer, None)
         session = self.sessions.get(peer)
         if session is not None:
             self.end_session(session, reason)
@@ -445,6 +456,9 @@ class BrokerCore:
                                 f"got {role_text!r}") from None
         name = _param(params, "name", str, None)
         token = _param(params, "token", str, None)
+        key = self._peer_keys.get(peer)
+        if key is not None:
+            self._check_key(key, role, name)
         if role is Role.PLUGIN:
             if name is None:
                 raise ProtocolError("invalid_params", "a plugin must say its name")
@@ -452,7 +466,9 @@ class BrokerCore:
             if name in self.plugins:
                 raise ProtocolError("name_taken", f"a plugin named {name!r} is connected")
             expected = self.plugin_tokens.get(name)
-            if name in self.contracts:
+            if key is not None:
+                pass  # the key's grant names this plugin: that is its credential
+            elif name in self.contracts:
                 if expected is None or token is None or not hmac.compare_digest(token, expected):
                     raise ProtocolError("unauthorized", f"plugin {name!r} is managed by the "
                                         "runtime: it needs the token the runtime gave its "
@@ -462,7 +478,7 @@ class BrokerCore:
                                     "this broker's runtime, and plugins started by hand are "
                                     "not allowed (start the broker with "
                                     "--allow-unmanaged-plugins)")
-        elif role is Role.ADMIN:
+        elif role is Role.ADMIN and key is None:
             expected = self.config.admin_token
             if expected is None or token is None or not hmac.compare_digest(token, expected):
                 raise ProtocolError("unauthorized", "the admin role needs the token from the "
@@ -485,6 +501,35 @@ class BrokerCore:
             "broker": f"plugboard {BROKER_VERSION}", "heartbeat_ms": self.config.heartbeat_ms,
             "timeout_ms": self.config.session_timeout_ms, "max_frame": self.config.max_frame,
         }
+
+    def _check_key(self, key: str, role: Role, name: str | None) -> None:
+        """On CURVE, the key decides: its role (or the lesser ``client``) and, for a
+        plugin, the names it may use; what hello claims beyond that is refused."""
+        grant = self.keys.lookup(key) if self.keys is not None else None
+        if grant is None:
+            raise ProtocolError("unauthorized", f"key {key} is not (or no longer) authorized")
+        if role.value != grant.role and role is not Role.CLIENT:
+            raise ProtocolError("unauthorized", f"key {key} is granted the role "
+                                f"{grant.role!r}, not {role.value!r}")
+        if role is Role.PLUGIN and name not in grant.names:
+            raise ProtocolError("unauthorized", f"key {key} may be plugin "
+                                + (", ".join(grant.names) or "of no name") + f", not {name!r}")
+
+    def end_sessions_of_revoked_keys(self) -> int:
+        """End every session whose key is no longer granted; returns how many."""
+        ended = 0
+        for peer, key in list(self._peer_keys.items()):
+            session = self.sessions.get(peer)
+            if session is not None and (self.keys is None or self.keys.lookup(key) is None):
+                self.end_session(session, f"key {key} revoked")
+                ended += 1
+        return ended
+
+    def _reload_keys(self, session: Session, params: dict[str, Any], msgid: int) -> Any:
+        if self.keys is None:
+            return {"ended": 0, "curve": False}
+        self.keys.reload()
+        return {"ended": self.end_sessions_of_revoked_keys(), "curve": True}
 
     def _on_init_reply(self, session: Session, reply: Response | None) -> None:
         if reply is None:

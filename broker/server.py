@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from protocol.errors import ConfigError
+
 from .core import BrokerCore, CoreConfig
+from .security import ZAP_DOMAIN
 from .statedir import check_endpoint
 from .store import Durability, Store
 
@@ -47,10 +50,32 @@ class ServerConfig:
     """Most messages applied before one flush."""
     batch_ms: int = 100
     """Under durability ``batch``: the longest a persistent write waits to be committed."""
+    curve_secret_key: str | None = None
+    """The broker's CURVE secret key (Z85). Set: tcp endpoints speak CURVE only, every
+    key checked by the core's KeyRing. None: tcp is plain (``--insecure``)."""
+    handshake_ms: int = 5000
+    """A connection that has not finished its ZeroMQ handshake by then is closed."""
+
+
+class _Listener:
+    """One ROUTER socket. Peers are named by a one-byte socket index plus their routing
+    id, so the two sockets' routing ids cannot collide in the core."""
+
+    def __init__(self, index: int, sock: zmq.Socket[bytes]) -> None:
+        self.prefix = bytes([index])
+        self.sock = sock
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor.setsockopt(zmq.RCVHWM, 0)  # a lost event would leave a session behind
+        self.fds = [int(sock.getsockopt(zmq.FD)), int(self.monitor.getsockopt(zmq.FD))]
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
 
 
 class BrokerServer:
-    """Binds the ROUTER, pumps frames through the core until :meth:`stop`."""
+    """Binds the ROUTER sockets, pumps frames through the core until :meth:`stop`."""
 
     def __init__(self, config: ServerConfig, core: BrokerCore | None = None,
                  store: Store | None = None) -> None:
@@ -66,19 +91,20 @@ class BrokerServer:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._sock: zmq.Socket[bytes] | None = None
+        self._listeners: list[_Listener] = []
+        self.zap: zmq.Socket[bytes] | None = None
+        """The ZAP handler's socket (CURVE only); closing it refuses every new tcp peer."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._pump_scheduled = False
         self._plugins_gone = asyncio.Event()
-        self._monitor: zmq.Socket[bytes] | None = None
         self._peer_at: dict[int, bytes] = {}
-        """Connection file descriptor → the routing id of the peer using it."""
+        """Connection file descriptor → the peer using it."""
         self._fd_of: dict[bytes, int] = {}
 
     def poke(self) -> None:
         """Have the loop flush soon: for changes made to the core outside a pump."""
-        if not self._pump_scheduled and self._sock is not None:
+        if not self._pump_scheduled and self._listeners:
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
 
@@ -86,10 +112,9 @@ class BrokerServer:
         """Begin an orderly shutdown (safe to call from a signal handler)."""
         self._stop.set()
 
-    async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ctx = zmq.Context()
-        sock = self._sock = self._ctx.socket(zmq.ROUTER)
+    def _router(self, curve: bool) -> zmq.Socket[bytes]:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.ROUTER)
         core_config = self.config.core
         # Options apply to later binds only, so all are set first.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -102,34 +127,97 @@ class BrokerServer:
         sock.setsockopt(zmq.HEARTBEAT_IVL, core_config.heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, core_config.session_timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, core_config.session_timeout_ms)
-        fd = int(sock.getsockopt(zmq.FD))
-        monitor = self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        monitor.setsockopt(zmq.RCVHWM, 0)  # a lost event would leave a session behind
-        monitor_fd = int(monitor.getsockopt(zmq.FD))
+        sock.setsockopt(zmq.HANDSHAKE_IVL, self.config.handshake_ms)
+        if curve:
+            assert self.config.curve_secret_key is not None
+            sock.curve_server = True
+            sock.curve_secretkey = self.config.curve_secret_key.encode()
+            sock.zap_domain = ZAP_DOMAIN.encode()
+            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler: nobody gets in
+        return sock
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ctx = zmq.Context()
+        curve = self.config.curve_secret_key is not None
+        plain = [e for e in self.config.endpoints if not (curve and e.startswith("tcp://"))]
+        secured = [e for e in self.config.endpoints if e not in plain]
+        fds: list[int] = []
         try:
-            for endpoint in self.config.endpoints:
-                sock.bind(check_endpoint(endpoint))
-                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-            loop.add_reader(fd, self._pump)
-            loop.add_reader(monitor_fd, self._pump)
+            if secured:
+                self._start_zap()
+                assert self.zap is not None
+                loop.add_reader(int(self.zap.getsockopt(zmq.FD)), self._answer_zap)
+                self._answer_zap()  # the descriptor is edge-triggered: drain once to arm it
+            for index, (endpoints, secure) in enumerate(((plain, False), (secured, True))):
+                if not endpoints:
+                    continue
+                listener = _Listener(index, self._router(secure))
+                self._listeners.append(listener)
+                for endpoint in endpoints:
+                    listener.sock.bind(check_endpoint(endpoint))
+                    self.endpoints.append(listener.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                for fd in listener.fds:
+                    fds.append(fd)
+                    loop.add_reader(fd, self._pump)
             self._pump()
-            log.info("broker %s listening on %s", self.core.instance, ", ".join(self.endpoints))
+            log.info("broker %s listening on %s%s", self.core.instance,
+                     ", ".join(self.endpoints), " (tcp with CURVE)" if secured else "")
             self.ready.set()
             await self._stop.wait()
             await self._shutdown()
         finally:
-            loop.remove_reader(fd)
-            loop.remove_reader(monitor_fd)
+            for fd in fds:
+                loop.remove_reader(fd)
             if self._timer is not None:
                 self._timer.cancel()
             if self._commit_timer is not None:
                 self._commit_timer.cancel()
             if self.store is not None:
                 self.store.close()  # commits what is queued (all of it, under "off")
-            sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
+            for listener in self._listeners:
+                listener.close()
+            self.stop_authenticator()
             self._ctx.term()
+
+    def _start_zap(self) -> None:
+        """Bind the ZAP handler before any CURVE socket binds (pitfall: CURVE with no
+        handler authenticates nobody, or with ZAP_ENFORCE_DOMAIN everybody is refused)."""
+        assert self._ctx is not None
+        if self.core.keys is None:
+            raise ConfigError("CURVE needs the broker's key ring (core.keys)")
+        zap = self._ctx.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        try:
+            zap.bind("inproc://zeromq.zap.01")
+        except zmq.ZMQError as exc:
+            zap.close(linger=0)
+            raise ConfigError(f"cannot start the CURVE authenticator: {exc}") from exc
+        self.zap = zap
+
+    def _answer_zap(self) -> None:
+        zap, keys = self.zap, self.core.keys
+        assert zap is not None and keys is not None
+        while True:
+            try:
+                request = zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # closed
+                return
+            try:
+                reply = keys.zap_reply(request)
+            except Exception:  # fail closed: a bug here admits nobody
+                log.exception("the CURVE authenticator failed; refusing the connection")
+                reply = [b"1.0", request[1] if len(request) > 1 else b"", b"500",
+                         b"authenticator error", b"", b""]
+            zap.send_multipart(reply)
+
+    def stop_authenticator(self) -> None:
+        """Stop answering ZAP: from then on no new tcp peer gets in (ZAP_ENFORCE_DOMAIN)."""
+        if self.zap is not None and not self.zap.closed:
+            asyncio.get_running_loop().remove_reader(int(self.zap.getsockopt(zmq.FD)))
+            self.zap.close(linger=0)
 
     async def _shutdown(self) -> None:
         """Ask plugins to end, keep serving their replies, give up after end_timeout_s."""
@@ -146,15 +234,16 @@ class BrokerServer:
     def _pump(self) -> None:
         """Drain a batch, run timers, send what the core produced, re-arm."""
         self._pump_scheduled = False
-        sock, core = self._sock, self.core
-        assert sock is not None
+        core = self.core
         gone = self._disconnected()
-        for _ in range(self.config.receive_batch):
-            try:
-                peer = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            core.receive(peer, self._rest_of_message(sock, peer))
+        for listener in self._listeners:
+            sock, prefix = listener.sock, listener.prefix
+            for _ in range(self.config.receive_batch):
+                try:
+                    peer = prefix + sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                core.receive(peer, self._rest_of_message(sock, peer))
         for peer in gone:
             core.peer_gone(peer, "connection closed")
         deadline = core.tick()
@@ -164,20 +253,26 @@ class BrokerServer:
         self._arm_timer(deadline)
         if core.shutting_down and core.shutdown_complete:
             self._plugins_gone.set()
-        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and not self._pump_scheduled:
+        if not self._pump_scheduled and any(
+                int(listener.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+                for listener in self._listeners):
             # More is waiting: yield to the loop first so other tasks are not starved.
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
 
     def _disconnected(self) -> list[bytes]:
         """Peers whose connection ZeroMQ reported closed since the last pass."""
-        monitor = self._monitor
         gone: list[bytes] = []
-        while monitor is not None:
+        for listener in self._listeners:
+            self._drain_monitor(listener.monitor, gone)
+        return gone
+
+    def _drain_monitor(self, monitor: zmq.Socket[bytes], gone: list[bytes]) -> None:
+        while True:
             try:
                 event = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                break
+                return
             # Frame 1 is 16-bit event id + 32-bit value (the fd for DISCONNECTED).
             if len(event[0]) >= 6 and int.from_bytes(event[0][:2], sys.byteorder) == \
                     zmq.EVENT_DISCONNECTED:
@@ -185,7 +280,6 @@ class BrokerServer:
                 if peer is not None:
                     self._fd_of.pop(peer, None)
                     gone.append(peer)
-        return gone
 
     def _rest_of_message(self, sock: zmq.Socket[bytes], peer: bytes) -> list[bytes]:
         """The frames after the routing id; learns a new peer's connection descriptor."""
@@ -201,6 +295,9 @@ class BrokerServer:
                     self.core.peer_gone(previous, "connection closed")
                 self._peer_at[fd] = peer
                 self._fd_of[peer] = fd
+            key = first.get("User-Id") if sock.curve_server else None
+            if key:  # the ZAP handler named the connection by its CURVE key
+                self.core.identify(peer, str(key))
             frames.append(first.bytes)
         while sock.getsockopt(zmq.RCVMORE):
             frames.append(sock.recv())
@@ -224,8 +321,8 @@ class BrokerServer:
             self.store.commit()
 
     def _send(self, frames: list[tuple[bytes, bytes]]) -> None:
-        sock, core = self._sock, self.core
-        assert sock is not None
+        core = self.core
+        socks = {listener.prefix[0]: listener.sock for listener in self._listeners}
         while frames:
             gone: set[bytes] = set()
             stuck: dict[bytes, list[bytes]] = {}
@@ -237,7 +334,7 @@ class BrokerServer:
                     held.append(frame)
                     continue
                 try:
-                    sock.send_multipart((peer, frame), zmq.NOBLOCK)
+                    socks[peer[0]].send_multipart((peer[1:], frame), zmq.NOBLOCK)
                 except zmq.Again:
                     # ROUTER would drop silently at the peer's HWM: the core keeps it.
                     stuck[peer] = [frame]

@@ -83,16 +83,21 @@ class PluginProcess:
     from returning, as it would with asyncio's subprocess, which waits for both.
     """
 
-    def __init__(self, contract: Contract, *, endpoint: str, token: str, log_path: Path) -> None:
+    def __init__(self, contract: Contract, *, endpoint: str, token: str, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.contract = contract
         self.endpoint = endpoint
         self.token = token
+        self.env = env or {}
+        """More settings for the process (its per-launch CURVE keys on tcp)."""
         self.log = RotatingLog(log_path)
         self.stderr_lines: deque[str] = deque(maxlen=20)
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_step = StopStep.NONE
         self.descendants: list[int] = []
         """Last known descendants, so grandchildren can be killed after the plugin died."""
+        self.launch_key: str | None = None
+        """The public half of this launch's CURVE pair, revoked when it ends."""
         self.escaped: list[str] = []
         """``pid (name)`` of descendants found outside the process group and killed."""
         self._readers: list[asyncio.Task[None]] = []
@@ -108,7 +113,7 @@ class PluginProcess:
         run = self.contract.run
         # Settings go through the environment, never the command line.
         env = {**os.environ, **run.env, "PLUGBOARD_ENDPOINT": self.endpoint,
-               "PLUGBOARD_NAME": self.contract.name, "PLUGBOARD_TOKEN": self.token}
+               "PLUGBOARD_NAME": self.contract.name, "PLUGBOARD_TOKEN": self.token, **self.env}
         self.log.write(f"--- starting {' '.join(self.contract.argv())}\n".encode())
         loop = asyncio.get_running_loop()
         self.proc = proc = subprocess.Popen(

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from broker.core import DEFERRED, BrokerCore
 from broker.sessions import Session
 from protocol.errors import ProtocolError
 from protocol.values import Duration, Timestamp, ValueType
+from sdk._keys import ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
 
 from .contract import Contract, dependents, load_contract, replacement_problems
 from .orphans import LaunchLog, reap_adopted
@@ -78,9 +81,13 @@ class Supervisor:
 
     def __init__(self, core: BrokerCore, contracts: list[Contract], *, endpoint: str,
                  state_dir: Path, poke: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 server_key: str | None = None) -> None:
         self.core = core
         self.endpoint = endpoint
+        self.server_key = server_key
+        """The broker's public key when ``endpoint`` is tcp with CURVE: each launch then
+        gets a key pair of its own, allowed for its name only while it runs."""
         self.log_dir = Path(state_dir) / "logs"
         self.launches = LaunchLog(Path(state_dir))
         self.poke = poke
@@ -203,8 +210,10 @@ class Supervisor:
         plugin.ready.clear()
         token = secrets.token_urlsafe(24)
         self.core.plugin_tokens[name] = token
+        env, launch_key = self._launch_keys(name)
         process = PluginProcess(plugin.contract, endpoint=self.endpoint, token=token,
-                                log_path=self.log_dir / f"{name}.log")
+                                log_path=self.log_dir / f"{name}.log", env=env)
+        process.launch_key = launch_key
         plugin.process = process
         plugin.exit_code = None
         plugin.reason = ""
@@ -213,6 +222,7 @@ class Supervisor:
             await process.spawn()
         except OSError as exc:
             self.core.plugin_tokens.pop(name, None)
+            self._revoke_launch_key(process)
             self._set_state(plugin, PluginState.FAILED, f"cannot start "
                             f"{' '.join(plugin.contract.argv())}: {exc.strerror}")
             return False
@@ -242,6 +252,21 @@ class Supervisor:
             await process.stop(lambda: None, plugin.contract.run.stop_timeout)
         return False
 
+    def _launch_keys(self, name: str) -> tuple[dict[str, str], str | None]:
+        """A fresh CURVE pair for one launch, through the environment (never argv)."""
+        keys = self.core.keys
+        if self.server_key is None or keys is None or not self.endpoint.startswith("tcp://"):
+            return {}, None
+        public, secret = (k.decode() for k in zmq.curve_keypair())
+        keys.allow_launch(public, name)
+        return {ENV_SERVER_KEY: self.server_key, ENV_PUBLIC_KEY: public,
+                ENV_SECRET_KEY: secret}, public
+
+    def _revoke_launch_key(self, process: PluginProcess) -> None:
+        if process.launch_key is not None and self.core.keys is not None:
+            self.core.keys.revoke_launch(process.launch_key)
+            self.core.end_sessions_of_revoked_keys()
+
     def _release_dependents(self, name: str) -> None:
         """Start plugins that were held back only because ``name`` had failed."""
         for other in self.plugins.values():
@@ -255,6 +280,7 @@ class Supervisor:
         code = await process.wait()
         process.kill()  # the rest of its group and known descendants
         process.close()
+        self._revoke_launch_key(process)
         if process.escaped:
             log.warning("plugin %s left processes outside its process group; killed %s",
                         plugin.name, ", ".join(process.escaped))

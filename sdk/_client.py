@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from protocol._version import SUPPORTED_VERSIONS
 from protocol.codec import Notification, Request, Response, decode, encode
@@ -35,6 +36,7 @@ from protocol.errors import (
 from protocol.limits import MAX_FRAME_BYTES, MAX_MSGID
 
 from ._events import Message, PropertyInfo, Reconnected
+from ._keys import CurveKeys, curve_keys
 from ._subscription import Listener, Subscription
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,17 @@ def _expire(future: asyncio.Future[Any], method: str, wait: float) -> None:
 
 async def _acknowledge(params: dict[str, Any]) -> dict[str, Any]:
     return {}
+
+
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_HANDSHAKE_REASONS: dict[zmq.Event, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the broker refused this key (not authorized, or "
+                                     "revoked)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the peer does not speak CURVE with this server "
+                                         "key (wrong server key, or a broker without CURVE)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
+}
 
 
 def endpoint_from_env() -> str:
@@ -73,9 +86,13 @@ class Client:
     def __init__(
         self, endpoint: str | None = None, *, role: str = "client", name: str | None = None,
         token: str | None = None, timeout: float = 5.0, reconnect: bool = True,
-        give_up_after: float | None = None,
+        give_up_after: float | None = None, curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = endpoint or endpoint_from_env()
+        self.curve = curve if curve is not None or not self.endpoint.startswith("tcp://") \
+            else curve_keys()
+        """CURVE keys for tcp: given, else from the environment (``PLUGBOARD_SERVER_KEY``
+        and the peer's pair), else None: plain tcp, for a broker run with --insecure."""
         self.role = role
         self.name = name
         self.token = token
@@ -113,6 +130,7 @@ class Client:
         self._listeners: dict[int, Listener] = {}
         self._all_listeners: list[Listener] = []
         self._closing = False
+        self._monitors: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes], int]] = []
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -162,6 +180,11 @@ class Client:
         self.closed.set()
 
     def _close_socket(self, reason: Exception) -> None:
+        for sock, monitor, fd in self._monitors:
+            asyncio.get_running_loop().remove_reader(fd)
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        self._monitors = []
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(int(self._sock.getsockopt(zmq.FD)))
             self._sock.close(linger=0)
@@ -182,6 +205,11 @@ class Client:
             raise ConnectionFailed(f"no broker is running at {self.endpoint} "
                                    "(socket file missing)")
         sock.setsockopt(zmq.SNDHWM, 10_000)
+        handshake_failed: list[str] = []
+        if self.curve is not None:
+            self.curve.apply(sock)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.timeout * 1000))
+            self._watch_handshake(sock, handshake_failed)
         sock.connect(self.endpoint)
         self._sock = sock
         asyncio.get_running_loop().add_reader(int(sock.getsockopt(zmq.FD)), self._on_readable)
@@ -195,14 +223,50 @@ class Client:
         try:
             result = await self.request("hello", params)
         except RequestTimeout:
+            if handshake_failed:
+                raise ConnectionFailed(f"the CURVE handshake with {self.endpoint} failed: "
+                                       f"{handshake_failed[-1]}") from None
             raise ConnectionFailed(f"no broker answered at {self.endpoint} within "
                                    f"{self.timeout:g} s") from None
+        except ConnectionFailed:
+            if handshake_failed:
+                raise ConnectionFailed(f"the CURVE handshake with {self.endpoint} failed: "
+                                       f"{handshake_failed[-1]}") from None
+            raise
         changed = self.instance is not None and result["instance"] != self.instance
         self.instance = result["instance"]
         self.session = result["session"]
         self.heartbeat = result.get("heartbeat_ms", 2000) / 1000
         self.max_frame = int(result.get("max_frame", MAX_FRAME_BYTES))
         return changed
+
+    def _watch_handshake(self, sock: zmq.Socket[bytes], failed: list[str]) -> None:
+        """Fail hello at once, with the reason, when ZeroMQ reports a failed handshake
+        (a refused key, a wrong server key), instead of waiting out its timeout."""
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        loop = asyncio.get_running_loop()
+        fd = int(monitor.getsockopt(zmq.FD))
+
+        def readable() -> None:
+            while True:
+                try:
+                    event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    return
+                except zmq.ZMQError:
+                    return
+                kind = zmq.Event(int(event["event"]))
+                why = _HANDSHAKE_REASONS.get(kind, "rejected")
+                failed.append(f"{why} (ZeroMQ event {kind.name}, value {int(event['value'])})")
+                for future in list(self._pending.values()):
+                    if not future.done():
+                        future.set_exception(ConnectionFailed(failed[-1]))
+                if self.session is not None:  # a live session: the broker revoked us
+                    self._connection_lost(f"CURVE handshake failed: {failed[-1]}")
+
+        loop.add_reader(fd, readable)
+        readable()  # the descriptor is edge-triggered: drain once to arm it
+        self._monitors.append((sock, monitor, fd))
 
     # -- requests -----------------------------------------------------------------------
 

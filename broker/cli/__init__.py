@@ -11,7 +11,7 @@ from typing import Any
 from protocol.errors import PlugboardError
 
 from ..statedir import default_state_dir
-from . import client_commands, daemon, plugin_commands, store_commands
+from . import client_commands, daemon, key_commands, plugin_commands, store_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_commands.add_commands(commands)
     plugin_commands.add_commands(commands)
     store_commands.add_commands(commands)
+    key_commands.add_commands(commands)
     return parser
 
 

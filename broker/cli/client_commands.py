@@ -11,11 +11,21 @@ import asyncio
 import datetime as dt
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from protocol.values import ValueType
 from sdk import Change, Client, Gap, Reconnected, Removed, Synced
+from sdk._keys import (
+    ENV_KEY_FILE,
+    ENV_SECRET_KEY,
+    ENV_SERVER_KEY,
+    CurveKeys,
+    curve_keys,
+    read_key_pair,
+)
 
+from ..security import CURVE_DIR
 from ..statedir import default_endpoint, read_admin_token
 from .values import format_table, format_value, parse_value
 
@@ -26,14 +36,46 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                              "ipc://STATE_DIR/broker.sock)")
     parser.add_argument("--timeout", type=float, default=3.0,
                         help="seconds to wait for each reply (default 3)")
+    parser.add_argument("--server-key", metavar="KEY",
+                        help="tcp with CURVE: the broker's public key, as Z85 text or a .key "
+                             "file (default: $PLUGBOARD_SERVER_KEY, else the state "
+                             "directory's, when readable)")
+    parser.add_argument("--key", metavar="FILE", dest="key_file",
+                        help="tcp with CURVE: this peer's key pair, a .key_secret file "
+                             "(default: $PLUGBOARD_KEY_FILE, else the state directory's "
+                             "local admin key, when readable)")
 
 
 def connect(args: argparse.Namespace, reconnect: bool = False) -> Client:
     endpoint = args.endpoint or os.environ.get("PLUGBOARD_ENDPOINT") or default_endpoint(
         args.state_dir)
     token = read_admin_token(args.state_dir)
-    return Client(endpoint, role="admin" if token else "client", token=token,
-                  timeout=args.timeout, reconnect=reconnect)
+    curve = _curve(args) if endpoint.startswith("tcp://") else None
+    if curve is not None:  # the key decides the role on CURVE
+        role = "admin" if curve.secret == _local_admin_secret(args) else "client"
+    else:
+        role = "admin" if token else "client"
+    return Client(endpoint, role=role, token=token, timeout=args.timeout,
+                  reconnect=reconnect, curve=curve)
+
+
+def _curve(args: argparse.Namespace) -> CurveKeys | None:
+    """Keys from the options or environment, else the local broker's files: its public
+    key and the local admin pair (readable only by the user who runs the broker)."""
+    local = Path(args.state_dir) / CURVE_DIR
+    server = args.server_key or os.environ.get(ENV_SERVER_KEY)
+    if not server and (local / "broker.key").exists():
+        server = str(local / "broker.key")
+    key_file = args.key_file
+    if not key_file and not os.environ.get(ENV_KEY_FILE) and not os.environ.get(
+            ENV_SECRET_KEY) and os.access(local / "admin.key_secret", os.R_OK):
+        key_file = str(local / "admin.key_secret")
+    return curve_keys(server, key_file)
+
+
+def _local_admin_secret(args: argparse.Namespace) -> str | None:
+    path = Path(args.state_dir) / CURVE_DIR / "admin.key_secret"
+    return read_key_pair(path)[1] if os.access(path, os.R_OK) else None
 
 
 def get(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import signal
 import sys
@@ -18,9 +17,9 @@ from pathlib import Path
 from plugin_runtime.contract import Contract, check_contracts
 from plugin_runtime.orphans import become_subreaper
 from plugin_runtime.supervisor import Supervisor
-from protocol.errors import ConfigError
 
 from ..core import CoreConfig
+from ..security import KeyRing, curve_dir, ensure_key_pair
 from ..server import BrokerServer, ServerConfig
 from ..statedir import StateDir, default_endpoint
 from ..store import STORE_NAME, Durability, Store
@@ -58,38 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--plugins contract manages); off by default, since anyone who "
                              "reaches the socket could then own a namespace")
     parser.add_argument("--insecure", action="store_true",
-                        help="allow binding tcp on a non-loopback address; traffic is then "
-                             "unauthenticated and in clear text (a warning is logged)")
-
-
-def check_exposure(endpoints: list[str], insecure: bool) -> None:
-    """Refuse a tcp bind reachable from other hosts unless ``--insecure`` says so: tcp
-    carries everything unauthenticated and in clear text."""
-    exposed = [e for e in endpoints if e.startswith("tcp://") and not _loopback(e)]
-    if not exposed:
-        return
-    if not insecure:
-        raise ConfigError(f"{', '.join(exposed)} is reachable from other hosts, and tcp is "
-                          "neither authenticated nor encrypted: anyone there could read every "
-                          "property. Bind tcp://127.0.0.1:PORT, or pass --insecure to accept "
-                          "the exposure")
-    log.warning("INSECURE: listening on %s without authentication or encryption; anyone "
-                "who reaches it reads every property", ", ".join(exposed))
-
-
-def _loopback(endpoint: str) -> bool:
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', an interface name or a host name: may face the network
+                        help="plain tcp: no CURVE, so no authentication and no encryption "
+                             "(a warning at every start). Without it, tcp endpoints speak "
+                             "CURVE only and admit the keys of 'plugboard keys'")
+    parser.add_argument("--handshake-ms", type=int, default=5000,
+                        help="close tcp connections that have not finished the ZeroMQ "
+                             "handshake within this (default 5000)")
 
 
 def run(args: argparse.Namespace) -> int:
     endpoints = args.endpoint or []
-    check_exposure(endpoints, args.insecure)
     contracts, problems = check_contracts(args.plugins) if args.plugins else ([], [])
     if problems:
         for problem in problems:
@@ -103,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
                  "found by their launch token only")
     try:
         store = Store(state.path / STORE_NAME, Durability(args.durability))
+        keys, pair = _security(endpoints, args.insecure, state.path)
         config = ServerConfig(
+            curve_secret_key=pair[1] if pair else None, handshake_ms=args.handshake_ms,
             batch_ms=args.batch_ms,
             endpoints=tuple(endpoints or [default_endpoint(state.path)]),
             core=CoreConfig(admin_token=state.admin_token, heartbeat_ms=args.heartbeat_ms,
@@ -112,13 +91,34 @@ def run(args: argparse.Namespace) -> int:
                             peer_queue_bytes=args.peer_queue_bytes,
                             allow_unmanaged_plugins=args.allow_unmanaged_plugins),
         )
-        asyncio.run(_serve(BrokerServer(config, store=store), contracts, state.path))
+        server = BrokerServer(config, store=store)
+        server.core.keys = keys
+        asyncio.run(_serve(server, contracts, state.path, pair[0] if pair else None))
     finally:
         state.close()
     return 0
 
 
-async def _serve(server: BrokerServer, contracts: list[Contract], state_dir: Path) -> None:
+def _security(endpoints: list[str], insecure: bool, state_dir: Path
+              ) -> tuple[KeyRing | None, tuple[str, str] | None]:
+    """CURVE for tcp unless ``--insecure``: the key ring and the broker's key pair."""
+    tcp = [e for e in endpoints if e.startswith("tcp://")]
+    if not tcp:
+        return None, None
+    if insecure:
+        log.warning("INSECURE: %s without CURVE: no authentication, no encryption; anyone "
+                    "who reaches it reads every property", ", ".join(tcp))
+        return None, None
+    directory = curve_dir(state_dir)
+    pair = ensure_key_pair(directory, "broker")
+    admin_public, _ = ensure_key_pair(directory, "admin")
+    keys = KeyRing(directory)
+    keys.grant_local_admin(admin_public)
+    return keys, pair
+
+
+async def _serve(server: BrokerServer, contracts: list[Contract], state_dir: Path,
+                 server_key: str | None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -135,7 +135,7 @@ async def _serve(server: BrokerServer, contracts: list[Contract], state_dir: Pat
           + " ".join(server.endpoints), flush=True)
     local = next((e for e in server.endpoints if e.startswith("ipc://")), server.endpoints[0])
     supervisor = Supervisor(server.core, contracts, endpoint=local.replace("*", ""),
-                            state_dir=state_dir, poke=server.poke)
+                            state_dir=state_dir, poke=server.poke, server_key=server_key)
     starting = asyncio.create_task(supervisor.start_all())
     await asyncio.wait([asyncio.create_task(stopping.wait()), serving],
                        return_when=asyncio.FIRST_COMPLETED)

@@ -296,6 +296,19 @@ static void open_socket(void) {
     sock = zmq_socket(ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    /* On tcp the runtime hands out a per-launch CURVE pair (Z85 text, 40 characters). */
+    const char *server_key = getenv("PLUGBOARD_SERVER_KEY");
+    if (server_key && *server_key) {
+        const char *public_key = getenv("PLUGBOARD_PUBLIC_KEY");
+        const char *secret_key = getenv("PLUGBOARD_SECRET_KEY");
+        if (!public_key || !secret_key
+            || zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_key, 40) != 0
+            || zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, public_key, 40) != 0
+            || zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret_key, 40) != 0) {
+            fprintf(stderr, "counter_c: cannot use the CURVE keys: %s\n", zmq_strerror(errno));
+            exit(1);
+        }
+    }
     if (zmq_connect(sock, endpoint) != 0) {
         fprintf(stderr, "counter_c: cannot connect to %s: %s\n", endpoint, zmq_strerror(errno));
         exit(1);

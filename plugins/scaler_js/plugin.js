@@ -105,6 +105,12 @@ async function onChanges(params) {
 async function startSession() {
   if (sock) sock.close();
   sock = new zmq.Dealer({ linger: 0 });
+  if (process.env.PLUGBOARD_SERVER_KEY) {
+    // On tcp the runtime hands out a per-launch CURVE pair (Z85 text).
+    sock.curveServerKey = process.env.PLUGBOARD_SERVER_KEY;
+    sock.curvePublicKey = process.env.PLUGBOARD_PUBLIC_KEY;
+    sock.curveSecretKey = process.env.PLUGBOARD_SECRET_KEY;
+  }
   sock.connect(endpoint);
   readLoop(sock).catch(() => {});
   const initialised = new Promise((resolve) => { initDone = resolve; });

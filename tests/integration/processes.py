@@ -17,6 +17,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from sdk._keys import CurveKeys, read_key_pair, read_public_key
+
 ROOT = Path(__file__).parents[2]
 FIXTURE_PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
 READY = re.compile(r"plugboard broker ready: instance (\w+), listening on (.+)$")
@@ -93,17 +95,19 @@ class BrokerProcess(ManagedProcess):
     """``plugboard broker`` on ipc in a short temp dir and on a free tcp port."""
 
     def __init__(self, state_dir: Path | None = None, *extra: str, timeout: float = 15.0,
-                 allow_unmanaged: bool = True, tcp: str = "tcp://127.0.0.1:*") -> None:
+                 allow_unmanaged: bool = True, tcp: str = "tcp://127.0.0.1:*",
+                 insecure: bool = True, ipc: bool = True) -> None:
         self.state_dir = state_dir or short_tmpdir()
         argv = [sys.executable, "-m", "broker.cli", "--state-dir", str(self.state_dir),
                 "--log-level", "DEBUG", "broker",
-                "--endpoint", f"ipc://{self.state_dir}/broker.sock",
+                *(["--endpoint", f"ipc://{self.state_dir}/broker.sock"] if ipc else []),
                 "--endpoint", tcp, "--heartbeat-ms", "200", "--session-timeout-ms", "1500",
-                *(["--allow-unmanaged-plugins"] if allow_unmanaged else []), *extra]
+                *(["--allow-unmanaged-plugins"] if allow_unmanaged else []),
+                *(["--insecure"] if insecure else []), *extra]
         super().__init__(argv, stderr_path=self.state_dir / "broker.stderr",
                          stdout=subprocess.PIPE)
         self.instance, self.endpoints = self._wait_ready(timeout)
-        self.ipc = next(e for e in self.endpoints if e.startswith("ipc://"))
+        self.ipc = next((e for e in self.endpoints if e.startswith("ipc://")), "")
         self.tcp = next(e for e in self.endpoints if e.startswith("tcp://"))
 
     def _wait_ready(self, timeout: float) -> tuple[str, list[str]]:
@@ -131,6 +135,12 @@ class BrokerProcess(ManagedProcess):
     @property
     def admin_token(self) -> str:
         return (self.state_dir / "admin.token").read_text().strip()
+
+    def local_admin_keys(self) -> CurveKeys:
+        """The CURVE keys the local CLI uses: the broker's public key, the admin pair."""
+        curve = self.state_dir / "curve"
+        return CurveKeys(read_public_key(str(curve / "broker.key")),
+                         *read_key_pair(curve / "admin.key_secret"))
 
 
 class PluginProcess(ManagedProcess):

@@ -24,15 +24,26 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_a_bind_other_hosts_can_reach_needs_insecure(processes: Processes) -> None:
-    state = short_tmpdir()
-    refused = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "--state-dir", str(state), "broker",
-         "--endpoint", "tcp://0.0.0.0:*"], capture_output=True, text=True, timeout=20, cwd=ROOT)
-    assert refused.returncode == 1
-    assert "reachable from other hosts" in refused.stderr and "--insecure" in refused.stderr
-    broker = processes.broker(None, "--insecure", tcp="tcp://0.0.0.0:*")
-    assert "INSECURE: listening on tcp://0.0.0.0:*" in broker.stderr_path.read_text()
+async def test_tcp_speaks_curve_only_unless_insecure(processes: Processes) -> None:
+    secure = processes.broker(insecure=False)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        plain = RawPeer(ctx, secure.tcp)
+        plain.request("hello", {"versions": [1], "role": "client"})
+        assert not plain.sock.poll(1000), "a plain tcp peer was answered"
+        plain.close()
+        # The local CLI finds the broker's key and its admin pair in the state directory.
+        got = subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+                              str(secure.state_dir), "get", "system/broker/version",
+                              "--endpoint", secure.tcp], capture_output=True, text=True,
+                             timeout=20, cwd=ROOT)
+        assert got.returncode == 0 and got.stdout.strip(), got.stderr
+        assert mode(secure.state_dir / "curve" / "broker.key_secret") == 0o600
+        assert "INSECURE" not in secure.stderr_path.read_text()
+    finally:
+        ctx.term()
+    insecure = processes.broker(None, tcp="tcp://0.0.0.0:*")
+    assert "INSECURE: tcp://0.0.0.0:* without CURVE" in insecure.stderr_path.read_text()
 
 
 def test_a_plugin_started_by_hand_is_refused_unless_allowed(processes: Processes) -> None:

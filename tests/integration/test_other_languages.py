@@ -75,6 +75,18 @@ async def test_c_node_and_python_plugins_talk_both_ways(processes: Processes) ->
     assert broker.wait(30) == 0
 
 
+async def test_they_connect_over_curve_with_their_per_launch_keys(
+        processes: Processes) -> None:
+    broker = processes.broker(None, "--plugins", str(C_PLUGIN), "--plugins", str(JS_PLUGIN),
+                              insecure=False, ipc=False)
+    async with Client(broker.tcp, role="admin", curve=broker.local_admin_keys()) as python:
+        scaled = await python.subscribe("scaler_js/scaled")
+        await processes.until(scaled, is_change("scaler_js/scaled", lambda v: v >= 2), 30)
+        sessions = (await python.request("sessions"))["sessions"]
+        assert {s["name"] for s in sessions if s["role"] == "plugin"} == {
+            "counter_c", "scaler_js"}
+
+
 async def test_they_reconnect_after_a_broker_restart(processes: Processes) -> None:
     """Driven without the runtime, so the plugins survive the broker."""
     broker = processes.broker()
