@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import zmq
+import zmq.auth
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,9 +40,10 @@ SCALES = [10_000, 100_000] if QUICK else [10_000, 100_000, 1_000_000]
 class Peer:
     """A worker process: waits for its 'ready', says 'go', reads its JSON result."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen([*WORKER, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, cwd=ROOT, text=True)
+                                     stdout=subprocess.PIPE, cwd=ROOT, text=True,
+                                     env={**os.environ, **(env or {})})
 
     def ready(self, timeout: float = 300) -> str:
         assert self.proc.stdout is not None
@@ -86,14 +89,27 @@ def wait_port(port: int, timeout: float = 10) -> None:
 
 
 class Broker:
-    def __init__(self, *extra: str, profile: Path | None = None) -> None:
+    """A broker for one scenario; with ``curve`` its tcp endpoint speaks CurveZMQ and
+    ``env`` holds the keys a worker needs (one pair, granted plugin ``bench``)."""
+
+    def __init__(self, *extra: str, profile: Path | None = None, curve: bool = False) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="pbb-"))
+        self.env: dict[str, str] = {}
+        if curve:
+            keys = self.state / "curve"
+            keys.mkdir(mode=0o700)
+            public, secret = zmq.auth.create_certificates(keys, "peer")
+            (keys / "authorized_keys.json").write_text(json.dumps({"keys": [{
+                "key": zmq.auth.load_certificate(public)[0].decode(), "role": "plugin",
+                "names": ["bench"]}]}))
+            self.env = {"PLUGBOARD_KEY_FILE": str(secret)}
         profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
         self.proc = subprocess.Popen(
             [sys.executable, *profiler, "-m", "broker.cli", "--state-dir", str(self.state),
              "--log-level", "WARNING", "broker", "--durability", "off",
              "--endpoint", f"ipc://{self.state}/b.sock", "--endpoint", "tcp://127.0.0.1:*",
-             "--allow-unmanaged-plugins", "--insecure", *extra], stdout=subprocess.PIPE, cwd=ROOT, text=True)
+             "--allow-unmanaged-plugins", *([] if curve else ["--insecure"]), *extra],
+            stdout=subprocess.PIPE, cwd=ROOT, text=True)
         assert self.proc.stdout is not None
         self.started = time.monotonic()
         line = self.proc.stdout.readline()
@@ -102,6 +118,9 @@ class Broker:
             raise RuntimeError(f"broker did not start: {line!r}")
         self.ipc, self.tcp = endpoints.group(1).split()
         self.ps = psutil.Process(self.proc.pid)
+        if curve:
+            server = zmq.auth.load_certificate(self.state / "curve" / "broker.key")[0]
+            self.env["PLUGBOARD_SERVER_KEY"] = server.decode()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -153,12 +172,12 @@ class Reference:
 
 
 def pair(sub_role: str, write_role: str, address: str, mode: str, count: int,
-         sub_args: tuple[str, ...] = ()) -> dict[str, Any]:
+         sub_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict[str, Any]:
     """One subscriber and one writer; the subscriber's figures plus the writer's time."""
     sub = Peer(sub_role, address, *sub_args, str(count), *(
-        ("live",) if sub_role == "pb-sub" else ()))
+        ("live",) if sub_role == "pb-sub" else ()), env=env)
     sub.ready()
-    writer = Peer(write_role, address, mode, str(count))
+    writer = Peer(write_role, address, mode, str(count), env=env)
     writer.ready()
     writer.go()
     written = writer.result()
@@ -177,11 +196,11 @@ def percentiles(latencies: list[int]) -> dict[str, float]:
 
 
 def run_system(kind: str, transport: str, mode: str, count: int) -> dict[str, Any]:
-    if kind == "plugboard":
-        broker = Broker()
+    if kind.startswith("plugboard"):
+        broker = Broker(curve=kind == CURVE)
         try:
             address = broker.ipc if transport == "ipc" else broker.tcp
-            return pair("pb-sub", "pb-write", address, mode, count, ("bench/x",))
+            return pair("pb-sub", "pb-write", address, mode, count, ("bench/x",), broker.env)
         finally:
             broker.stop()
     ref = Reference(kind, transport)
@@ -192,16 +211,17 @@ def run_system(kind: str, transport: str, mode: str, count: int) -> dict[str, An
         ref.stop()
 
 
-SYSTEMS = ["plugboard", "raw", "redis", "mqtt"]
+CURVE = "plugboard+curve"
+SYSTEMS = ["plugboard", CURVE, "raw", "redis", "mqtt"]
 
 
 def scenario_latency() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for transport in ("ipc", "tcp"):
         for kind in SYSTEMS:
-            if transport == "ipc" and kind in ("redis", "mqtt"):
+            if transport == "ipc" and kind in ("redis", "mqtt", CURVE):
                 continue
-            if not Reference.available(kind if kind != "plugboard" else "raw"):
+            if not Reference.available(kind if not kind.startswith("plugboard") else "raw"):
                 out[f"{kind}/{transport}"] = None
                 continue
             figures = run_system(kind, transport, "latency", LATENCY_N)
@@ -215,7 +235,7 @@ def scenario_throughput() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode, count in (("single", THROUGHPUT_N), ("batched", BATCHED_N)):
         for kind in SYSTEMS:
-            if kind != "plugboard" and not Reference.available(kind):
+            if not kind.startswith("plugboard") and not Reference.available(kind):
                 out[f"{kind}/{mode}"] = None
                 continue
             if mode == "batched" and kind == "mqtt":
@@ -314,7 +334,6 @@ async def _slow_subscriber(endpoint: str, broker: psutil.Process, writes: int) -
     """A client subscribed to ``#`` under policy ``all`` that never reads, while a
     plugin makes ``writes`` sets of 1 KB: what does the broker's memory do?"""
     import msgpack
-    import zmq
 
     from sdk import Client
 
@@ -432,7 +451,7 @@ def scenario_profile() -> dict[str, Any]:
     stats = pstats.Stats(str(path))
     rows = []
     total = 0.0
-    for (filename, line, name), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+    for (filename, line, name), (_, calls, tottime, _cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
         if name == "poll" or "epoll" in name:
             continue
         total += tottime
@@ -478,6 +497,13 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
             continue
         lines.append(f"| {kind} | {mode} | {fig['rate']:.0f} | {fig['lost']} | "
                      f"{ratio(fig['rate'], raw and raw['rate'])} |")
+    curve_lat, plain_lat = lat.get(f"{CURVE}/tcp"), lat.get("plugboard/tcp")
+    curve_thr, plain_thr = thr.get(f"{CURVE}/single"), thr.get("plugboard/single")
+    if curve_lat and plain_lat and curve_thr and plain_thr:
+        lines += ["", f"CurveZMQ on tcp (`{CURVE}`) against plain tcp in the same run: "
+                  f"latency p50 {ratio(curve_lat['p50_us'], plain_lat['p50_us'])}×, "
+                  f"one-set-per-message throughput "
+                  f"{ratio(curve_thr['rate'], plain_thr['rate'])}×."]
     lines += ["", "`single`: one set per message, 200 requests in flight (Plugboard), "
               "fire-and-forget sends (raw relay), SET+PUBLISH pipelined by 100 (Redis), "
               "QoS 0 retained publishes (MQTT). `batched`: `set_many` of 100 (Plugboard), "
@@ -569,8 +595,6 @@ def targets(results: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    import zmq
-
     facts = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(),
              "cpus": os.cpu_count(), "python": platform.python_version(),
              "pyzmq": zmq.pyzmq_version()}

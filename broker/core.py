@@ -48,9 +48,10 @@ from .system import SystemProperties
 log = logging.getLogger(__name__)
 
 BROKER_VERSION = "0.1.0"
-BACKLOG_RETRY_S = 0.01
-"""How soon frames ZeroMQ refused are offered again (it tells no one when a peer's
-pipe has room)."""
+BACKLOG_RETRY_S = (0.0005, 0.02)
+"""How soon frames ZeroMQ refused are offered again: it tells no one when a peer's pipe
+has room, so the broker asks again, first after 0.5 ms (a busy but healthy peer), then
+doubling to 20 ms while the peer stays congested (a stalled one costs little)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +155,7 @@ class BrokerCore:
         self._drops_of_ended = 0
         self._congested: dict[Session, None] = {}
         """Sessions with a backlog: their frames are retried, their changes held back."""
+        self._retry_in = BACKLOG_RETRY_S[0]
         self.shutting_down = False
         self._outbox: list[tuple[bytes, bytes]] = []
         self._dirty: dict[Subscription, None] = {}
@@ -270,8 +272,6 @@ class BrokerCore:
             self._next_expiry_check = now + min(self.config.heartbeat_ms / 1000, 0.5)
         self.system.refresh(now)
         deadline = min(self._next_expiry_check, self.system.next_refresh)
-        if self._congested:
-            deadline = min(deadline, now + BACKLOG_RETRY_S)
         congested = self._congested
         for sub in self._dirty:
             if not congested or self.sessions.get(sub.peer) not in congested:
@@ -281,6 +281,17 @@ class BrokerCore:
     def identify(self, peer: bytes, key: str) -> None:
         """The driver learned which CURVE key ``peer``'s connection proved."""
         self._peer_keys[peer] = key
+
+    def retry_deadline(self) -> float:
+        """When to offer refused frames again; ``inf`` while no peer is congested. The
+        driver asks after each send (a send is what finds a peer congested) and arms a
+        timer for it, besides :meth:`tick`'s deadline."""
+        if not self._congested:
+            self._retry_in = BACKLOG_RETRY_S[0]
+            return float("inf")
+        deadline = self.clock() + self._retry_in
+        self._retry_in = min(self._retry_in * 2, BACKLOG_RETRY_S[1])
+        return deadline
 
     def peer_gone(self, peer: bytes, reason: str) -> None:
         """The driver learned the peer is unreachable (its connection is gone)."""

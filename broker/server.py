@@ -123,7 +123,7 @@ class BrokerServer:
         # reconnects, its session is ended); the broker never reads such a frame.
         sock.setsockopt(zmq.MAXMSGSIZE, core_config.max_frame)
         sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
-        sock.setsockopt(zmq.RCVHWM, self.config.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, self.config.receive_batch)
         sock.setsockopt(zmq.HEARTBEAT_IVL, core_config.heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, core_config.session_timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, core_config.session_timeout_ms)
@@ -250,7 +250,7 @@ class BrokerServer:
         outgoing = core.flush()
         self._persist()
         self._send(outgoing)
-        self._arm_timer(deadline)
+        self._arm_timer(min(deadline, core.retry_deadline()))
         if core.shutting_down and core.shutdown_complete:
             self._plugins_gone.set()
         if not self._pump_scheduled and any(

@@ -441,8 +441,9 @@ def test_each_method_answers_each_error_of_its_rows(target: Target, peer: Peers)
     for who, method, params, code in cases:
         expect(who.error(method, **params), code)
     assert client.call("get", target=closed)["value"] == 1
-    for action in ("start", "stop", "restart", "reload"):
-        expect(client.error(f"plugins.{action}", name="x"), "forbidden")
+    for method in ("plugins.start", "plugins.stop", "plugins.restart", "plugins.reload",
+                   "keys.reload"):
+        expect(client.error(method, name="x"), "forbidden")
     if target.admin_token is not None:
         admin = peer()
         admin.hello("admin", token=target.admin_token)

@@ -36,7 +36,9 @@ async def ready_echo(processes: Processes, broker: BrokerProcess) -> BrokerProce
 def test_every_command_has_help() -> None:
     for command in ([], ["broker"], ["get"], ["set"], ["ls"], ["watch"], ["check"],
                     ["conform"], ["plugins"], ["logs"], ["top"], ["store"],
-                    ["store", "info"], ["store", "export"], ["store", "import"]):
+                    ["store", "info"], ["store", "export"], ["store", "import"], ["keys"],
+                    ["keys", "new"], ["keys", "show"], ["keys", "list"], ["keys", "allow"],
+                    ["keys", "revoke"]):
         out = plugboard(Path("/nonexistent"), *command, "--help")
         assert out.returncode == 0 and "usage: plugboard" in out.stdout
 
