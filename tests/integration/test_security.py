@@ -10,6 +10,9 @@ import asyncio
 import os
 import selectors
 import socket
+import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,10 +30,15 @@ from plugin_runtime.supervisor import PluginState, Supervisor
 from sdk import Client, ConnectionFailed, NotAllowed
 from sdk._keys import CurveKeys
 
-from .processes import make_plugin, short_tmpdir
+from .conftest import Processes
+from .processes import ROOT, make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
 HANDSHAKE_MS = 1000
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def pair() -> tuple[str, str]:
@@ -282,3 +290,31 @@ async def test_a_per_launch_plugin_key_is_void_once_its_process_ends(
                 pass
     finally:
         await supervisor.stop_all()
+
+
+def test_plugboard_keys_from_a_new_pair_to_a_revoked_one(processes: Processes) -> None:
+    broker = processes.broker(insecure=False)
+    state = broker.state_dir
+
+    def plugboard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir", str(state),
+                               *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+    shown = plugboard("keys", "show")
+    assert shown.stdout.strip() == broker.local_admin_keys().server
+    made = plugboard("keys", "new", "alice", "--dir", str(state))
+    assert "public key" in made.stdout and mode(state / "alice.key_secret") == 0o600
+    as_alice = ("--endpoint", broker.tcp, "--key", str(state / "alice.key_secret"))
+    refused = plugboard("get", "system/broker/version", *as_alice)
+    assert refused.returncode == 1 and "refused this key" in refused.stderr
+    allowed = plugboard("keys", "allow", str(state / "alice.key"), "--role", "client",
+                        "--comment", "test")
+    assert allowed.returncode == 0 and "re-read its keys" in allowed.stdout, allowed.stderr
+    listed = plugboard("keys", "list")
+    assert "client" in listed.stdout and "test" in listed.stdout
+    got = plugboard("get", "system/broker/version", *as_alice)
+    assert got.returncode == 0 and got.stdout.strip(), got.stderr
+    written = plugboard("set", "system/broker/version", "x", *as_alice)
+    assert "forbidden" in written.stderr  # a client key writes as a client
+    assert plugboard("keys", "revoke", str(state / "alice.key")).returncode == 0
+    assert "refused this key" in plugboard("get", "system/broker/version", *as_alice).stderr
