@@ -29,7 +29,7 @@ from protocol.names import (
     validate_pattern,
     validate_plugin_name,
 )
-from protocol.values import Timestamp, ValueType
+from protocol.values import Timestamp, ValueType, check_value
 
 from .datastore import (
     WRITERS_ANY,
@@ -93,10 +93,26 @@ class Export(Protocol):
     def type(self) -> ValueType: ...
 
 
+class Method(Protocol):
+    """An exported method, as the core checks calls to it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def params(self) -> dict[str, ValueType]: ...
+    @property
+    def result(self) -> ValueType: ...
+    @property
+    def callable_by(self) -> tuple[str, ...]: ...
+
+
 class PluginContract(Protocol):
-    """What the core needs of a plugin's contract: which names it may declare, as what."""
+    """What the core needs of a plugin's contract: which names it may declare, as what,
+    and which methods others may call."""
 
     def export_for(self, name: str, vtype: ValueType | None = None) -> Export | None: ...
+
+    def method_for(self, name: str) -> Method | None: ...
 
     @property
     def config(self) -> dict[str, Any]:
@@ -183,6 +199,7 @@ class BrokerCore:
         self._peer_keys: dict[bytes, str] = {}
         """The CURVE key each tcp connection proved (the ZAP handler's User-Id)."""
         self.register_method("keys.reload", self._reload_keys, admin_only=True)
+        self.register_method("call", self._call)
         self.system = SystemProperties(self)
 
     # -- the driver's interface ---------------------------------------------------
@@ -801,6 +818,74 @@ class BrokerCore:
         sub.properties.clear()
         self._dirty.pop(sub, None)
 
+    # -- calls to plugin methods ----------------------------------------------------------
+
+    def _call(self, session: Session, params: dict[str, Any], msgid: int) -> Any:
+        """Forward a call to the plugin that exports the method; answer when it does."""
+        name = validate_plugin_name(_param(params, "plugin", str))
+        method = _param(params, "method", str)
+        args = _param(params, "params", dict, {})
+        timeout_ms = _param(params, "timeout_ms", int, limits.DEFAULT_CALL_TIMEOUT_MS)
+        if not 1 <= timeout_ms <= limits.MAX_CALL_TIMEOUT_MS:
+            raise ProtocolError("invalid_params", "timeout_ms must be 1.."
+                                f"{limits.MAX_CALL_TIMEOUT_MS}")
+        contract = self.contracts.get(name)
+        spec = contract.method_for(method) if contract is not None else None
+        if spec is None:
+            raise ProtocolError("not_found", f"plugin {name!r} exports no method {method!r}",
+                                plugin=name, method=method)
+        self._may_call(session, name, spec)
+        checked = _call_params(name, spec, args)
+        target = self.plugins.get(name)
+        if target is None or target.state is not SessionState.READY:
+            raise ProtocolError("unavailable", f"plugin {name!r} is not connected and ready",
+                                plugin=name)
+        peer, label = session.peer, f"{name}.{method}"
+
+        def answered(reply: Response | None) -> None:
+            if reply is None:
+                if self.sessions.get(target.peer) is target:
+                    error = ProtocolError("timeout", f"{label} did not answer within "
+                                          f"{timeout_ms} ms", plugin=name)
+                else:
+                    error = ProtocolError("unavailable", f"{label}: the plugin's session "
+                                          "ended before it answered", plugin=name)
+                self.complete(peer, msgid, error=error)
+            elif reply.error is not None:
+                code = reply.error.get("code")
+                self.complete(peer, msgid, error=ProtocolError(
+                    "call_failed", f"{label} failed: {reply.error.get('message', '')}",
+                    plugin=name, plugin_code=code if isinstance(code, str) else "internal"))
+            else:
+                result = reply.result.get("result") if isinstance(reply.result, dict) else None
+                try:
+                    result = check_value(spec.result, result)
+                except ProtocolError as exc:
+                    self.complete(peer, msgid, error=ProtocolError(
+                        "contract_violation", f"{label} returned a value its contract does "
+                        f"not allow: {exc.message}", plugin=name))
+                    return
+                self.complete(peer, msgid, {"result": result})
+
+        self.request(target, "call", {"method": method, "params": checked,
+                                      "caller": session.name or session.sid},
+                     answered, timeout_ms / 1000)
+        return DEFERRED
+
+    def _may_call(self, session: Session, plugin: str, spec: Method) -> None:
+        if session.role is Role.ADMIN or (session.role is Role.PLUGIN and session.name == plugin):
+            return
+        allowed = spec.callable_by
+        is_plugin = session.role is Role.PLUGIN
+        if (WRITERS_ANY in allowed or (is_plugin and (WRITERS_PLUGINS in allowed
+                                                      or session.name in allowed))
+                or (session.role is Role.CLIENT and WRITERS_CLIENTS in allowed)):
+            return
+        who = f"plugin {session.name!r}" if is_plugin else f"a {session.role.value}"
+        raise ProtocolError("forbidden", f"{plugin}.{spec.name} is callable by admins"
+                            + (f" and {list(allowed)}" if allowed else "") + f", not by {who}",
+                            plugin=plugin, method=spec.name)
+
     # -- messages between peers -----------------------------------------------------------
 
     def _payload(self, params: dict[str, Any]) -> bytes:
@@ -844,6 +929,26 @@ class BrokerCore:
             raise ProtocolError("not_found", f"no listen {lid} in this session")
         self.listeners.remove(pattern, (session, lid))
         return {}
+
+
+def _call_params(plugin: str, spec: Method, given: dict[str, Any]) -> dict[str, Any]:
+    """The call's parameters checked against the declaration: all present, none unknown,
+    each of its declared type (its error names the parameter)."""
+    unknown = sorted(set(given) - set(spec.params))
+    missing = [p for p in spec.params if p not in given]
+    if unknown or missing:
+        raise ProtocolError("invalid_params", f"{plugin}.{spec.name} takes "
+                            f"({', '.join(f'{k}: {v.value}' for k, v in spec.params.items())})"
+                            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                            + (f"; missing: {', '.join(missing)}" if missing else ""))
+    checked = {}
+    for param, vtype in spec.params.items():
+        try:
+            checked[param] = check_value(vtype, given[param])
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"{plugin}.{spec.name}: parameter {param!r}: "
+                                f"{exc.message}", param=param, **exc.details) from None
+    return checked
 
 
 @dataclass(frozen=True, slots=True)

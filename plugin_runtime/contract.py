@@ -10,6 +10,7 @@ the first problem: it returns all of them, each with file, field and reason.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -25,13 +26,14 @@ from protocol.values import ValueType
 MANIFEST = "plugin.toml"
 RESTART_POLICIES = ("never", "on-failure", "always")
 TOP_KEYS = ("name", "version", "protocol", "description", "author", "licence", "run",
-            "provides", "needs", "after", "before", "exports", "limits", "config",
+            "provides", "needs", "after", "before", "exports", "methods", "limits", "config",
             "conformance")
+METHOD_KEYS = ("name", "description", "params", "result", "callable_by")
 RUN_KEYS = ("command", "args", "env", "cwd", "restart", "start_timeout", "stop_timeout")
 EXPORT_KEYS = ("pattern", "type", "unit", "description", "min", "max", "enum",
                "writable_by", "persist")
 LIMIT_KEYS = ("memory_mb", "cpu_percent", "sustained_s")
-CONFORMANCE_KEYS = ("stimulus", "value", "response", "expect")
+CONFORMANCE_KEYS = ("stimulus", "value", "response", "expect", "call")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,25 @@ class Export:
     pattern: str
     type: ValueType
     meta: Meta
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodSpec:
+    """A method the plugin serves through the broker's ``call``."""
+
+    name: str
+    params: dict[str, ValueType]
+    """Every parameter, by name, with its type; all are required."""
+    result: ValueType
+    description: str = ""
+    callable_by: tuple[str, ...] = ()
+    """Who may call it besides admins and the plugin itself: plugin names, ``plugins``,
+    ``clients`` or ``*`` (as ``writable_by``)."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "params": {k: v.value for k, v in self.params.items()},
+                "result": self.result.value, "callable_by": list(self.callable_by)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +116,7 @@ class Contract:
     after: tuple[str, ...] = ()
     before: tuple[str, ...] = ()
     exports: tuple[Export, ...] = ()
+    methods: tuple[MethodSpec, ...] = ()
     limits: Limits = field(default_factory=Limits)
     config: dict[str, Any] = field(default_factory=dict)
     conformance: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +135,10 @@ class Contract:
         best = typed or found
         return best[0] if best else None
 
+    def method_for(self, name: str) -> MethodSpec | None:
+        """The exported method ``name``, or None: the broker forwards no other call."""
+        return next((m for m in self.methods if m.name == name), None)
+
     def argv(self) -> list[str]:
         return [part.replace("{python}", sys.executable).replace("{dir}", str(self.directory))
                 for part in self.run.command]
@@ -127,6 +153,7 @@ class Contract:
             "restart": self.run.restart,
             "exports": [{"pattern": e.pattern, "type": e.type.value, **e.meta.to_wire()}
                         for e in self.exports],
+            "methods": [m.to_wire() for m in self.methods],
         }
         return props
 
@@ -278,6 +305,7 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
             continue
         exports.append(Export(pattern=pattern, type=vtype, meta=meta))
 
+    methods = _methods(r)
     limits = Limits(memory_mb=r.get("limits.memory_mb", (int, float)),
                     cpu_percent=r.get("limits.cpu_percent", (int, float)),
                     sustained_s=float(r.get("limits.sustained_s", (int, float), 10.0)))
@@ -292,10 +320,65 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
             run=RunSpec(command=argv, env=dict(env), cwd=cwd, restart=restart, **timeouts),
             provides=r.strings("provides"), needs=r.strings("needs"),
             after=r.strings("after"), before=r.strings("before"), exports=tuple(exports),
+            methods=methods,
             limits=limits, config=r.get("config", dict, {}),
             conformance=r.get("conformance", dict, {}),
         )
     return contract, r.problems
+
+
+_METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+
+
+def _value_type(r: _Reader, where: str, text: Any) -> ValueType | None:
+    try:
+        return ValueType(str(text))
+    except ValueError:
+        r.problem(where, f"unknown type {text!r}; types are "
+                  + ", ".join(t.value for t in ValueType))
+        return None
+
+
+def _methods(r: _Reader) -> tuple[MethodSpec, ...]:
+    """The ``[[methods]]`` tables: name, params (name = type), result type, callable_by."""
+    found: list[MethodSpec] = []
+    for index, item in enumerate(r.get("methods", list, [])):
+        where = f"methods[{index}]"
+        if not isinstance(item, dict):
+            r.problem(where, "must be a table")
+            continue
+        r.known_keys(item, where, METHOD_KEYS)
+        name = item.get("name")
+        if not isinstance(name, str) or not _METHOD_NAME.match(name):
+            r.problem(f"{where}.name", f"must match [a-z][a-z0-9_]{{0,63}}, got {name!r}")
+            continue
+        if any(m.name == name for m in found):
+            r.problem(f"{where}.name", f"method {name!r} is exported twice")
+            continue
+        params: dict[str, ValueType] = {}
+        raw_params = item.get("params", {})
+        if not isinstance(raw_params, dict):
+            r.problem(f"{where}.params", "must be a table of parameter = type")
+            continue
+        for param, text in raw_params.items():
+            vtype = _value_type(r, f"{where}.params.{param}", text)
+            if vtype is not None:
+                params[param] = vtype
+        result = _value_type(r, f"{where}.result", item.get("result", "any"))
+        callable_by = item.get("callable_by", [])
+        if isinstance(callable_by, str):
+            callable_by = [callable_by]
+        if not isinstance(callable_by, list) or not all(isinstance(c, str) for c in callable_by):
+            r.problem(f"{where}.callable_by", "must be a list of strings")
+            continue
+        description = item.get("description", "")
+        if not isinstance(description, str):
+            r.problem(f"{where}.description", "must be a string")
+            continue
+        if result is not None and len(params) == len(raw_params):
+            found.append(MethodSpec(name=name, params=params, result=result,
+                                    description=description, callable_by=tuple(callable_by)))
+    return tuple(found)
 
 
 def find_plugin_dirs(paths: list[Path]) -> list[Path]:
@@ -418,4 +501,8 @@ def replacement_problems(old: Contract, new: Contract) -> list[str]:
     dropped = sorted(f"{p} ({t.value})" for p, t in old_exports - new_exports)
     if dropped:
         reasons.append("no longer exports " + ", ".join(dropped))
+    lost_methods = sorted(m.name for m in old.methods if m not in new.methods)
+    if lost_methods:
+        reasons.append("no longer exports method(s) " + ", ".join(lost_methods)
+                       + " as before")
     return reasons

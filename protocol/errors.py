@@ -9,6 +9,7 @@
     │   ├── NotAllowed              unauthorized, forbidden, contract_violation
     │   ├── NotFound                not_found, stale_handle
     │   ├── InvalidValue            type_mismatch, out_of_range, not_in_enum
+    │   ├── CallFailed              unavailable, timeout, call_failed (plugin methods)
     │   └── Conflict                name_taken, invalid_state
     ├── ConnectionFailed            no broker at the endpoint, or the connection was lost
     ├── RequestTimeout              no reply within the request's timeout
@@ -79,6 +80,9 @@ ERROR_CODES: dict[str, str] = {
     "name_taken": "another connected plugin already uses this name",
     "limit_exceeded": "a per-session limit was reached",
     "shutting_down": "the broker is stopping",
+    "unavailable": "the called plugin is not connected, or its session ended mid-call",
+    "timeout": "the called plugin did not answer in time",
+    "call_failed": "the called plugin answered with an error (plugin_code says which)",
     "internal": "the broker failed; the message says how",
 }
 """Every wire error code with its meaning. PROTOCOL.md lists the same table."""
@@ -125,6 +129,10 @@ class InvalidValue(RemoteError):
     """The value breaks the property's declaration (type, range, enum)."""
 
 
+class CallFailed(RemoteError):
+    """A called plugin method gave no result: not connected, too slow, or it failed."""
+
+
 class Conflict(RemoteError):
     """The request conflicts with existing state (a taken name, a repeated hello)."""
 
@@ -140,4 +148,5 @@ _CLASS_BY_CODE: dict[str, type[RemoteError]] = {
     **dict.fromkeys(["not_found", "stale_handle"], NotFound),
     **dict.fromkeys(["type_mismatch", "out_of_range", "not_in_enum"], InvalidValue),
     **dict.fromkeys(["name_taken", "invalid_state"], Conflict),
+    **dict.fromkeys(["unavailable", "timeout", "call_failed"], CallFailed),
 }

@@ -36,3 +36,9 @@ DEFAULT_QUEUE_LIMIT = 10_000
 
 MAX_QUEUE_LIMIT = 1_000_000
 """Largest queue bound a subscriber may ask for."""
+
+DEFAULT_CALL_TIMEOUT_MS = 5000
+"""How long the broker waits for a plugin to answer a ``call`` unless told otherwise."""
+
+MAX_CALL_TIMEOUT_MS = 300_000
+"""The longest ``timeout_ms`` a ``call`` may ask for."""

@@ -1,6 +1,7 @@
 """Plugboard SDK: asyncio-first Client and Plugin, with a synchronous SyncClient."""
 
 from protocol.errors import (
+    CallFailed,
     Conflict,
     ConnectionFailed,
     InvalidRequest,
@@ -20,6 +21,7 @@ from ._subscription import Listener, Subscription
 from ._sync import SyncClient, SyncSubscription
 
 __all__ = [
+    "CallFailed",
     "Change",
     "Client",
     "Conflict",

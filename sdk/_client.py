@@ -408,6 +408,8 @@ class Client:
         else:
             try:
                 result = await handler(request.params)
+            except (RemoteError, ProtocolError) as exc:  # an answer the handler chose
+                error = exc.to_wire()
             except Exception as exc:
                 self.callback_errors += 1
                 log.exception("handler for %s raised", request.method)
@@ -631,6 +633,18 @@ class Client:
             except ConnectionFailed:
                 pass
         sub._finish()
+
+    async def call(self, plugin: str, method: str, *, timeout: float | None = None,
+                   **params: Any) -> Any:
+        """Call a method ``plugin`` exports and return its result. The broker checks the
+        parameters against the contract and waits ``timeout`` (default: this client's)
+        for the plugin; CallFailed when it is not connected, too slow, or it failed."""
+        wait = self.timeout if timeout is None else timeout
+        reply = await self.request("call", {"plugin": plugin, "method": method,
+                                            "params": params,
+                                            "timeout_ms": max(1, int(wait * 1000))},
+                                   timeout=wait + 1.0)
+        return reply["result"]
 
     async def send(self, to: str, payload: bytes, topic: str | None = None) -> None:
         """Send a binary payload to the plugin named ``to``."""

@@ -14,6 +14,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from protocol.errors import RemoteError
+
 from ._client import Client
 from ._events import Message
 
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Hook = Callable[["Plugin"], Awaitable[None]]
 InitHook = Callable[["Plugin", dict[str, Any]], Awaitable[None]]
+MethodHandler = Callable[..., Awaitable[Any]]
 
 
 class Plugin:
@@ -48,7 +51,9 @@ class Plugin:
         self._timer_tasks: list[asyncio.Task[None]] = []
         self._initialized = asyncio.Event()
         self.init_failed = asyncio.Event()
+        self._methods: dict[str, MethodHandler] = {}
         self.client.on_request("init", self._on_init)
+        self.client.on_request("call", self._on_call)
 
     def on_init(self, hook: InitHook) -> InitHook:
         """``async def hook(plugin, config)``: declare properties, subscribe, start work."""
@@ -68,6 +73,25 @@ class Plugin:
             return hook
 
         return register
+
+    def method(self, name: str) -> Callable[[MethodHandler], MethodHandler]:
+        """Serve the exported method ``name``: ``async def handler(plugin, **params)``
+        returns the result. The broker has checked the parameters against the contract
+        and checks the result too. Raise ``RemoteError(code, message)`` to refuse."""
+
+        def register(handler: MethodHandler) -> MethodHandler:
+            self._methods[name] = handler
+            return handler
+
+        return register
+
+    async def _on_call(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("method")
+        handler = self._methods.get(name) if isinstance(name, str) else None
+        if handler is None:
+            raise RemoteError("unknown_method", f"{self.name} serves no method {name!r}")
+        args = params.get("params")
+        return {"result": await handler(self, **(args if isinstance(args, dict) else {}))}
 
     def on_message(self, callback: Callable[[Message], Any]) -> None:
         self.client.on_message(callback)

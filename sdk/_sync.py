@@ -94,6 +94,10 @@ class SyncClient:
     def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return self._call(self.client.request(method, params))
 
+    def call(self, plugin: str, method: str, *, timeout: float | None = None,
+             **params: Any) -> Any:
+        return self._call(self.client.call(plugin, method, timeout=timeout, **params))
+
     def get(self, target: str | int) -> PropertyInfo:
         return self._call(self.client.get(target))
 
