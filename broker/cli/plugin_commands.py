@@ -12,9 +12,11 @@ from typing import Any
 
 from plugin_runtime.contract import check_contracts
 from protocol.errors import ConfigError
+from protocol.values import ValueType
+from sdk import Client
 
 from .client_commands import add_connection_arguments, connect
-from .values import format_table, format_value
+from .values import format_table, format_value, parse_value
 
 
 def check(args: argparse.Namespace) -> int:
@@ -84,12 +86,65 @@ def plugins(args: argparse.Namespace) -> int:
                 return 0
             if not args.name:
                 raise ConfigError(f"plugins {args.action} needs a plugin NAME")
+            if args.action == "show":
+                print(await _show(client, args.name))
+                return 0
             params = {"name": args.name, "force": args.force}
             result = await client.request(f"plugins.{args.action}", params,
                                           timeout=max(args.timeout, 60.0))
             print(f"{args.action} {args.name}: " + ", ".join(
                 f"{k} {format_value(v)}" for k, v in result.items()))
             return 0 if result.get("ready", True) else 1
+
+    return asyncio.run(main())
+
+
+async def _show(client: Client, name: str) -> str:
+    """One plugin: its figures and its whole contract, methods included."""
+    rows = [row for row in (await client.request("plugins"))["plugins"] if row["name"] == name]
+    items = await client.list(f"system/plugins/{name}/#")
+    if not items:
+        raise ConfigError(f"no plugin {name!r} is configured")
+    prefix = f"system/plugins/{name}/"
+    lines = [f"{name}" + (f" {rows[0]['version']}" if rows else "")]
+    for item in items:
+        key = item.name[len(prefix):]
+        if key in ("contract/exports", "contract/methods"):
+            continue
+        lines.append(f"  {key:<22} {format_value(item.value)}")
+    values = {i.name[len(prefix):]: i.value for i in items}
+    lines.append("  exports:")
+    for export in values.get("contract/exports") or []:
+        lines.append(f"    {export['pattern']} ({export['type']})")
+    lines.append("  methods:")
+    for method in values.get("contract/methods") or []:
+        params = ", ".join(f"{k}: {v}" for k, v in method["params"].items())
+        who = ", ".join(method["callable_by"]) or "admins only"
+        lines.append(f"    {method['name']}({params}) -> {method['result']}  "
+                     f"[callable by {who}] {method['description']}")
+    return "\n".join(lines)
+
+
+def call(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with connect(args) as client:
+            methods = (await client.get(f"system/plugins/{args.plugin}/contract/methods")).value
+            spec = next((m for m in methods or [] if m["name"] == args.method), None)
+            if spec is None:
+                raise ConfigError(f"plugin {args.plugin!r} exports no method {args.method!r}"
+                                  f"; it exports: " + (", ".join(
+                                      m["name"] for m in methods or []) or "none"))
+            params = {}
+            for pair in args.params:
+                key, sep, text = pair.partition("=")
+                if not sep or key not in spec["params"]:
+                    raise ConfigError(f"{pair!r}: give KEY=VALUE with KEY one of "
+                                      + ", ".join(spec["params"]))
+                params[key] = parse_value(text, ValueType(spec["params"][key]))
+            result = await client.call(args.plugin, args.method, timeout=args.timeout,
+                                       **params)
+            print(format_value(result))
+            return 0
 
     return asyncio.run(main())
 
@@ -131,17 +186,29 @@ def add_runtime_commands(commands: Any) -> None:
     cmd = commands.add_parser(
         "plugins", help="list plugins, or start/stop/restart/reload one",
         description="Without an action: each configured plugin with state, pid, uptime, "
-                    "restarts, CPU and memory. start/stop/restart/reload act on one plugin "
+                    "restarts, CPU and memory. show NAME: one plugin's figures and contract, "
+                    "with the methods it exports. start/stop/restart/reload act on one plugin "
                     "(admin). reload replaces it with the version on disk when the new "
                     "contract provides at least as much and needs no more; --force replaces "
                     "it anyway and restarts the plugins that depend on it.")
     cmd.add_argument("action", nargs="?", default="list",
-                     choices=["list", "start", "stop", "restart", "reload"])
+                     choices=["list", "show", "start", "stop", "restart", "reload"])
     cmd.add_argument("name", nargs="?")
     cmd.add_argument("--force", action="store_true", help="reload: replace even if the "
                      "contract provides less or needs more")
     add_connection_arguments(cmd)
     cmd.set_defaults(handler=plugins)
+
+    cmd = commands.add_parser(
+        "call", help="call a method a plugin exports",
+        description="Call METHOD of plugin NAME through the broker and print the result. "
+                    "Each KEY=VALUE is parsed by the parameter's declared type, as set "
+                    "parses values; plugins show NAME lists the methods.")
+    cmd.add_argument("plugin", metavar="NAME")
+    cmd.add_argument("method", metavar="METHOD")
+    cmd.add_argument("params", nargs="*", metavar="KEY=VALUE")
+    add_connection_arguments(cmd)
+    cmd.set_defaults(handler=call)
 
     cmd = commands.add_parser("logs", help="show a plugin's captured stdout and stderr",
                               description="Print the end of a plugin's log (state dir "

@@ -110,6 +110,31 @@ static void answer(uint64_t msgid, const char *error_code) {
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* Answers `call` of the one method counter_c exports, jump(by: int) -> int: adds `by`
+   to the count and returns the new count. The broker has checked the parameters. */
+static void on_call(uint64_t msgid, msgpack_object *params) {
+    msgpack_object *method = get(params, "method");
+    int64_t by;
+    if (method == NULL || method->type != MSGPACK_OBJECT_STR || method->via.str.size != 4 ||
+        memcmp(method->via.str.ptr, "jump", 4) != 0 ||
+        !as_int(get(get(params, "params"), "by"), &by)) {
+        answer(msgid, "unknown_method");
+        return;
+    }
+    count += by;
+    msgpack_sbuffer sb; msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_int(&pk, 1);
+    msgpack_pack_uint64(&pk, msgid);
+    msgpack_pack_nil(&pk);
+    msgpack_pack_map(&pk, 1);
+    pack_str(&pk, "result"); msgpack_pack_int64(&pk, count);
+    send_buffer(&sb);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 static void on_changes(msgpack_object *params) {
     msgpack_object *items = get(params, "items");
     if (items == NULL || items->type != MSGPACK_OBJECT_ARRAY) return;
@@ -157,6 +182,8 @@ static void dispatch(const char *data, size_t size) {
         } else if (n == 3 && memcmp(method, "end", 3) == 0) {
             ending = true;
             answer((uint64_t)msgid, NULL);
+        } else if (n == 4 && memcmp(method, "call", 4) == 0) {
+            on_call((uint64_t)msgid, &a[3]);
         } else {
             answer((uint64_t)msgid, "unknown_method");
         }

@@ -78,6 +78,10 @@ async function readLoop(socket) {
         ending = true;
         await send([1, msgid, null, {}]);
         shutdown(0);
+      } else if (method === "call" && params.method === "scale") {
+        // The one exported method, scale(value: float) -> float; the broker checked
+        // the parameter's type against the contract.
+        await send([1, msgid, null, { result: params.params.value * factor }]);
       } else {
         await send([1, msgid, { code: "unknown_method", message: `no ${method} here` }, null]);
       }

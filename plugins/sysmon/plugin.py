@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -54,6 +55,28 @@ async def sample(p: Plugin) -> None:
         p.declared = True  # type: ignore[attr-defined]
     else:
         await p.client.set_many(figures)
+
+
+@plugin.method("processes")
+async def processes(p: Plugin, n: int) -> list[dict[str, Any]]:
+    """The top ``n`` processes by CPU over a 0.2 s window: pid, name, CPU %, memory."""
+    procs = list(psutil.process_iter(["pid", "name"]))
+    for proc in procs:
+        try:
+            proc.cpu_percent()  # starts each one's window
+        except psutil.Error:
+            pass
+    await asyncio.sleep(0.2)
+    rows = []
+    for proc in procs:
+        try:
+            rows.append({"pid": proc.pid, "name": proc.info["name"] or "",
+                         "cpu_percent": float(proc.cpu_percent()),
+                         "memory_rss": int(proc.memory_info().rss)})
+        except psutil.Error:
+            continue
+    rows.sort(key=lambda row: row["cpu_percent"], reverse=True)
+    return rows[:max(0, n)]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sdk import Change, Plugin
+from sdk import Change, Plugin, RemoteError
 
 plugin = Plugin()
 
@@ -50,6 +50,27 @@ async def init(p: Plugin, config: dict[str, Any]) -> None:
 
     p.tasks = [asyncio.create_task(follow(watched, "temperature")),  # type: ignore[attr-defined]
                asyncio.create_task(follow(setpoint_sub, "setpoint"))]
+    p.boost_delta = float(config.get("boost_delta", 2.0))  # type: ignore[attr-defined]
+
+
+@plugin.method("boost")
+async def boost(p: Plugin, minutes: float) -> float:
+    """Raise the setpoint by ``boost_delta`` for ``minutes``, then put it back; the
+    boosted setpoint is the result. Writes go through the broker like anyone's."""
+    if not 0 < minutes <= 24 * 60:
+        raise RemoteError("out_of_range", "minutes must be above 0 and at most a day")
+    client = p.client
+    before = (await client.get("thermostat/setpoint")).value
+    boosted = min(30.0, before + p.boost_delta)  # type: ignore[attr-defined]
+    await client.set("thermostat/setpoint", boosted)
+
+    async def restore() -> None:
+        await asyncio.sleep(minutes * 60)
+        if (await client.get("thermostat/setpoint")).value == boosted:
+            await client.set("thermostat/setpoint", before)
+
+    p.restore_task = asyncio.create_task(restore())  # type: ignore[attr-defined]
+    return float(boosted)
 
 
 if __name__ == "__main__":

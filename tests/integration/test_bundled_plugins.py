@@ -52,6 +52,13 @@ async def test_bundled_plugins_run_restart_and_stop(processes: Processes) -> Non
         await processes.until(heater, lambda e: isinstance(e, Change) and e.value is True,
                               timeout=30)
 
+        # Their methods, through the broker: the thermostat's boost, sysmon's processes.
+        await admin.set("thermostat/setpoint", 20.0)
+        assert await admin.call("thermostat", "boost", minutes=1.0) == 22.0
+        assert (await admin.get("thermostat/setpoint")).value == 22.0
+        top = await admin.call("sysmon", "processes", n=3)
+        assert len(top) == 3 and {"pid", "name", "cpu_percent", "memory_rss"} <= set(top[0])
+
         # A plugin killed with SIGKILL is restarted and its properties come back.
         pid = (await admin.get("system/plugins/clock/pid")).value
         clock_all = await admin.subscribe("clock/#", current=False)

@@ -38,7 +38,7 @@ def test_every_command_has_help() -> None:
                     ["conform"], ["plugins"], ["logs"], ["top"], ["store"],
                     ["store", "info"], ["store", "export"], ["store", "import"], ["keys"],
                     ["keys", "new"], ["keys", "show"], ["keys", "list"], ["keys", "allow"],
-                    ["keys", "revoke"]):
+                    ["keys", "revoke"], ["call"]):
         out = plugboard(Path("/nonexistent"), *command, "--help")
         assert out.returncode == 0 and "usage: plugboard" in out.stdout
 
@@ -146,3 +146,22 @@ async def test_store_info_export_import(processes: Processes) -> None:
     assert plugboard(state, "get", "saver/level").stdout.strip() == "3.25"
     assert plugboard(state, "get", "saver/when").stdout.strip() == "2023-11-14T22:13:20.000000Z"
     restarted.stop()
+
+
+async def test_call_and_plugins_show_through_the_command(processes: Processes) -> None:
+    broker = processes.broker(None, "--plugins", str(ROOT / "plugins" / "thermostat"),
+                              "--plugins", str(ROOT / "plugins" / "room"))
+    async with Client(broker.ipc) as client:
+        state = await client.subscribe("system/plugins/thermostat/state")
+        await processes.until(state, lambda e: isinstance(e, Change) and e.value == "ready")
+    shown = plugboard(broker.state_dir, "plugins", "show", "thermostat")
+    assert shown.returncode == 0, shown.stderr
+    assert "boost(minutes: float) -> float  [callable by *]" in shown.stdout
+    assert "thermostat/setpoint (float)" in shown.stdout
+    called = plugboard(broker.state_dir, "call", "thermostat", "boost", "minutes=0.5")
+    assert called.returncode == 0, called.stderr
+    assert float(called.stdout) > 5
+    wrong = plugboard(broker.state_dir, "call", "thermostat", "boost", "hours=1")
+    assert wrong.returncode == 1 and "KEY one of minutes" in wrong.stderr
+    refused = plugboard(broker.state_dir, "call", "thermostat", "boost", "minutes=-1")
+    assert refused.returncode == 1 and "minutes must be above 0" in refused.stderr

@@ -65,6 +65,9 @@ async def test_c_node_and_python_plugins_talk_both_ways(processes: Processes) ->
         await processes.until(scaled, is_change("scaler_js/scaled",
                                                 lambda v: v >= last * 4), 30)
         assert (await python.get("scaler_js/updated_at")).type == "timestamp"
+        # Each serves the method its contract exports, called from Python.
+        assert await python.call("counter_c", "jump", by=1000) >= 1000
+        assert await python.call("scaler_js", "scale", value=2.5) == 10.0
         # Both answer end and exit cleanly.
         for name in ("counter_c", "scaler_js"):
             result = await python.request("plugins.stop", {"name": name}, timeout=30)
