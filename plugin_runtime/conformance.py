@@ -64,6 +64,7 @@ class Checker:
         self.contract = contract
         self.endpoint = f"ipc://{workdir}/conform.sock"
         self.token = secrets.token_urlsafe(16)
+        self.admin_token = secrets.token_urlsafe(16)
         self.workdir = workdir
         self.steps: list[Step] = []
         self.hooks = _Hooks()
@@ -78,6 +79,7 @@ class Checker:
         self.hooks = _Hooks()
         self.server = BrokerServer(ServerConfig(endpoints=(self.endpoint,), core=CoreConfig(
             heartbeat_ms=HEARTBEAT_MS, session_timeout_ms=SESSION_TIMEOUT_MS,
+            admin_token=self.admin_token,
             allow_unmanaged_plugins=True)))  # the stimulus comes from a stand-in plugin
         core = self.server.core
         core.contracts[self.contract.name] = self.contract
@@ -112,6 +114,35 @@ class Checker:
             except TimeoutError:
                 pass
             return {i.name: i.type for i in await client.list(f"{name}/#")}
+
+    async def methods(self) -> None:
+        """Every call the ``[conformance]`` table lists (``call = [{method, params,
+        expect?}]``) through the broker, as admin: it must answer with a result of the
+        declared type (the broker checks that), equal to ``expect`` when given."""
+        calls = self.contract.conformance.get("call", [])
+        if not self.contract.methods:
+            self.record("methods", True, "skipped: the contract exports no methods")
+            return
+        if not calls:
+            self.record("methods", True, "skipped: [conformance] lists no call")
+            return
+        results = []
+        ok = True
+        async with Client(self.endpoint, role="admin", token=self.admin_token,
+                          timeout=5) as caller:
+            for spec in calls:
+                method, params = str(spec.get("method")), dict(spec.get("params", {}))
+                try:
+                    result = await caller.call(self.contract.name, method, **params)
+                except PlugboardError as exc:
+                    ok = False
+                    results.append(f"{method}: {exc}")
+                    continue
+                good = "expect" not in spec or result == spec["expect"]
+                ok = ok and good
+                results.append(f"{method}({params}) = {result!r}"
+                               + ("" if good else f", expected {spec['expect']!r}"))
+        self.record("methods", ok, "; ".join(results))
 
     async def stimulus(self) -> None:
         spec = self.contract.conformance
@@ -180,6 +211,7 @@ class Checker:
                     f"declared {', '.join(f'{n} ({t})' for n, t in props.items()) or 'nothing'}"
                     + (f"; outside the contract: {outside}" if outside else ""))
         await self.stimulus()
+        await self.methods()
         await asyncio.sleep(3 * SESSION_TIMEOUT_MS / 1000)  # several timeouts of silence
         alive = contract.name in self.server.core.plugins
         self.record("heartbeat", alive, "kept its session over three session timeouts"

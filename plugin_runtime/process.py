@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -237,10 +238,11 @@ class PluginProcess:
             return
         self.descendants = sorted(set(self.descendants) | set(found))
 
-    async def stop(self, ask_to_end: Any, timeout: float) -> StopStep:
-        """Escalate: ``ask_to_end()`` (the ``end`` request), then SIGTERM, then SIGKILL,
-        each given ``timeout`` seconds. Returns the step that made it exit. Bounded:
-        whatever descendants do, it returns within about three timeouts."""
+    async def stop(self, ask_to_end: Callable[[], bool | None], timeout: float) -> StopStep:
+        """Escalate: ``ask_to_end()`` (the ``end`` request; it returns False when there
+        is no session to ask), then SIGTERM, then SIGKILL, each given ``timeout``
+        seconds. Returns the step that made it exit. Bounded: whatever descendants do,
+        it returns within about three timeouts."""
         if self.proc is None or self._exited is None or self._exited.done():
             self.kill()  # grandchildren of an exited plugin
             return self.stop_step
@@ -249,7 +251,8 @@ class PluginProcess:
                  (StopStep.SIGKILL, self.kill)]
         for step, action in steps:
             self.stop_step = step
-            action()
+            if action() is False:  # nobody to ask (no session yet): no use waiting
+                continue
             try:
                 await asyncio.wait_for(asyncio.shield(self._exited), timeout)
                 break

@@ -331,11 +331,13 @@ class Supervisor:
             return StopStep.NONE
         self._set_state(plugin, PluginState.STOPPING, "stopping on request")
 
-        def ask_to_end() -> None:
+        def ask_to_end() -> bool:
             session = self.core.plugins.get(name)
-            if session is not None:
-                self.core.ask_to_end(session)
-                self.poke()
+            if session is None:
+                return False
+            self.core.ask_to_end(session)
+            self.poke()
+            return True
 
         step = await process.stop(ask_to_end, plugin.contract.run.stop_timeout)
         if plugin.watcher is not None:

@@ -49,14 +49,14 @@ class RawPeer:
                 return message  # type: ignore[no-any-return]
             self.other.append(message)
 
-    def call(self, method: str, **params: Any) -> Any:
+    def call(self, method: str, /, **params: Any) -> Any:
         """The result; AssertionError naming the error code if the reply is an error."""
         reply = self.reply_to(self.request(method, params))
         if reply[2] is not None:
             raise AssertionError(f"{method} failed: {reply[2]}")
         return reply[3]
 
-    def error(self, method: str, **params: Any) -> dict[str, Any]:
+    def error(self, method: str, /, **params: Any) -> dict[str, Any]:
         reply = self.reply_to(self.request(method, params))
         assert reply[2] is not None, f"{method} succeeded but should fail: {reply[3]}"
         assert isinstance(reply[2]["code"], str) and isinstance(reply[2]["message"], str)
