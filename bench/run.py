@@ -379,6 +379,68 @@ def scenario_slow_subscriber() -> dict[str, Any]:
     return out
 
 
+CALLS_N = 2000
+
+
+async def _call_round_trips(endpoint: str) -> list[int]:
+    from sdk import Client
+
+    async with Client(endpoint, timeout=30) as caller:
+        state = await caller.subscribe("system/plugins/echo/state")
+        async for event in state:
+            if getattr(event, "value", None) == "ready":
+                break
+        await state.close()
+        times = []
+        for index in range(CALLS_N + 100):
+            start = time.perf_counter_ns()
+            await caller.call("echo", "echo", value=index)
+            if index >= 100:  # warm-up excluded
+                times.append(time.perf_counter_ns() - start)
+        return times
+
+
+def _raw_echo_round_trips() -> list[int]:
+    """A DEALER asking a ROUTER that echoes in another thread: the floor of a round trip."""
+    import threading
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def serve() -> None:
+        for _ in range(CALLS_N + 100):
+            router.send_multipart(router.recv_multipart())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    times = []
+    for index in range(CALLS_N + 100):
+        start = time.perf_counter_ns()
+        dealer.send(index.to_bytes(8, "big"))
+        dealer.recv()
+        if index >= 100:
+            times.append(time.perf_counter_ns() - start)
+    thread.join()
+    dealer.close(linger=0)
+    router.close(linger=0)
+    ctx.term()
+    return times
+
+
+def scenario_calls() -> dict[str, Any]:
+    broker = Broker("--plugins", str(ROOT / "bench" / "plugins" / "echo"))
+    try:
+        through = percentiles(asyncio.run(_call_round_trips(broker.tcp)))
+    finally:
+        broker.stop()
+    out = {"call": through, "raw_echo": percentiles(_raw_echo_round_trips())}
+    print(f"calls: {out}", flush=True)
+    return out
+
+
 def scenario_idle() -> dict[str, Any]:
     broker = Broker()
     peers = [Peer("pb-idle", broker.ipc, f"idle{i}") for i in range(20)]
@@ -533,6 +595,15 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
               f"({slow['queued_bytes'] / 2**20:.1f} MiB held for it, the default "
               f"`--peer-queue-bytes` is 8 MiB; {slow['drops']:,} changes dropped and "
               "reported to it as `gap`).",
+              ""]
+    calls = results["calls"]
+    lines += ["### Plugin method calls", "",
+              "| round trip (tcp) | p50 µs | p99 µs | p50 vs raw echo |", "|---|---|---|---|",
+              f"| client → broker → plugin → back (`call`, SDK) | "
+              f"{calls['call']['p50_us']:.0f} | {calls['call']['p99_us']:.0f} | "
+              f"{ratio(calls['call']['p50_us'], calls['raw_echo']['p50_us'])} |",
+              f"| DEALER ↔ ROUTER echo (pyzmq, no broker) | "
+              f"{calls['raw_echo']['p50_us']:.0f} | {calls['raw_echo']['p99_us']:.0f} | 1.00 |",
               "", "## 6. Idle cost", "",
               f"Broker CPU over 10 s with 20 idle plugins connected: "
               f"{results['idle']['cpu_percent_of_one_core']:.2f} % of one core.", "",
@@ -605,6 +676,7 @@ def main() -> None:
         "scale": scenario_snapshot_and_memory(),
         "set_cost": scenario_set_cost(),
         "slow_subscriber": scenario_slow_subscriber(),
+        "calls": scenario_calls(),
         "idle": scenario_idle(),
         "startup": scenario_startup(),
         "profile": scenario_profile(),
