@@ -35,7 +35,8 @@ READY = re.compile(r"listening on (\S+)")
 
 def start_broker(state: Path, durability: str) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "--state-dir", str(state),
-                             "--log-level", "WARNING", "broker", "--durability", durability],
+                             "--log-level", "WARNING", "broker", "--durability", durability,
+                             "--allow-unmanaged-plugins"],
                             stdout=subprocess.PIPE, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()

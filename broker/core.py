@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 BROKER_VERSION = "0.1.0"
 BACKLOG_RETRY_S = (0.0005, 0.02)
 """How soon frames ZeroMQ refused are offered again: it tells no one when a peer's pipe
-has room, so the broker asks again, first after 0.5 ms (a busy but healthy peer), then
-doubling to 20 ms while the peer stays congested (a stalled one costs little)."""
+has room, so the broker asks again after 0.5 ms while retries make progress (a busy but
+healthy peer), doubling to 20 ms while ZeroMQ takes nothing (a stalled one costs
+little)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +173,8 @@ class BrokerCore:
         self._congested: dict[Session, None] = {}
         """Sessions with a backlog: their frames are retried, their changes held back."""
         self._retry_in = BACKLOG_RETRY_S[0]
+        self._offered = self._refused = 0
+        """Backlog frames offered in the last flush, and how many came back refused."""
         self.shutting_down = False
         self._outbox: list[tuple[bytes, bytes]] = []
         self._dirty: dict[Subscription, None] = {}
@@ -247,6 +250,7 @@ class BrokerCore:
                     session.budget.used -= len(frame)
                     retry.append((session.peer, frame))
             self._congested = {}
+        self._offered, self._refused = len(retry), 0
         if self._dirty:
             now = self.clock()
             for sub in list(self._dirty):
@@ -270,6 +274,7 @@ class BrokerCore:
         if session is None:
             self._drops_of_ended += len(frames)
             return
+        self._refused += len(frames)
         budget = session.budget
         for frame in frames:
             if budget.fits(len(frame)):
@@ -306,9 +311,11 @@ class BrokerCore:
         if not self._congested:
             self._retry_in = BACKLOG_RETRY_S[0]
             return float("inf")
-        deadline = self.clock() + self._retry_in
-        self._retry_in = min(self._retry_in * 2, BACKLOG_RETRY_S[1])
-        return deadline
+        if self._offered and self._refused >= self._offered:  # no progress: back off
+            self._retry_in = min(self._retry_in * 2, BACKLOG_RETRY_S[1])
+        else:
+            self._retry_in = BACKLOG_RETRY_S[0]
+        return self.clock() + self._retry_in
 
     def peer_gone(self, peer: bytes, reason: str) -> None:
         """The driver learned the peer is unreachable (its connection is gone)."""
@@ -693,18 +700,13 @@ class BrokerCore:
             raise ProtocolError("forbidden", f"{prop.name} belongs to the broker and is read-only")
         if session.role is Role.ADMIN:
             return
-        plugin = session.role is Role.PLUGIN
-        if plugin and session.name == prop.owner:
+        if session.role is Role.PLUGIN and session.name == prop.owner:
             return
         allowed = prop.meta.writable_by
-        if (WRITERS_ANY in allowed or (plugin and (WRITERS_PLUGINS in allowed
-                                                   or session.name in allowed))
-                or (session.role is Role.CLIENT and WRITERS_CLIENTS in allowed)):
-            return
-        who = f"plugin {session.name!r}" if plugin else f"a {session.role.value}"
-        raise ProtocolError("forbidden", f"{prop.name} is writable by its owner "
-                            f"{prop.owner!r}" + (f" and {list(allowed)}" if allowed else "")
-                            + f", not by {who}", name=prop.name)
+        if not _allows(allowed, session):
+            raise ProtocolError("forbidden", f"{prop.name} is writable by its owner "
+                                f"{prop.owner!r}" + (f" and {list(allowed)}" if allowed else "")
+                                + f", not by {_who(session)}", name=prop.name)
 
     def _write(self, prop: Property, value: Any) -> None:
         self.store.write(prop, value, Timestamp.from_unix_nano(self.wallclock()))
@@ -876,15 +878,10 @@ class BrokerCore:
         if session.role is Role.ADMIN or (session.role is Role.PLUGIN and session.name == plugin):
             return
         allowed = spec.callable_by
-        is_plugin = session.role is Role.PLUGIN
-        if (WRITERS_ANY in allowed or (is_plugin and (WRITERS_PLUGINS in allowed
-                                                      or session.name in allowed))
-                or (session.role is Role.CLIENT and WRITERS_CLIENTS in allowed)):
-            return
-        who = f"plugin {session.name!r}" if is_plugin else f"a {session.role.value}"
-        raise ProtocolError("forbidden", f"{plugin}.{spec.name} is callable by admins"
-                            + (f" and {list(allowed)}" if allowed else "") + f", not by {who}",
-                            plugin=plugin, method=spec.name)
+        if not _allows(allowed, session):
+            raise ProtocolError("forbidden", f"{plugin}.{spec.name} is callable by admins"
+                                + (f" and {list(allowed)}" if allowed else "")
+                                + f", not by {_who(session)}", plugin=plugin, method=spec.name)
 
     # -- messages between peers -----------------------------------------------------------
 
@@ -929,6 +926,20 @@ class BrokerCore:
             raise ProtocolError("not_found", f"no listen {lid} in this session")
         self.listeners.remove(pattern, (session, lid))
         return {}
+
+
+def _allows(allowed: tuple[str, ...], session: Session) -> bool:
+    """The ``writable_by`` / ``callable_by`` rule: plugin names, ``plugins``,
+    ``clients`` or ``*`` (owners and admins are checked by the caller)."""
+    if session.role is Role.PLUGIN:
+        return bool({WRITERS_ANY, WRITERS_PLUGINS, session.name} & set(allowed))
+    return WRITERS_ANY in allowed or (session.role is Role.CLIENT
+                                      and WRITERS_CLIENTS in allowed)
+
+
+def _who(session: Session) -> str:
+    return f"plugin {session.name!r}" if session.role is Role.PLUGIN else \
+        f"a {session.role.value}"
 
 
 def _call_params(plugin: str, spec: Method, given: dict[str, Any]) -> dict[str, Any]:
