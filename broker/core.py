@@ -238,13 +238,17 @@ class BrokerCore:
 
     def flush(self) -> list[tuple[bytes, bytes]]:
         """Frames to send now: backlogs first, then replies and one batch per
-        subscription with news. A peer with a backlog gets no new batch until ZeroMQ
-        took all of it: its changes wait in its subscriptions, bounded by their policy."""
+        subscription with news. A peer whose backlog is over a quarter of its budget
+        gets no new batch until ZeroMQ took it: its changes wait in its subscriptions,
+        bounded by their policy. (A smaller backlog is a busy peer, not a stalled one:
+        its batches keep flowing behind it.)"""
         retry: list[tuple[bytes, bytes]] = []
         held: dict[bytes, None] = {}
         if self._congested:
             for session in self._congested:
-                held[session.peer] = None
+                backlog = sum(map(len, session.backlog))
+                if backlog > session.budget.limit // 4:
+                    held[session.peer] = None
                 while session.backlog:
                     frame = session.backlog.popleft()
                     session.budget.used -= len(frame)

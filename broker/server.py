@@ -42,10 +42,11 @@ class ServerConfig:
     endpoints: tuple[str, ...]
     """Where to bind; ``tcp://127.0.0.1:*`` picks a free port (see ``endpoints``)."""
     core: CoreConfig = field(default_factory=CoreConfig)
-    send_hwm: int = 100
+    send_hwm: int = 1000
     """Frames ZeroMQ queues per peer; past it the core keeps them (within the peer's
     ``peer_queue_bytes``) and holds back new changes for it. Small, because ZeroMQ
-    counts frames, not bytes: this times a batch's ~64 KiB bounds what it holds."""
+    counts frames, not bytes: this times a batch's ~16 KiB (or one larger value) bounds
+    what it holds."""
     receive_batch: int = 1000
     """Most messages applied before one flush."""
     batch_ms: int = 100

@@ -20,8 +20,9 @@ from .sessions import QueueBudget
 if TYPE_CHECKING:
     from .datastore import Property
 
-BATCH_BYTES = 64 * 1024
-"""A ``changes`` batch closes once its items reach about this many bytes."""
+BATCH_BYTES = 16 * 1024
+"""A ``changes`` batch closes once its items reach about this many bytes: small, since
+ZeroMQ holds up to send_hwm frames for a peer whatever their size."""
 _ITEM_OVERHEAD = 24
 
 T = TypeVar("T")

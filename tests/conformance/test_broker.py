@@ -317,7 +317,7 @@ def test_a_subscriber_that_does_not_read_is_told_what_it_missed(
     slow.hello()
     slow.call("subscribe", pattern=f"{name}/#", policy="all", current=False)  # then no reads
     rss = psutil.Process(target.broker.pid).memory_info().rss if target.broker else 0
-    writes, size = 800, 50_000
+    writes, size = 4000, 10_000
     for index in range(writes):
         owner.call("set", target=f"{name}/blob", value=bytes([index % 256]) * size)
         if index % 50 == 0:

@@ -5,8 +5,9 @@ from typing import Any
 import msgpack
 import pytest
 
+from broker.subscriptions import BATCH_BYTES
 from protocol import Duration, RemoteError, Timestamp
-from protocol.codec import Notification, Request, Response, encode
+from protocol.codec import Notification, Request, Response, encode, encode_value
 
 from .harness import REMOVED, Harness
 
@@ -267,9 +268,12 @@ def test_snapshot_of_100k_properties_arrives_complete_in_chunks() -> None:
     h.pump()
     h.call(C, "subscribe", pattern="p/#")
     notes = h.notes(C)
-    assert len(notes) == 100 and all(len(n["items"]) <= 1000 for n in notes)
+    # Batches close at 1000 items or about BATCH_BYTES, whichever comes first.
+    assert len(notes) >= 100 and all(len(n["items"]) <= 1000 for n in notes)
+    assert all(len(encode_value(n)) < BATCH_BYTES + 4096 for n in notes)
     assert sum(len(n["items"]) for n in notes) == 100_000
-    assert [n["seq"] for n in notes] == list(range(1, 101)) and notes[-1]["synced"]
+    assert [n["seq"] for n in notes] == list(range(1, len(notes) + 1)) and notes[-1]["synced"]
+    assert not any(n.get("synced") for n in notes[:-1])
 
 
 def test_a_set_touches_only_its_own_subscribers() -> None:
@@ -416,7 +420,7 @@ def test_a_congested_peer_gets_its_backlog_first_and_its_changes_held_in_budget(
     h.call(P, "declare", name="p/x", type="bytes", value=b"")
     h.call(C, "subscribe", pattern="p/#", policy="all", current=False)
     session = h.core.sessions[C]
-    refused = [encode(Notification("message", {"n": i})) for i in range(2)]
+    refused = [encode(Notification("message", {"pad": b"x" * 600})) for _ in range(2)]
     h.core.blocked(C, refused)  # as the driver does when ZeroMQ says EAGAIN
     assert session.budget.used == sum(map(len, refused))
     for index in range(10):
