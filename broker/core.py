@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from protocol import limits
 from protocol._version import SUPPORTED_VERSIONS
 from protocol.codec import Notification, Request, Response, decode, encode, request_msgid
+from protocol.declaration import WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS, parse_meta
 from protocol.errors import ProtocolError
 from protocol.names import (
     SYSTEM_NAMESPACE,
@@ -31,14 +32,7 @@ from protocol.names import (
 )
 from protocol.values import Timestamp, ValueType, check_value
 
-from .datastore import (
-    WRITERS_ANY,
-    WRITERS_CLIENTS,
-    WRITERS_PLUGINS,
-    Datastore,
-    Property,
-    parse_meta,
-)
+from .datastore import Datastore, Property
 from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
 from .store import Record, Store

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from protocol.declaration import Meta
 from protocol.errors import ProtocolError
 from protocol.names import validate_name
-from protocol.values import NUMERIC_TYPES, Duration, Timestamp, ValueType, check_value
+from protocol.values import Timestamp, ValueType, check_value
 
 if TYPE_CHECKING:
     from .subscriptions import Subscription
@@ -22,114 +23,6 @@ if TYPE_CHECKING:
 _GEN_BITS = 24
 _GEN_MASK = (1 << _GEN_BITS) - 1
 MAX_SLOTS = 1 << 29
-
-WRITERS_ANY = "*"
-WRITERS_CLIENTS = "clients"
-WRITERS_PLUGINS = "plugins"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Meta:
-    """What a declaration says about a property besides its type."""
-
-    unit: str | None = None
-    """Unit of measurement, free text such as ``degC`` or ``B/s``."""
-    description: str | None = None
-    """One line for people reading ``plugboard ls``."""
-    min: Any = None
-    """Smallest value a write may set (numeric types only)."""
-    max: Any = None
-    """Largest value a write may set (numeric types only)."""
-    enum: list[Any] | None = None
-    """The only values a write may set."""
-    writable_by: tuple[str, ...] = ()
-    """Who besides the owner may write: plugin names, ``plugins``, ``clients`` or ``*``."""
-    persist: bool = False
-    """Keep the last value across broker restarts (stored now, honoured by the store)."""
-
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            k: getattr(self, k)
-            for k in ("unit", "description", "min", "max", "enum")
-            if getattr(self, k) is not None
-        }
-        if self.writable_by:
-            out["writable_by"] = list(self.writable_by)
-        if self.persist:
-            out["persist"] = True
-        return out
-
-
-def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
-    """Read the metadata of a ``declare`` request, checking it fits the type."""
-
-    def text(key: str) -> str | None:
-        value = params.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ProtocolError("invalid_params", f"{key} must be a string")
-        return value
-
-    bounds = {}
-    for key in ("min", "max"):
-        value = params.get(key)
-        if value is not None:
-            if vtype not in NUMERIC_TYPES:
-                raise ProtocolError("invalid_params", f"{key} applies to int, float and "
-                                    f"duration properties, not {vtype.value}")
-            bounds[key] = _declared(vtype, key, value)
-    if "min" in bounds and "max" in bounds and _num(bounds["min"]) > _num(bounds["max"]):
-        raise ProtocolError("invalid_params", "min is greater than max")
-    enum_values = params.get("enum")
-    if enum_values is not None:
-        if not isinstance(enum_values, list) or not enum_values:
-            raise ProtocolError("invalid_params", "enum must be a non-empty list")
-        enum_values = [_declared(vtype, "enum", v) for v in enum_values]
-    writable_by = params.get("writable_by", [])
-    if isinstance(writable_by, str):
-        writable_by = [writable_by]
-    if not isinstance(writable_by, list) or not all(isinstance(w, str) for w in writable_by):
-        raise ProtocolError("invalid_params", "writable_by must be a list of strings")
-    persist = params.get("persist", False)
-    if not isinstance(persist, bool):
-        raise ProtocolError("invalid_params", "persist must be a bool")
-    return _shared(Meta(
-        unit=text("unit"), description=text("description"), min=bounds.get("min"),
-        max=bounds.get("max"), enum=enum_values, writable_by=tuple(writable_by),
-        persist=persist,
-    ))
-
-
-def _declared(vtype: ValueType, key: str, value: Any) -> Any:
-    """A min/max/enum value checked against the type: a wrong one is a bad declaration
-    (``invalid_params``), not a bad write."""
-    try:
-        return check_value(vtype, value)
-    except ProtocolError as exc:
-        raise ProtocolError("invalid_params", f"{key} of a {vtype.value} property: "
-                            f"{exc.message}", field=key) from None
-
-
-_META_CACHE: dict[tuple[Any, ...], Meta] = {}
-
-
-def _shared(meta: Meta) -> Meta:
-    """One Meta object for identical declarations: a large store repeats a few shapes."""
-    try:
-        # Types are part of the key: 0 == 0.0 == False, but they are not the same bound.
-        enum = tuple((type(v), v) for v in meta.enum) if meta.enum is not None else None
-        key = (meta.unit, meta.description, type(meta.min), meta.min, type(meta.max),
-               meta.max, enum, meta.writable_by, meta.persist)
-        hash(key)
-    except TypeError:  # enum values that are lists or maps
-        return meta
-    if len(_META_CACHE) > 10_000:
-        _META_CACHE.clear()
-    return _META_CACHE.setdefault(key, meta)
-
-
-def _num(value: Any) -> Any:
-    return value.ns if isinstance(value, Duration) else value
-
 
 @dataclass(slots=True, eq=False)
 class Property:

@@ -14,29 +14,13 @@ import secrets
 import stat
 from pathlib import Path
 
+from protocol.discovery import SOCKET_NAME, TOKEN_NAME
 from protocol.errors import ConfigError
 
-SOCKET_NAME = "broker.sock"
-TOKEN_NAME = "admin.token"
 LOCK_NAME = "broker.lock"
 _IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the NUL
 
 log = logging.getLogger(__name__)
-
-
-def default_state_dir() -> Path:
-    """``$PLUGBOARD_STATE_DIR``, else ``$XDG_STATE_HOME/plugboard``, else
-    ``~/.local/state/plugboard``."""
-    explicit = os.environ.get("PLUGBOARD_STATE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "plugboard"
-
-
-def default_endpoint(state_dir: Path) -> str:
-    """The ipc endpoint in ``state_dir`` (``$PLUGBOARD_ENDPOINT`` wins where the CLI reads it)."""
-    return f"ipc://{Path(state_dir).absolute() / SOCKET_NAME}"
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -50,14 +34,6 @@ def check_endpoint(endpoint: str) -> str:
     elif not endpoint.startswith(("tcp://", "inproc://")):
         raise ConfigError(f"endpoint {endpoint!r} must start with ipc:// or tcp://")
     return endpoint
-
-
-def read_admin_token(state_dir: Path) -> str | None:
-    """The running broker's admin token, or None if it cannot be read here."""
-    try:
-        return (Path(state_dir) / TOKEN_NAME).read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _tighten(path: Path) -> None:

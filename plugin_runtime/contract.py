@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.datastore import Meta, parse_meta
 from protocol._version import SUPPORTED_VERSIONS
+from protocol.declaration import Meta, parse_meta
 from protocol.errors import ProtocolError
 from protocol.names import matches, validate_pattern, validate_plugin_name
 from protocol.values import ValueType

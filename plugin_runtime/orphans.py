@@ -67,7 +67,8 @@ def processes_with_tokens(tokens: set[str]) -> list[psutil.Process]:
 
 
 def kill_all(procs: list[psutil.Process]) -> list[str]:
-    """SIGKILL each; returns ``pid (name)`` of those that were still there."""
+    """SIGKILL each; returns ``pid (name)`` of those that were still there. Adopted ones
+    are reaped later by :func:`reap_adopted`, which knows which pids are plugins."""
     killed = []
     for proc in procs:
         try:
@@ -76,11 +77,10 @@ def kill_all(procs: list[psutil.Process]) -> list[str]:
             killed.append(label)
         except psutil.Error:
             continue
-    reap_adopted()
     return killed
 
 
-def reap_adopted(keep: set[int] | None = None) -> None:
+def reap_adopted(keep: set[int]) -> None:
     """Collect the exit status of adopted orphans that ended, so none stays a zombie.
 
     Only as a subreaper: otherwise this process's children are all its own Popen
@@ -89,7 +89,6 @@ def reap_adopted(keep: set[int] | None = None) -> None:
     """
     if not _subreaper:
         return
-    keep = keep or set()
     try:
         children = psutil.Process().children()
     except psutil.Error:

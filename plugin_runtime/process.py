@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import psutil
 
 from .contract import Contract
-from .orphans import kill_all, processes_with_tokens, reap_adopted
+from .orphans import kill_all, processes_with_tokens
 
 _PR_SET_PDEATHSIG = 1
 LOG_MAX_BYTES = 1024 * 1024
@@ -226,8 +226,6 @@ class PluginProcess:
             except OSError:
                 continue
         self.escaped += kill_all(outside)
-        if not outside:
-            reap_adopted({self.proc.pid})
 
     def remember_descendants(self) -> None:
         if self._ps is None:

@@ -27,6 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol._version import SUPPORTED_VERSIONS
 from protocol.codec import Notification, Request, Response, decode, encode
+from protocol.discovery import default_endpoint, default_state_dir
 from protocol.errors import (
     ConnectionFailed,
     ProtocolError,
@@ -72,8 +73,6 @@ def endpoint_from_env() -> str:
     explicit = os.environ.get("PLUGBOARD_ENDPOINT")
     if explicit:
         return explicit
-    from broker.statedir import default_endpoint, default_state_dir
-
     return default_endpoint(default_state_dir())
 
 

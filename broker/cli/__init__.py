@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol.discovery import default_state_dir
 from protocol.errors import PlugboardError
 
-from ..statedir import default_state_dir
 from . import client_commands, daemon, key_commands, plugin_commands, store_commands
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol.discovery import default_endpoint, read_admin_token
 from protocol.values import ValueType
 from sdk import Change, Client, Gap, Reconnected, Removed, Synced
 from sdk._keys import (
@@ -26,7 +27,6 @@ from sdk._keys import (
 )
 
 from ..security import CURVE_DIR
-from ..statedir import default_endpoint, read_admin_token
 from .values import format_table, format_value, parse_value
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from plugin_runtime.contract import Contract, check_contracts
 from plugin_runtime.orphans import become_subreaper
 from plugin_runtime.supervisor import Supervisor
+from protocol.discovery import default_endpoint
 
 from ..core import CoreConfig
 from ..security import KeyRing, curve_dir, ensure_key_pair
 from ..server import BrokerServer, ServerConfig
-from ..statedir import StateDir, default_endpoint
+from ..statedir import StateDir
 from ..store import STORE_NAME, Durability, Store
 
 log = logging.getLogger(__name__)

@@ -89,8 +89,9 @@ static void send_buffer(msgpack_sbuffer *sb) {
         fprintf(stderr, "counter_c: send failed: %s\n", zmq_strerror(errno));
 }
 
-/* Answers a request the broker sent (init, end) with an empty map or an error. */
-static void answer(uint64_t msgid, const char *error_code) {
+/* Answers a request the broker sent: an error, {"result": *result} for a call, or an
+   empty map (init, end). */
+static void answer(uint64_t msgid, const char *error_code, const int64_t *result) {
     msgpack_sbuffer sb; msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -102,6 +103,10 @@ static void answer(uint64_t msgid, const char *error_code) {
         pack_str(&pk, "code"); pack_str(&pk, error_code);
         pack_str(&pk, "message"); pack_str(&pk, "counter_c does not handle this method");
         msgpack_pack_nil(&pk);
+    } else if (result) {
+        msgpack_pack_nil(&pk);
+        msgpack_pack_map(&pk, 1);
+        pack_str(&pk, "result"); msgpack_pack_int64(&pk, *result);
     } else {
         msgpack_pack_nil(&pk);
         msgpack_pack_map(&pk, 0);
@@ -118,21 +123,11 @@ static void on_call(uint64_t msgid, msgpack_object *params) {
     if (method == NULL || method->type != MSGPACK_OBJECT_STR || method->via.str.size != 4 ||
         memcmp(method->via.str.ptr, "jump", 4) != 0 ||
         !as_int(get(get(params, "params"), "by"), &by)) {
-        answer(msgid, "unknown_method");
+        answer(msgid, "unknown_method", NULL);
         return;
     }
     count += by;
-    msgpack_sbuffer sb; msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 4);
-    msgpack_pack_int(&pk, 1);
-    msgpack_pack_uint64(&pk, msgid);
-    msgpack_pack_nil(&pk);
-    msgpack_pack_map(&pk, 1);
-    pack_str(&pk, "result"); msgpack_pack_int64(&pk, count);
-    send_buffer(&sb);
-    msgpack_sbuffer_destroy(&sb);
+    answer(msgid, NULL, &count);
 }
 
 static void on_changes(msgpack_object *params) {
@@ -178,14 +173,14 @@ static void dispatch(const char *data, size_t size) {
                 follow[f->via.str.size] = 0;
             }
             initialised = true;
-            answer((uint64_t)msgid, NULL);
+            answer((uint64_t)msgid, NULL, NULL);
         } else if (n == 3 && memcmp(method, "end", 3) == 0) {
             ending = true;
-            answer((uint64_t)msgid, NULL);
+            answer((uint64_t)msgid, NULL, NULL);
         } else if (n == 4 && memcmp(method, "call", 4) == 0) {
             on_call((uint64_t)msgid, &a[3]);
         } else {
-            answer((uint64_t)msgid, "unknown_method");
+            answer((uint64_t)msgid, "unknown_method", NULL);
         }
     } else if (kind == 2 && a[1].type == MSGPACK_OBJECT_STR) {
         if (a[1].via.str.size == 7 && memcmp(a[1].via.str.ptr, "changes", 7) == 0)
