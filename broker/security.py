@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CURVE_DIR = "curve"
 AUTHORIZED_NAME = "authorized_keys.json"
 ROLES = ("client", "admin", "plugin")
-"""Roles a key may be granted. Plugins and (later) agents are held to their names."""
+"""Roles a key may be granted; a plugin key is held to the names it is given."""
 ZAP_DOMAIN = "plugboard"
 
 
