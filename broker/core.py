@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from protocol import limits
 from protocol._version import SUPPORTED_VERSIONS
@@ -26,12 +26,15 @@ from protocol.names import (
     SYSTEM_NAMESPACE,
     matches,
     namespace,
+    validate_agent_name,
     validate_name,
     validate_pattern,
     validate_plugin_name,
 )
+from protocol.plugin_spec import MethodSpec, PluginSpec
 from protocol.values import Timestamp, ValueType, check_value
 
+from .agents import AgentDesk
 from .datastore import Datastore, Property
 from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
@@ -81,45 +84,6 @@ class CoreConfig:
 
 Clock = Callable[[], float]
 WallClock = Callable[[], int]
-
-
-class Export(Protocol):
-    @property
-    def type(self) -> ValueType: ...
-
-
-class Method(Protocol):
-    """An exported method, as the core checks calls to it."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def params(self) -> dict[str, ValueType]: ...
-    @property
-    def result(self) -> ValueType: ...
-    @property
-    def callable_by(self) -> tuple[str, ...]: ...
-
-
-class PluginContract(Protocol):
-    """What the core needs of a plugin's contract: which names it may declare, as what,
-    and which methods others may call."""
-
-    def export_for(self, name: str, vtype: ValueType | None = None) -> Export | None: ...
-
-    def method_for(self, name: str) -> Method | None: ...
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The ``[config]`` table, sent to the plugin in ``init``."""
-
-
-class RuntimeHooks(Protocol):
-    """How the plugin runtime hears about plugin sessions (it runs in the same loop)."""
-
-    def plugin_ready(self, session: Session) -> None: ...
-
-    def plugin_session_ended(self, session: Session, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,21 +147,21 @@ class BrokerCore:
             "publish": self._publish, "listen": self._listen, "unlisten": self._unlisten,
             "sessions": self._list_sessions,
         }
-        self.contracts: dict[str, PluginContract] = {}
+        self.contracts: dict[str, PluginSpec] = {}
         """Plugins held to a contract: they may declare only what it exports."""
         self.plugin_tokens: dict[str, str] = {}
         """One-time tokens of launched plugins, valid while their process lives."""
-        self.runtime: RuntimeHooks | None = None
         self.persistence: Store | None = None
         """Where persistent properties are kept; None keeps nothing."""
-        self._extra_methods: dict[str, tuple[MethodHandler, bool]] = {}
+        self._extra_methods: dict[str, tuple[MethodHandler, tuple[Role, ...] | None]] = {}
         self.keys: KeyRing | None = None
         """CURVE keys allowed in, with their roles and names; None without CURVE."""
         self._peer_keys: dict[bytes, str] = {}
         """The CURVE key each tcp connection proved (the ZAP handler's User-Id)."""
-        self.register_method("keys.reload", self._reload_keys, admin_only=True)
+        self.register_method("keys.reload", self._reload_keys, roles=(Role.ADMIN,))
         self.register_method("call", self._call)
         self.system = SystemProperties(self)
+        self.agents = AgentDesk(self)
 
     # -- the driver's interface ---------------------------------------------------
 
@@ -350,10 +314,10 @@ class BrokerCore:
         self._outbox.append((session.peer, encode(Request(msgid, method, params))))
 
     def register_method(self, name: str, handler: MethodHandler, *,
-                        admin_only: bool = False) -> None:
-        """Add a method (the runtime's plugin control); ``handler(session, params, msgid)``
-        returns a result, or DEFERRED and answers later with :meth:`complete`."""
-        self._extra_methods[name] = (handler, admin_only)
+                        roles: tuple[Role, ...] | None = None) -> None:
+        """Add a method, for ``roles`` only (None: every role); ``handler(session, params,
+        msgid)`` returns a result, or DEFERRED and answers later with :meth:`complete`."""
+        self._extra_methods[name] = (handler, roles)
 
     def complete(self, peer: bytes, msgid: int, result: Any = None,
                  error: ProtocolError | None = None) -> None:
@@ -387,8 +351,10 @@ class BrokerCore:
         pending, session.requests = session.requests, {}
         for request in pending.values():
             request.on_reply(None)
-        if session.role is Role.PLUGIN and self.runtime is not None:
-            self.runtime.plugin_session_ended(session, reason)
+        if session.role is Role.PLUGIN:
+            self.agents.plugin_ended(session, reason)
+        elif session.role is Role.AGENT:
+            self.agents.agent_ended(session)
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -417,9 +383,10 @@ class BrokerCore:
                 raise ProtocolError("hello_required", "the first request on a connection "
                                     f"must be hello, not {request.method!r}")
             elif request.method in self._extra_methods:
-                extra, admin_only = self._extra_methods[request.method]
-                if admin_only and session.role is not Role.ADMIN:
-                    raise ProtocolError("forbidden", f"{request.method} needs the admin role")
+                extra, roles = self._extra_methods[request.method]
+                if roles is not None and session.role not in roles:
+                    raise ProtocolError("forbidden", f"{request.method} needs the role "
+                                        + " or ".join(r.value for r in roles))
                 result = extra(session, request.params, request.msgid)
                 if result is DEFERRED:
                     return
@@ -485,8 +452,8 @@ class BrokerCore:
         try:
             role = Role(role_text)
         except ValueError:
-            raise ProtocolError("invalid_params", f"role must be plugin, client or admin, "
-                                f"got {role_text!r}") from None
+            raise ProtocolError("invalid_params", "role must be plugin, client, admin or "
+                                f"agent, got {role_text!r}") from None
         name = _param(params, "name", str, None)
         token = _param(params, "token", str, None)
         key = self._peer_keys.get(peer)
@@ -511,15 +478,24 @@ class BrokerCore:
                                     "this broker's runtime, and plugins started by hand are "
                                     "not allowed (start the broker with "
                                     "--allow-unmanaged-plugins)")
-        elif role is Role.ADMIN and key is None:
+        elif role in (Role.ADMIN, Role.AGENT) and key is None:
             expected = self.config.admin_token
             if expected is None or token is None or not hmac.compare_digest(token, expected):
-                raise ProtocolError("unauthorized", "the admin role needs the token from the "
-                                    "broker's state directory (admin.token)")
+                raise ProtocolError("unauthorized", f"the {role.value} role needs the token "
+                                    "from the broker's state directory (admin.token), or "
+                                    "a CURVE key granted it")
+        if role is Role.AGENT:
+            validate_agent_name(name)
         session = Session(peer=peer, sid=f"s{self._new_id()}", role=role, name=name,
                           version=max(common), last_seen=self.clock(),
                           budget=QueueBudget(self.config.peer_queue_bytes))
         self.sessions[peer] = session
+        if role is Role.AGENT:
+            try:  # its registrations come with hello, so a reconnect re-registers at once
+                self.agents.connected(session, params.get("plugins", []))
+            except ProtocolError:
+                del self.sessions[peer]
+                raise
         if role is Role.PLUGIN:
             self.plugins[name] = session
             contract = self.contracts.get(name)
@@ -541,7 +517,8 @@ class BrokerCore:
         grant = self.keys.lookup(key) if self.keys is not None else None
         if grant is None:
             raise ProtocolError("unauthorized", f"key {key} is not (or no longer) authorized")
-        if role.value != grant.role and role is not Role.CLIENT:
+        acting_agent = role is Role.AGENT and grant.role == Role.ADMIN.value
+        if role.value != grant.role and role is not Role.CLIENT and not acting_agent:
             raise ProtocolError("unauthorized", f"key {key} is granted the role "
                                 f"{grant.role!r}, not {role.value!r}")
         if role is Role.PLUGIN and name not in grant.names:
@@ -574,8 +551,7 @@ class BrokerCore:
             self.end_session(session, "init failed")
             return
         session.state = SessionState.READY
-        if self.runtime is not None:
-            self.runtime.plugin_ready(session)
+        self.agents.plugin_ready(session)
 
     def _bye(self, session: Session, params: dict[str, Any]) -> Any:
         return {}
@@ -872,7 +848,7 @@ class BrokerCore:
                      answered, timeout_ms / 1000)
         return DEFERRED
 
-    def _may_call(self, session: Session, plugin: str, spec: Method) -> None:
+    def _may_call(self, session: Session, plugin: str, spec: MethodSpec) -> None:
         if session.role is Role.ADMIN or (session.role is Role.PLUGIN and session.name == plugin):
             return
         allowed = spec.callable_by
@@ -940,7 +916,7 @@ def _who(session: Session) -> str:
         f"a {session.role.value}"
 
 
-def _call_params(plugin: str, spec: Method, given: dict[str, Any]) -> dict[str, Any]:
+def _call_params(plugin: str, spec: MethodSpec, given: dict[str, Any]) -> dict[str, Any]:
     """The call's parameters checked against the declaration: all present, none unknown,
     each of its declared type (its error names the parameter)."""
     unknown = sorted(set(given) - set(spec.params))

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 CURVE_DIR = "curve"
 AUTHORIZED_NAME = "authorized_keys.json"
-ROLES = ("client", "admin", "plugin")
-"""Roles a key may be granted; a plugin key is held to the names it is given."""
+ROLES = ("client", "admin", "plugin", "agent")
+"""Roles a key may be granted; a plugin key is held to the names it is given. An admin
+key may also act as an agent (the local agent of ``plugboard broker`` uses it)."""
 ZAP_DOMAIN = "plugboard"
 
 

@@ -24,6 +24,9 @@ class Role(enum.StrEnum):
     """Reads and subscribes; writes only where a declaration allows it."""
     ADMIN = "admin"
     """Reads and writes every property outside ``system/``; needs the admin token."""
+    AGENT = "agent"
+    """The plugin runtime of one host: registers and supervises the plugins it manages
+    and reports them below ``system/plugins/``; needs the admin token or an agent key."""
 
 
 class SessionState(enum.StrEnum):

@@ -1,8 +1,9 @@
 """``plugboard conform DIR``: drive one plugin, in any language, through its life cycle
 and report what it got wrong.
 
-The checker runs its own broker on a private ipc endpoint and launches the plugin as
-the runtime would (environment, token, process group). Steps: hello and init,
+The checker runs its own broker process on a private ipc endpoint, connects to it as
+an agent (the role the runtime speaks to the broker in) and launches the plugin as the
+runtime would (environment, token, process group). Steps: hello and init,
 declarations within the contract, a subscription delivery (when the contract has a
 ``[conformance]`` table), heartbeats over several session timeouts, a broker restart
 (the plugin must reconnect and declare again), and ``end`` (reply, then exit 0).
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.core import CoreConfig
-from broker.server import BrokerServer, ServerConfig
-from broker.sessions import Session
+from protocol.discovery import read_admin_token
 from protocol.errors import PlugboardError
 from sdk import Change, Client
 
 from .contract import Contract, load_contract
+from .link import BrokerLink
 from .process import PluginProcess
 
 HEARTBEAT_MS = 300
@@ -43,18 +45,29 @@ class Step:
         return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
-class _Hooks:
-    """The core's runtime hooks, turned into events the checker awaits."""
+class _Agent:
+    """The checker's agent session: it registers the plugin with its launch token and
+    turns the broker's ``plugin.ready`` / ``plugin.ended`` into events to await."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: str, state_dir: Path, contract: Contract,
+                 token: str) -> None:
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
+        self.connected = False
         self.end_reason = ""
+        self.link = BrokerLink(endpoint, name="conform",
+                               token=lambda: read_admin_token(state_dir))
+        self.link.registrations = lambda: [{"contract": contract.spec().to_wire(),
+                                            "token": token}]
+        self.link.on_plugin_ready(self._ready)
+        self.link.on_plugin_ended(self._ended)
 
-    def plugin_ready(self, session: Session) -> None:
+    def _ready(self, _name: str) -> None:
+        self.connected = True
         self.ready.set()
 
-    def plugin_session_ended(self, session: Session, reason: str) -> None:
+    def _ended(self, _name: str, reason: str) -> None:
+        self.connected = False
         self.end_reason = reason
         self.ended.set()
 
@@ -63,39 +76,42 @@ class Checker:
     def __init__(self, contract: Contract, workdir: Path) -> None:
         self.contract = contract
         self.endpoint = f"ipc://{workdir}/conform.sock"
+        self.state_dir = workdir / "state"
         self.token = secrets.token_urlsafe(16)
-        self.admin_token = secrets.token_urlsafe(16)
         self.workdir = workdir
         self.steps: list[Step] = []
-        self.hooks = _Hooks()
-        self.server: BrokerServer | None = None
-        self.serving: asyncio.Task[None] | None = None
+        self.agent = _Agent(self.endpoint, self.state_dir, contract, self.token)
+        self.broker: subprocess.Popen[bytes] | None = None
 
     def record(self, name: str, ok: bool, detail: str) -> bool:
         self.steps.append(Step(name, ok, detail))
         return ok
 
     async def start_broker(self) -> None:
-        self.hooks = _Hooks()
-        self.server = BrokerServer(ServerConfig(endpoints=(self.endpoint,), core=CoreConfig(
-            heartbeat_ms=HEARTBEAT_MS, session_timeout_ms=SESSION_TIMEOUT_MS,
-            admin_token=self.admin_token,
-            allow_unmanaged_plugins=True)))  # the stimulus comes from a stand-in plugin
-        core = self.server.core
-        core.contracts[self.contract.name] = self.contract
-        core.plugin_tokens[self.contract.name] = self.token
-        core.runtime = self.hooks
-        self.serving = asyncio.create_task(self.server.serve())
-        await self.server.ready.wait()
+        """A broker process of its own; unmanaged plugins are allowed because the
+        stimulus comes from a stand-in plugin."""
+        self.broker = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "--log-level", "WARNING", "--state-dir",
+             str(self.state_dir), "broker", "--endpoint", self.endpoint,
+             "--heartbeat-ms", str(HEARTBEAT_MS), "--session-timeout-ms",
+             str(SESSION_TIMEOUT_MS), "--allow-unmanaged-plugins"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.broker.stdout is not None
+        line = await asyncio.to_thread(self.broker.stdout.readline)
+        if b"ready" not in line:
+            raise PlugboardError(f"the checker's broker did not start (status "
+                                 f"{self.broker.wait()})")
+        self.agent.ready.clear()
 
     async def kill_broker(self) -> None:
         """Gone at once, as after a crash: no end, no goodbye."""
-        assert self.serving is not None
-        self.serving.cancel()
-        try:
-            await self.serving
-        except asyncio.CancelledError:
-            pass
+        if self.broker is not None and self.broker.poll() is None:
+            self.broker.kill()
+            await asyncio.to_thread(self.broker.wait)
+
+    @property
+    def admin_token(self) -> str | None:
+        return read_admin_token(self.state_dir)
 
     async def declared(self, timeout: float, quiet: float = 0.5) -> dict[str, Any]:
         """The plugin's properties (name → type) once it has declared some and then
@@ -179,47 +195,54 @@ class Checker:
         process = PluginProcess(contract, endpoint=self.endpoint, token=self.token,
                                 log_path=self.workdir / "plugin.log")
         try:
+            await self.agent.link.connect()
             await self._life_cycle(process)
         finally:
             if process.poll() is None:
                 await process.stop(lambda: None, 1.0)
             process.close()
-            if self.server is not None:
-                self.server.stop()
-            if self.serving is not None and not self.serving.done():
-                await self.serving
+            await self.agent.link.close()
+            if self.broker is not None and self.broker.poll() is None:
+                self.broker.terminate()
+                await asyncio.to_thread(self.broker.wait)
         return self.steps
+
+    async def _has_session(self) -> bool:
+        async with Client(self.endpoint, role="admin", token=self.admin_token) as admin:
+            sessions = (await admin.request("sessions"))["sessions"]
+        return any(s["name"] == self.contract.name for s in sessions)
 
     async def _life_cycle(self, process: PluginProcess) -> None:
         contract = self.contract
-        assert self.server is not None
+        agent = self.agent
         await process.spawn()
         try:
-            await asyncio.wait_for(self.hooks.ready.wait(), contract.run.start_timeout)
+            await asyncio.wait_for(agent.ready.wait(), contract.run.start_timeout)
             self.record("hello and init", True, "said hello with its token and answered init")
         except TimeoutError:
-            said_hello = contract.name in self.server.core.plugins
+            said_hello = await self._has_session()
             self.record("hello and init", False, (
                 "said hello but did not answer init" if said_hello else "never said hello")
                 + f" within {contract.run.start_timeout:g} s; exit status {process.poll()}; "
                 f"stderr: {process.stderr_tail()[-500:]}")
             return
         props = await self.declared(5)
+        spec = contract.spec()
         outside = [n for n, t in props.items()
-                   if (e := contract.export_for(n)) is None or e.type.value not in (t, "any")]
+                   if (e := spec.export_for(n)) is None or e.type.value not in (t, "any")]
         self.record("declarations", bool(props) and not outside,
                     f"declared {', '.join(f'{n} ({t})' for n, t in props.items()) or 'nothing'}"
                     + (f"; outside the contract: {outside}" if outside else ""))
         await self.stimulus()
         await self.methods()
         await asyncio.sleep(3 * SESSION_TIMEOUT_MS / 1000)  # several timeouts of silence
-        alive = contract.name in self.server.core.plugins
+        alive = agent.connected
         self.record("heartbeat", alive, "kept its session over three session timeouts"
-                    if alive else f"lost its session: {self.hooks.end_reason}")
+                    if alive else f"lost its session: {agent.end_reason}")
         await self.kill_broker()
         await self.start_broker()
         try:
-            await asyncio.wait_for(self.hooks.ready.wait(), 20)
+            await asyncio.wait_for(agent.ready.wait(), 20)
             again = await self.declared(5)
             self.record("broker restart", set(again) >= set(props),
                         f"reconnected and declared {len(again)} of {len(props)} again")
@@ -227,15 +250,15 @@ class Checker:
             self.record("broker restart", False, "did not say hello to the restarted broker "
                         "within 20 s")
             return
-        session = self.server.core.plugins.get(contract.name)
-        if session is None:
+        if not agent.connected:
             self.record("end", False, "no session to end")
             return
-        self.server.core.ask_to_end(session)
-        self.server.poke()
+        agent.ended.clear()
+        agent.link.end_plugin(contract.name)
         try:
             code = await asyncio.wait_for(process.wait(), contract.run.stop_timeout + 1)
-            answered = self.hooks.end_reason == "ended"
+            await asyncio.wait_for(agent.ended.wait(), 1)
+            answered = agent.end_reason == "ended"
             self.record("end", code == 0 and answered, f"answered end: {answered}; exited "
                         f"with status {code}")
         except TimeoutError:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from protocol._version import SUPPORTED_VERSIONS
-from protocol.declaration import Meta, parse_meta
+from protocol.declaration import parse_meta
 from protocol.errors import ProtocolError
-from protocol.names import matches, validate_pattern, validate_plugin_name
+from protocol.names import validate_pattern, validate_plugin_name
+from protocol.plugin_spec import Export, MethodSpec, PluginSpec
 from protocol.values import ValueType
 
 MANIFEST = "plugin.toml"
@@ -46,34 +47,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}: {self.field}: {self.reason}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Export:
-    """A property pattern the plugin may declare, with the type and metadata it must use."""
-
-    pattern: str
-    type: ValueType
-    meta: Meta
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MethodSpec:
-    """A method the plugin serves through the broker's ``call``."""
-
-    name: str
-    params: dict[str, ValueType]
-    """Every parameter, by name, with its type; all are required."""
-    result: ValueType
-    description: str = ""
-    callable_by: tuple[str, ...] = ()
-    """Who may call it besides admins and the plugin itself: plugin names, ``plugins``,
-    ``clients`` or ``*`` (as ``writable_by``)."""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
-                "params": {k: v.value for k, v in self.params.items()},
-                "result": self.result.value, "callable_by": list(self.callable_by)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,35 +100,20 @@ class Contract:
     def file(self) -> str:
         return str(self.directory / MANIFEST)
 
-    def export_for(self, name: str, vtype: ValueType | None = None) -> Export | None:
-        """The export that allows declaring ``name`` (as ``vtype``, when one matches with
-        that type), or None when no pattern covers the name."""
-        found = [e for e in self.exports if matches(e.pattern, name)]
-        typed = [e for e in found if e.type is vtype]
-        best = typed or found
-        return best[0] if best else None
-
-    def method_for(self, name: str) -> MethodSpec | None:
-        """The exported method ``name``, or None: the broker forwards no other call."""
-        return next((m for m in self.methods if m.name == name), None)
-
     def argv(self) -> list[str]:
         return [part.replace("{python}", sys.executable).replace("{dir}", str(self.directory))
                 for part in self.run.command]
 
-    def as_properties(self) -> dict[str, Any]:
-        """The contract as ``contract/...`` sub-names and values (for system/plugins/)."""
-        props: dict[str, Any] = {
-            "version": self.version, "protocol": list(self.protocol),
-            "description": self.description, "author": self.author, "licence": self.licence,
-            "provides": list(self.provides), "needs": list(self.needs),
-            "after": list(self.after), "before": list(self.before),
-            "restart": self.run.restart,
-            "exports": [{"pattern": e.pattern, "type": e.type.value, **e.meta.to_wire()}
-                        for e in self.exports],
-            "methods": [m.to_wire() for m in self.methods],
-        }
-        return props
+    def spec(self) -> PluginSpec:
+        """What the broker is told about this plugin (``agent.register``)."""
+        return PluginSpec(
+            name=self.name, version=self.version, exports=self.exports,
+            methods=self.methods, provides=self.provides, needs=self.needs,
+            config=self.config,
+            about={"protocol": list(self.protocol), "description": self.description,
+                   "author": self.author, "licence": self.licence,
+                   "after": list(self.after), "before": list(self.before),
+                   "restart": self.run.restart})
 
 
 class _Reader:
@@ -392,7 +350,8 @@ def find_plugin_dirs(paths: list[Path]) -> list[Path]:
     return found
 
 
-def check_contracts(paths: list[Path]) -> tuple[list[Contract], list[Problem]]:
+def check_contracts(paths: list[Path], *, remote_needs: bool = False
+                    ) -> tuple[list[Contract], list[Problem]]:
     """Load every plugin below ``paths`` and check them together; return them in start order.
 
     Besides each manifest's own problems: two plugins with one name, needs nobody
@@ -413,12 +372,15 @@ def check_contracts(paths: list[Path]) -> tuple[list[Contract], list[Problem]]:
                                     f"{contract.name!r} (the other: {other})"))
         else:
             by_name[contract.name] = contract
-    ordered, order_problems = start_order(list(by_name.values()))
+    ordered, order_problems = start_order(list(by_name.values()), remote_needs=remote_needs)
     return ordered, problems + order_problems
 
 
-def start_order(contracts: list[Contract]) -> tuple[list[Contract], list[Problem]]:
-    """Providers before those who need them, ``after``/``before`` honoured; cycles reported."""
+def start_order(contracts: list[Contract], *, remote_needs: bool = False
+                ) -> tuple[list[Contract], list[Problem]]:
+    """Providers before those who need them, ``after``/``before`` honoured; cycles reported.
+    With ``remote_needs`` a need no plugin here provides is not a problem: an agent waits
+    for another agent's plugin to provide it."""
     by_name = {c.name: c for c in contracts}
     providers: dict[str, list[str]] = {}
     for contract in contracts:
@@ -428,7 +390,7 @@ def start_order(contracts: list[Contract]) -> tuple[list[Contract], list[Problem
     edges: dict[str, set[str]] = {c.name: set() for c in contracts}  # name -> must start first
     for contract in contracts:
         for capability in contract.needs:
-            if capability not in providers:
+            if capability not in providers and not remote_needs:
                 problems.append(Problem(contract.file, "needs", f"unmet need {capability!r}: "
                                         "no plugin provides it"))
             edges[contract.name].update(p for p in providers.get(capability, [])

@@ -99,6 +99,8 @@ class PluginProcess:
         """Last known descendants, so grandchildren can be killed after the plugin died."""
         self.launch_key: str | None = None
         """The public half of this launch's CURVE pair, revoked when it ends."""
+        self.on_output: Callable[[bytes], None] = lambda _line: None
+        """Called with each line of output as it is captured (the agent publishes it)."""
         self.escaped: list[str] = []
         """``pid (name)`` of descendants found outside the process group and killed."""
         self._readers: list[asyncio.Task[None]] = []
@@ -169,6 +171,7 @@ class PluginProcess:
         try:
             while line := await stream.readline():
                 self.log.write(line)
+                self.on_output(line)
                 if is_stderr:
                     self.stderr_lines.append(line.decode(errors="replace").rstrip())
         except (ValueError, OSError):  # a line over the reader's limit, a closed pipe

@@ -1,10 +1,12 @@
 """The supervisor: starts plugins in dependency order, watches them, restarts or stops them.
 
-It runs in the broker's event loop and speaks to plugins only through the protocol
-(the core sends ``init`` and ``end``); it learns about their sessions from the core's
-runtime hooks. Everything about a plugin is published below
-``system/plugins/<name>/``: its contract, state, pid, restarts, exit code, start time,
-uptime and resource figures.
+It is the heart of an agent and speaks to the broker only through the protocol, over
+its :class:`~plugin_runtime.link.BrokerLink`: it registers its plugins (contract and
+per-launch credential), hears when their sessions start and end, reports their
+figures (state, pid, restarts, exit code, start time, uptime, resources; the broker
+publishes them below ``system/plugins/<name>/``) and serves the ``plugins.*`` requests
+the broker routes to it. A plugin that needs a capability no plugin of this agent
+provides waits until another agent's plugin providing it is ready.
 """
 
 from __future__ import annotations
@@ -14,27 +16,27 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from broker.core import DEFERRED, BrokerCore
-from broker.sessions import Session
 from protocol.errors import ProtocolError
-from protocol.values import Duration, Timestamp, ValueType
+from protocol.values import Duration, Timestamp
+from sdk import Change, Removed
 from sdk._keys import ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
 
 from .contract import Contract, dependents, load_contract, replacement_problems
+from .link import BrokerLink
 from .orphans import LaunchLog, reap_adopted
 from .process import PluginProcess, StopStep
 from .restart import RestartTracker
 
 log = logging.getLogger(__name__)
-PREFIX = "system/plugins/"
 STATS_INTERVAL = 1.0
+LOG_TAIL_LINES = 50
 SESSION_LOST_GRACE = 1.0
 """Seconds a plugin process may live on without a session before it is replaced."""
 
@@ -70,6 +72,12 @@ class ManagedPlugin:
     restart_timer: asyncio.TimerHandle | None = None
     waiting_for: set[str] = field(default_factory=set)
     """Plugins it needs that failed to start; it starts once all of them are ready."""
+    remote_needs: set[str] = field(default_factory=set)
+    """Capabilities it waits for from another agent's plugins before it starts."""
+    connected: bool = False
+    """Its session with the broker is up (between ``plugin.ready`` and ``plugin.ended``)."""
+    reported: dict[str, Any] = field(default_factory=dict)
+    """Figures last reported to the broker (only changes are sent)."""
 
     @property
     def name(self) -> str:
@@ -77,66 +85,73 @@ class ManagedPlugin:
 
 
 class Supervisor:
-    """Owns every plugin process of one broker."""
+    """Owns every plugin process of one agent."""
 
-    def __init__(self, core: BrokerCore, contracts: list[Contract], *, endpoint: str,
-                 state_dir: Path, poke: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic,
-                 server_key: str | None = None) -> None:
-        self.core = core
-        self.endpoint = endpoint
-        self.server_key = server_key
-        """The broker's public key when ``endpoint`` is tcp with CURVE: each launch then
-        gets a key pair of its own, allowed for its name only while it runs."""
+    def __init__(self, link: BrokerLink, contracts: list[Contract], *, state_dir: Path,
+                 endpoint: str | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.link = link
+        self.endpoint = endpoint or link.endpoint
+        """Where the plugins connect: the broker's endpoint as seen from this host."""
         self.log_dir = Path(state_dir) / "logs"
         self.launches = LaunchLog(Path(state_dir))
-        self.poke = poke
         self.clock = clock
         self.order = [c.name for c in contracts]
-        self.plugins: dict[str, ManagedPlugin] = {}
-        for contract in contracts:
-            self.plugins[contract.name] = ManagedPlugin(contract, RestartTracker(
-                contract.run.restart))
-            self._adopt_contract(contract)
-        core.runtime = self
-        core.register_method("plugins", self._m_list)
-        for action in ("start", "stop", "restart", "reload"):
-            core.register_method(f"plugins.{action}", self._control(action), admin_only=True)
-        self._stats_task: asyncio.Task[None] | None = None
+        self.plugins: dict[str, ManagedPlugin] = {
+            c.name: ManagedPlugin(c, RestartTracker(c.run.restart)) for c in contracts}
+        self._provides: dict[str, list[str]] = {}
+        self._states: dict[str, str] = {}
+        """Other agents' plugins: what each provides and its state."""
+        link.registrations = self.registrations
+        link.on_plugin_ready(self.plugin_ready)
+        link.on_plugin_ended(self.plugin_session_ended)
+        link.on_reconnect(self._report_all)
+        for action in ("start", "stop", "restart", "reload", "logs"):
+            link.serve(f"plugins.{action}", self._control(action))
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
-    # -- publishing -----------------------------------------------------------------------
+    # -- what the broker is told ----------------------------------------------------------
 
-    def _adopt_contract(self, contract: Contract) -> None:
-        self.core.contracts[contract.name] = contract
-        base = f"{PREFIX}{contract.name}/contract/"
-        for key, value in contract.as_properties().items():
-            vtype = ValueType.LIST if isinstance(value, list) else ValueType.STR
-            self.core.set_system(base + key, vtype, value)
-        self._publish(self.plugins[contract.name])
+    def registrations(self) -> list[dict[str, Any]]:
+        """Every plugin with its contract and the credential of its running launch."""
+        return [self._registration(p) for p in self.plugins.values()]
+
+    def _registration(self, plugin: ManagedPlugin) -> dict[str, Any]:
+        process = plugin.process
+        live = process is not None and process.poll() is None
+        return {"contract": plugin.contract.spec().to_wire(),
+                "token": process.token if live and process else None,
+                "key": process.launch_key if live and process else None}
+
+    def _report_all(self) -> None:
+        """After a reconnect the broker knows nothing of our figures: send them all."""
+        for plugin in self.plugins.values():
+            plugin.reported = {}
+            plugin.connected = False
+            self._publish(plugin)
 
     def _publish(self, plugin: ManagedPlugin, stats: dict[str, Any] | None = None) -> None:
-        base = f"{PREFIX}{plugin.name}/"
         running = (plugin.process is not None and plugin.process.pid is not None
                    and plugin.process.poll() is None)
-        figures: list[tuple[str, ValueType, Any]] = [
-            ("state", ValueType.STR, plugin.state.value),
-            ("pid", ValueType.INT, plugin.process.pid if running and plugin.process else 0),
-            ("restarts", ValueType.INT, plugin.restarts),
-            ("exit_code", ValueType.ANY, plugin.exit_code),
-            ("reason", ValueType.STR, plugin.reason),
-            ("started_at", ValueType.ANY, plugin.started_at),
-            ("uptime", ValueType.DURATION, Duration.from_seconds(
-                self.clock() - plugin.started_mono) if running else Duration(0)),
-        ]
+        figures: dict[str, Any] = {
+            "state": plugin.state.value,
+            "pid": plugin.process.pid if running and plugin.process else 0,
+            "restarts": plugin.restarts, "exit_code": plugin.exit_code,
+            "reason": plugin.reason, "started_at": plugin.started_at,
+            "uptime": Duration.from_seconds(self.clock() - plugin.started_mono)
+            if running else Duration(0),
+        }
         stats = (stats or {}) if running else {}
-        figures += [("cpu_percent", ValueType.FLOAT, float(stats.get("cpu_percent", 0.0))),
-                    ("memory_rss", ValueType.INT, stats.get("memory_rss", 0)),
-                    ("threads", ValueType.INT, stats.get("threads", 0)),
-                    ("open_files", ValueType.INT, stats.get("open_files", 0))]
-        for key, vtype, value in figures:
-            self.core.set_system(base + key, vtype, value)
-        self.poke()
+        figures |= {"cpu_percent": float(stats.get("cpu_percent", 0.0)),
+                    "memory_rss": stats.get("memory_rss", 0),
+                    "threads": stats.get("threads", 0),
+                    "open_files": stats.get("open_files", 0)}
+        changed = {k: v for k, v in figures.items()
+                   if k not in plugin.reported or plugin.reported[k] != v}
+        if changed:
+            plugin.reported |= changed
+            self.link.status(plugin.name, changed)
 
     def _set_state(self, plugin: ManagedPlugin, state: PluginState, reason: str = "") -> None:
         plugin.state = state
@@ -145,16 +160,21 @@ class Supervisor:
         log.info("plugin %s: %s%s", plugin.name, state.value, f" ({reason})" if reason else "")
         self._publish(plugin)
 
-    # -- the core's hooks ---------------------------------------------------------------------
+    # -- what the broker tells ------------------------------------------------------------------
 
-    def plugin_ready(self, session: Session) -> None:
-        plugin = self.plugins.get(session.name or "")
-        if plugin is not None and plugin.state is PluginState.STARTING:
-            plugin.ready.set()
+    def plugin_ready(self, name: str) -> None:
+        plugin = self.plugins.get(name)
+        if plugin is not None:
+            plugin.connected = True
+            if plugin.state is PluginState.STARTING:
+                plugin.ready.set()
 
-    def plugin_session_ended(self, session: Session, reason: str) -> None:
-        plugin = self.plugins.get(session.name or "")
-        if plugin is None or plugin.state is not PluginState.READY or self._closing:
+    def plugin_session_ended(self, name: str, reason: str) -> None:
+        plugin = self.plugins.get(name)
+        if plugin is None:
+            return
+        plugin.connected = False
+        if plugin.state is not PluginState.READY or self._closing:
             return
         process = plugin.process
         if process is None or process.poll() is not None:
@@ -167,23 +187,61 @@ class Supervisor:
     def _replace_if_hung(self, plugin: ManagedPlugin, process: PluginProcess,
                          reason: str) -> None:
         """The session is gone but the process lives on without a new one (a blocked
-        loop, a hang): replace it."""
+        loop, a hang): replace it. Not while the broker is out of reach: then the
+        plugin is waiting for it too, and reconnects by itself."""
         if (plugin.process is not process or process.poll() is not None or self._closing
-                or plugin.name in self.core.plugins):
+                or plugin.connected or self.link.client.session is None):
             return
         log.warning("plugin %s lost its session (%s); killing it", plugin.name, reason)
         plugin.reason = f"session lost: {reason}"
         process.kill()
 
+    def _on_remote_change(self, event: Change | Removed) -> None:
+        """Track which capabilities other agents' plugins provide and are ready to serve;
+        start the plugins that were waiting for them."""
+        name, _, key = event.name[len("system/plugins/"):].partition("/")
+        if name in self.plugins:
+            return
+        value = event.value if isinstance(event, Change) else None
+        if key == "state":
+            self._states[name] = value if isinstance(value, str) else ""
+        else:
+            self._provides[name] = list(value) if isinstance(value, list) else []
+        provided = {capability for n, state in self._states.items()
+                    if state == PluginState.READY.value for capability in self._provides.get(n, [])}
+        for plugin in self.plugins.values():
+            if plugin.remote_needs and plugin.remote_needs <= provided and \
+                    plugin.state is PluginState.STOPPED and not plugin.stop_requested:
+                plugin.remote_needs = set()
+                asyncio.ensure_future(self.start(plugin.name))
+
+    async def _watch_other_agents(self, pattern: str) -> None:
+        async for event in await self.link.client.subscribe(pattern):
+            if isinstance(event, (Change, Removed)):
+                self._on_remote_change(event)
+
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start_all(self) -> None:
-        """Start in dependency order, each ready before those that need it."""
+        """Report every plugin, then start them in dependency order, each ready before
+        those that need it; one needing what only another agent provides waits for it."""
         self.launches.end_leftovers()
-        self._stats_task = asyncio.create_task(self._stats_loop())
+        self._tasks = [asyncio.create_task(self._stats_loop())]
+        local = {c for p in self.plugins.values() for c in p.contract.provides}
+        for plugin in self.plugins.values():
+            plugin.remote_needs = set(plugin.contract.needs) - local
+            self._publish(plugin)
+        if any(p.remote_needs for p in self.plugins.values()):
+            self._tasks += [asyncio.create_task(self._watch_other_agents(pattern)) for pattern
+                            in ("system/plugins/+/state", "system/plugins/+/contract/provides")]
         failed: set[str] = set()
         for name in self.order:
             contract = self.plugins[name].contract
+            waiting = self.plugins[name].remote_needs
+            if waiting:
+                self._set_state(self.plugins[name], PluginState.STOPPED, "waiting for "
+                                f"another agent's plugin to provide {', '.join(sorted(waiting))}")
+                continue
             blocked = [n for n in failed if name in dependents(self._contracts(), n)]
             if blocked:
                 self.plugins[name].waiting_for = set(blocked)
@@ -209,11 +267,12 @@ class Supervisor:
         plugin.stop_requested = False
         plugin.ready.clear()
         token = secrets.token_urlsafe(24)
-        self.core.plugin_tokens[name] = token
-        env, launch_key = self._launch_keys(name)
+        env, launch_key = self._launch_keys()
+        await self.link.launch(name, token, launch_key)
         process = PluginProcess(plugin.contract, endpoint=self.endpoint, token=token,
                                 log_path=self.log_dir / f"{name}.log", env=env)
         process.launch_key = launch_key
+        process.on_output = lambda line: self.link.output(name, line)
         plugin.process = process
         plugin.exit_code = None
         plugin.reason = ""
@@ -221,8 +280,7 @@ class Supervisor:
         try:
             await process.spawn()
         except OSError as exc:
-            self.core.plugin_tokens.pop(name, None)
-            self._revoke_launch_key(process)
+            self.link.exited(name, f"cannot start: {exc.strerror}")
             self._set_state(plugin, PluginState.FAILED, f"cannot start "
                             f"{' '.join(plugin.contract.argv())}: {exc.strerror}")
             return False
@@ -252,20 +310,15 @@ class Supervisor:
             await process.stop(lambda: None, plugin.contract.run.stop_timeout)
         return False
 
-    def _launch_keys(self, name: str) -> tuple[dict[str, str], str | None]:
-        """A fresh CURVE pair for one launch, through the environment (never argv)."""
-        keys = self.core.keys
-        if self.server_key is None or keys is None or not self.endpoint.startswith("tcp://"):
+    def _launch_keys(self) -> tuple[dict[str, str], str | None]:
+        """A fresh CURVE pair for one launch, through the environment (never argv), when
+        the plugins reach the broker over tcp with CURVE."""
+        server_key = self.link.server_key
+        if server_key is None or not self.endpoint.startswith("tcp://"):
             return {}, None
         public, secret = (k.decode() for k in zmq.curve_keypair())
-        keys.allow_launch(public, name)
-        return {ENV_SERVER_KEY: self.server_key, ENV_PUBLIC_KEY: public,
+        return {ENV_SERVER_KEY: server_key, ENV_PUBLIC_KEY: public,
                 ENV_SECRET_KEY: secret}, public
-
-    def _revoke_launch_key(self, process: PluginProcess) -> None:
-        if process.launch_key is not None and self.core.keys is not None:
-            self.core.keys.revoke_launch(process.launch_key)
-            self.core.end_sessions_of_revoked_keys()
 
     def _release_dependents(self, name: str) -> None:
         """Start plugins that were held back only because ``name`` had failed."""
@@ -280,7 +333,6 @@ class Supervisor:
         code = await process.wait()
         process.kill()  # the rest of its group and known descendants
         process.close()
-        self._revoke_launch_key(process)
         if process.escaped:
             log.warning("plugin %s left processes outside its process group; killed %s",
                         plugin.name, ", ".join(process.escaped))
@@ -289,10 +341,9 @@ class Supervisor:
         self.launches.remove(plugin.name)
         escaped = (f"; killed {len(process.escaped)} process(es) that escaped its process "
                    "group: " + ", ".join(process.escaped)) if process.escaped else ""
-        self.core.plugin_tokens.pop(plugin.name, None)  # one-time: gone with the process
-        session = self.core.plugins.get(plugin.name)
-        if session is not None:
-            self.core.end_session(session, f"process exited with status {code}")
+        # The credential was for this launch only: the broker voids it and ends the session.
+        self.link.exited(plugin.name, f"process exited with status {code}")
+        plugin.connected = False
         plugin.exit_code = code
         if self._closing:
             return
@@ -332,11 +383,9 @@ class Supervisor:
         self._set_state(plugin, PluginState.STOPPING, "stopping on request")
 
         def ask_to_end() -> bool:
-            session = self.core.plugins.get(name)
-            if session is None:
+            if not plugin.connected:
                 return False
-            self.core.ask_to_end(session)
-            self.poke()
+            self.link.end_plugin(name)
             return True
 
         step = await process.stop(ask_to_end, plugin.contract.run.stop_timeout)
@@ -366,7 +415,7 @@ class Supervisor:
         await self.stop(name)
         plugin.contract = new
         plugin.tracker = RestartTracker(new.run.restart)
-        self._adopt_contract(new)
+        await self.link.register([self._registration(plugin)])
         await self.start(name)
         for other in affected:
             await self.start(other)
@@ -377,8 +426,8 @@ class Supervisor:
         for name in reversed(self.order):
             await self.stop(name)
         self._closing = True
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        for task in self._tasks:
+            task.cancel()
 
     # -- stats and limits -----------------------------------------------------------------------
 
@@ -414,51 +463,47 @@ class Supervisor:
             log.warning("plugin %s %s; restarting it", plugin.name, plugin.reason)
             plugin.process.kill()
 
-    # -- methods for the CLI ---------------------------------------------------------------------
+    # -- requests the broker routes here ---------------------------------------------------
 
-    def describe(self) -> list[dict[str, Any]]:
-        rows = []
-        for name in self.order:
-            plugin = self.plugins[name]
-            stats = {}
-            prefix = f"{PREFIX}{name}/"
-            for key in ("pid", "uptime", "cpu_percent", "memory_rss"):
-                prop = self.core.store.by_name.get(prefix + key)
-                stats[key] = prop.value if prop else None
-            rows.append({"name": name, "version": plugin.contract.version,
-                         "state": plugin.state.value, "restarts": plugin.restarts,
-                         "exit_code": plugin.exit_code, "reason": plugin.reason, **stats})
-        return rows
-
-    def _m_list(self, session: Session, params: dict[str, Any], msgid: int) -> Any:
-        return {"plugins": self.describe()}
-
-    def _control(self, action: str) -> Callable[[Session, dict[str, Any], int], Any]:
-        def handler(session: Session, params: dict[str, Any], msgid: int) -> Any:
+    def _control(self, action: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+        async def handler(params: dict[str, Any]) -> Any:
             name = params.get("name")
-            if name not in self.plugins:
+            if not isinstance(name, str) or name not in self.plugins:
                 raise ProtocolError("not_found", f"no plugin {name!r} is configured; "
                                     f"configured: {', '.join(self.order) or 'none'}")
-            peer = session.peer
-
-            async def run() -> None:
-                try:
-                    if action == "start":
-                        ok = await self.start(name)
-                        result: Any = {"ready": ok, "reason": self.plugins[name].reason}
-                    elif action == "stop":
-                        result = {"step": (await self.stop(name)).value}
-                    elif action == "restart":
-                        result = {"ready": await self.restart(name)}
-                    else:
-                        result = {"restarted_dependents": await self.reload(
-                            name, bool(params.get("force")))}
-                    self.core.complete(peer, msgid, result)
-                except ProtocolError as exc:
-                    self.core.complete(peer, msgid, error=exc)
-                self.poke()
-
-            asyncio.ensure_future(run())
-            return DEFERRED
+            if action == "start":
+                ok = await self.start(name)
+                return {"ready": ok, "reason": self.plugins[name].reason}
+            if action == "stop":
+                return {"step": (await self.stop(name)).value}
+            if action == "restart":
+                return {"ready": await self.restart(name)}
+            if action == "logs":
+                return {"text": self._log_tail(name, params.get("lines"))}
+            return {"restarted_dependents": await self.reload(name, bool(params.get("force")))}
 
         return handler
+
+    def _log_tail(self, name: str, lines: Any) -> str:
+        count = lines if isinstance(lines, int) and lines > 0 else LOG_TAIL_LINES
+        try:
+            data = (self.log_dir / f"{name}.log").read_bytes()
+        except FileNotFoundError:
+            return ""
+        return b"".join(data.splitlines(keepends=True)[-count:]).decode(errors="replace")
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """An agent's whole life: connect (waiting for the broker), start every plugin,
+        serve until ``stopping`` is set, stop them all, say goodbye. A broker that
+        refuses the agent (a plugin name another agent manages) raises RemoteError."""
+        try:
+            await self.link.connect(stopping)
+        except asyncio.CancelledError:
+            return
+        starting = asyncio.create_task(self.start_all())
+        try:
+            await stopping.wait()
+        finally:
+            starting.cancel()
+            await self.stop_all()
+            await self.link.close()

@@ -17,6 +17,7 @@ SYSTEM_NAMESPACE = "system"
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
 _PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_\-]{0,63}\Z")
+_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
 
 def _segments(text: object, what: str, code: str) -> list[str]:
@@ -64,6 +65,15 @@ def validate_plugin_name(name: object) -> str:
         )
     if name == SYSTEM_NAMESPACE:
         raise ProtocolError("forbidden", "the namespace 'system' belongs to the broker")
+    return name
+
+
+def validate_agent_name(name: object) -> str:
+    """Agent names label a host: ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`` (a host name fits)."""
+    if not isinstance(name, str) or not _AGENT_NAME.match(name):
+        raise ProtocolError(
+            "invalid_name", f"agent name {name!r} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}"
+        )
     return name
 
 

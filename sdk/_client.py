@@ -122,6 +122,10 @@ class Client:
         # A bare Client in the plugin role is ready at once; Plugin installs its own.
         self._handlers: dict[str, RequestHandler] = {"init": _acknowledge, "end": _acknowledge}
         self._message_callbacks: list[MessageCallback] = []
+        self._notification_handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        self.extra_hello: Callable[[], Mapping[str, Any]] | None = None
+        """More ``hello`` parameters, asked for at every (re)connect: an agent's
+        registrations, a token that may have changed."""
         self._reconnect_callbacks: list[ReconnectCallback] = []
         self._declared: dict[str, dict[str, Any]] = {}
         self._subs: dict[int, Subscription] = {}
@@ -219,6 +223,8 @@ class Client:
             params["name"] = self.name
         if self.token is not None:
             params["token"] = self.token
+        if self.extra_hello is not None:
+            params.update(self.extra_hello())
         try:
             result = await self.request("hello", params)
         except RequestTimeout:
@@ -457,6 +463,8 @@ class Client:
             self._connection_lost("the broker is stopping")
         elif note.method == "error":
             log.warning("broker reported: %s: %s", params.get("code"), params.get("message"))
+        elif note.method in self._notification_handlers:
+            self._run_callback(self._notification_handlers[note.method], params)
 
     # -- reconnecting ---------------------------------------------------------------------
 
@@ -527,6 +535,17 @@ class Client:
     def on_request(self, method: str, handler: RequestHandler) -> None:
         """Answer requests the broker sends with ``method`` (the Plugin uses init/end)."""
         self._handlers[method] = handler
+
+    def on_notification(self, method: str, callback: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``callback(params)`` for each notification ``method`` the broker sends
+        beyond those the client handles itself (an agent's ``plugin.ready``)."""
+        self._notification_handlers[method] = callback
+
+    def request_soon(self, method: str, params: Mapping[str, Any] | None = None
+                     ) -> asyncio.Future[Any]:
+        """Send a request now, in order with every other, and return its reply's future
+        (for reports whose answer nobody waits for)."""
+        return self._start(method, params)
 
     def on_message(self, callback: MessageCallback) -> None:
         """Call ``callback(Message)`` for every message sent to this plugin."""

@@ -15,9 +15,12 @@ import sys
 from pathlib import Path
 
 from plugin_runtime.contract import Contract, check_contracts
+from plugin_runtime.link import BrokerLink, default_agent_name
 from plugin_runtime.orphans import become_subreaper
 from plugin_runtime.supervisor import Supervisor
 from protocol.discovery import default_endpoint
+from protocol.errors import PlugboardError
+from sdk._keys import CurveKeys
 
 from ..core import CoreConfig
 from ..security import KeyRing, curve_dir, ensure_key_pair
@@ -61,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plain tcp: no CURVE, so no authentication and no encryption "
                              "(a warning at every start). Without it, tcp endpoints speak "
                              "CURVE only and admit the keys of 'plugboard keys'")
+    parser.add_argument("--agent-name", default=default_agent_name(), metavar="NAME",
+                        help="the host name the --plugins are shown under "
+                             "(default: this host's name)")
     parser.add_argument("--handshake-ms", type=int, default=5000,
                         help="close tcp connections that have not finished the ZeroMQ "
                              "handshake within this (default 5000)")
@@ -68,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     endpoints = args.endpoint or []
-    contracts, problems = check_contracts(args.plugins) if args.plugins else ([], [])
+    contracts, problems = check_contracts(args.plugins, remote_needs=True) \
+        if args.plugins else ([], [])
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         )
         server = BrokerServer(config, store=store)
         server.core.keys = keys
-        asyncio.run(_serve(server, contracts, state.path, pair[0] if pair else None))
+        asyncio.run(_serve(server, contracts, state, args.agent_name))
     finally:
         state.close()
     return 0
@@ -118,8 +125,8 @@ def _security(endpoints: list[str], insecure: bool, state_dir: Path
     return keys, pair
 
 
-async def _serve(server: BrokerServer, contracts: list[Contract], state_dir: Path,
-                 server_key: str | None) -> None:
+async def _serve(server: BrokerServer, contracts: list[Contract], state: StateDir,
+                 agent_name: str) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -134,13 +141,30 @@ async def _serve(server: BrokerServer, contracts: list[Contract], state_dir: Pat
     # One line on stdout says the broker is serving, and where.
     print(f"plugboard broker ready: instance {server.core.instance}, listening on "
           + " ".join(server.endpoints), flush=True)
-    local = next((e for e in server.endpoints if e.startswith("ipc://")), server.endpoints[0])
-    supervisor = Supervisor(server.core, contracts, endpoint=local.replace("*", ""),
-                            state_dir=state_dir, poke=server.poke, server_key=server_key)
-    starting = asyncio.create_task(supervisor.start_all())
+    agent = asyncio.create_task(_local_agent(server, contracts, state, agent_name, stopping))
     await asyncio.wait([asyncio.create_task(stopping.wait()), serving],
                        return_when=asyncio.FIRST_COMPLETED)
-    starting.cancel()
-    await supervisor.stop_all()
+    stopping.set()
+    await agent
     server.stop()
     await serving
+
+
+async def _local_agent(server: BrokerServer, contracts: list[Contract], state: StateDir,
+                       name: str, stopping: asyncio.Event) -> None:
+    """The plugins of ``--plugins``, run by an agent in this process that speaks to the
+    broker over its own endpoint, as any agent does: the admin token on ipc, the local
+    admin key on tcp (its plugins then get per-launch CURVE keys)."""
+    if not contracts:
+        return
+    local = next((e for e in server.endpoints if e.startswith("ipc://")), server.endpoints[0])
+    curve = None
+    if local.startswith("tcp://") and server.core.keys is not None:
+        directory = curve_dir(state.path)
+        public, secret = ensure_key_pair(directory, "admin")
+        curve = CurveKeys(ensure_key_pair(directory, "broker")[0], public, secret)
+    link = BrokerLink(local, name=name, token=state.admin_token, curve=curve)
+    try:
+        await Supervisor(link, contracts, state_dir=state.path).run(stopping)
+    except PlugboardError as exc:
+        log.error("the local agent could not start its plugins: %s", exc)

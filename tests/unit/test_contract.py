@@ -45,7 +45,8 @@ def test_a_good_contract(tmp_path: Path) -> None:
     contract, problems = load_contract(write(tmp_path, GOOD))
     assert problems == [] and contract is not None
     assert contract.name == "demo" and contract.protocol == (1,)
-    assert contract.export_for("demo/x") is not None and contract.export_for("demo/x/y") is None
+    spec = contract.spec()
+    assert spec.export_for("demo/x") is not None and spec.export_for("demo/x/y") is None
     assert contract.argv()[1].endswith("demo/plugin.py")
 
 

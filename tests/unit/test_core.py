@@ -63,27 +63,17 @@ def test_second_plugin_with_a_taken_name_is_refused(h: Harness) -> None:
     assert err.code == "name_taken"
 
 
-class NoExports:
-    """The least contract: exports nothing, configures nothing."""
-
-    config: dict[str, Any] = {}
-
-    def export_for(self, name: str, vtype: Any = None) -> None:
-        return None
-
-
 def test_a_managed_plugin_needs_its_launch_token() -> None:
     h = Harness()
-    h.core.contracts["m"] = NoExports()
-    h.core.plugin_tokens["m"] = "tok"
+    h.client(b"agent", role="agent", name="host", token="secret",
+             plugins=[{"contract": {"name": "m"}, "token": "tok"}])
     for token in (None, "wrong"):
         params = {"versions": [1], "role": "plugin", "name": "m"}
         if token:
             params["token"] = token
         assert error_of(h, b"x", "hello", **params).code == "unauthorized"
     h.call(b"x", "hello", versions=[1], role="plugin", name="m", token="tok")
-    del h.core.plugin_tokens["m"]  # the process ended: the token is void
-    h.call(b"x", "bye")
+    h.call(b"agent", "agent.exited", name="m", reason="gone")  # the launch is over
     err = error_of(h, b"y", "hello", versions=[1], role="plugin", name="m", token="tok")
     assert err.code == "unauthorized"
 

@@ -1,8 +1,7 @@
-"""Imports run one way: broker -> plugin_runtime -> sdk -> protocol (DESIGN.md).
+"""Imports run one way: broker -> plugin_runtime -> sdk -> protocol (README, Layout).
 
-The plugin runtime still reaches into the broker's engine in two modules; they are
-listed here so the list can only shrink (the runtime becoming a protocol peer, an
-agent, removes them) and nothing new can creep in.
+The runtime speaks to the broker only through the protocol (the agent role), so
+nothing below ``broker`` imports it, and ``protocol`` imports nothing of ours.
 """
 
 from __future__ import annotations
@@ -18,15 +17,6 @@ MAY_IMPORT = {
     "plugin_runtime": {"protocol", "sdk"},
     "broker": {"protocol", "sdk", "plugin_runtime"},
 }
-NOT_YET_UNTANGLED = {
-    ("plugin_runtime/supervisor.py", "broker.core"),
-    ("plugin_runtime/supervisor.py", "broker.sessions"),
-    ("plugin_runtime/conformance.py", "broker.core"),
-    ("plugin_runtime/conformance.py", "broker.server"),
-    ("plugin_runtime/conformance.py", "broker.sessions"),
-}
-
-
 def imports_of(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -45,5 +35,4 @@ def test_imports_run_only_downward() -> None:
                 top = name.split(".")[0]
                 if top != package and top not in allowed:
                     upward.add((str(path.relative_to(ROOT)), name))
-    assert upward - NOT_YET_UNTANGLED == set(), "imports against the layering"
-    assert NOT_YET_UNTANGLED - upward == set(), "untangled: take them off the list"
+    assert upward == set(), "imports against the layering"

@@ -1,0 +1,291 @@
+"""The broker's side of the ``agent`` role: who manages which plugin, and routing.
+
+An agent (the plugin runtime of one host) registers the plugins it manages with their
+contracts and per-launch credentials, reports their figures, and serves the
+``plugins.*`` control requests the broker routes to it. The broker holds each plugin
+to its contract, admits it only with the credential of its current launch, tells its
+agent when its session starts and ends, and publishes what the agent reports below
+``system/plugins/<name>/``. When an agent's session ends, its plugins' sessions end
+and their ``system/plugins/`` properties go: nothing is served on behalf of an agent
+that is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from protocol.codec import Response
+from protocol.errors import ProtocolError
+from protocol.plugin_spec import PluginSpec
+from protocol.values import ValueType, check_value
+
+from .sessions import Role, Session
+
+if TYPE_CHECKING:
+    from .core import BrokerCore
+
+log = logging.getLogger(__name__)
+
+PREFIX = "system/plugins/"
+FIGURES: dict[str, ValueType] = {
+    "state": ValueType.STR, "pid": ValueType.INT, "restarts": ValueType.INT,
+    "exit_code": ValueType.ANY, "reason": ValueType.STR, "started_at": ValueType.ANY,
+    "uptime": ValueType.DURATION, "cpu_percent": ValueType.FLOAT,
+    "memory_rss": ValueType.INT, "threads": ValueType.INT, "open_files": ValueType.INT,
+}
+"""What an agent reports of a plugin with ``agent.status``, and the type of each."""
+CONTROL_ACTIONS = ("start", "stop", "restart", "reload", "logs")
+CONTROL_TIMEOUT_S = 300.0
+"""How long a routed ``plugins.*`` request may take at the agent (a start waits for
+the plugin to be ready; a forced reload restarts its dependents too)."""
+LIST_FIGURES = ("state", "restarts", "exit_code", "reason", "pid", "uptime",
+                "cpu_percent", "memory_rss")
+
+
+@dataclass(slots=True, eq=False)
+class Managed:
+    """A plugin some agent manages, and the credential of its current launch."""
+
+    spec: PluginSpec
+    agent: Session
+    token: str | None = None
+    key: str | None = None
+
+
+class AgentDesk:
+    """Registrations, credentials and routing for every connected agent."""
+
+    def __init__(self, core: BrokerCore) -> None:
+        self.core = core
+        self.managed: dict[str, Managed] = {}
+        agent_only = (Role.AGENT,)
+        for name, handler in (("agent.register", self._register),
+                              ("agent.launch", self._launch),
+                              ("agent.exited", self._exited),
+                              ("agent.status", self._status),
+                              ("agent.end_plugin", self._end_plugin)):
+            core.register_method(name, handler, roles=agent_only)
+        core.register_method("plugins", self._list)
+        for action in CONTROL_ACTIONS:
+            core.register_method(f"plugins.{action}", self._route(action),
+                                 roles=(Role.ADMIN,))
+
+    # -- registration ---------------------------------------------------------------------
+
+    def register(self, agent: Session, entries: Any, replacing: Session | None = None
+                 ) -> list[str]:
+        """Take over the plugins in ``entries`` ([{contract, token?, key?}]) for
+        ``agent``: all of them or, when any is malformed or managed by another agent,
+        none. Returns their names."""
+        if not isinstance(entries, list):
+            raise ProtocolError("invalid_params", "plugins must be a list of "
+                                "{contract, token, key}")
+        parsed = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ProtocolError("invalid_params", "each plugin is {contract, token, key}")
+            spec = PluginSpec.from_wire(entry.get("contract"))
+            owner = self.managed.get(spec.name)
+            if owner is not None and owner.agent not in (agent, replacing):
+                raise ProtocolError("name_taken", f"plugin {spec.name!r} is managed by "
+                                    f"agent {owner.agent.name!r}; a plugin name is managed "
+                                    "by one agent at a time", plugin=spec.name,
+                                    agent=owner.agent.name)
+            parsed.append((spec, _credential(entry, "token"), _credential(entry, "key")))
+        for spec, token, key in parsed:
+            managed = self.managed.get(spec.name)
+            if managed is None:
+                self.managed[spec.name] = Managed(spec, agent)
+                log.info("agent %s manages plugin %s", agent.name, spec.name)
+            else:
+                managed.spec, managed.agent = spec, agent
+            self.core.contracts[spec.name] = spec
+            self._set_credential(spec.name, token, key)
+            self._publish_contract(self.managed[spec.name])
+        return [spec.name for spec, _, _ in parsed]
+
+    def connected(self, agent: Session, entries: Any) -> None:
+        """An agent said hello, with its registrations. A connected agent of the same
+        name is this agent reconnecting before the broker noticed its old connection was
+        gone: its plugins pass to the new session and the old one ends."""
+        old = next((s for s in self.core.sessions.values() if s.role is Role.AGENT
+                    and s.name == agent.name and s is not agent), None)
+        self.register(agent, entries, replacing=old)
+        if old is not None:
+            for managed in self.managed.values():
+                if managed.agent is old:
+                    managed.agent = agent
+            self.core.end_session(old, f"agent {agent.name!r} connected again")
+
+    def _register(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
+        return {"plugins": self.register(agent, params.get("plugins"))}
+
+    def _publish_contract(self, managed: Managed) -> None:
+        base = f"{PREFIX}{managed.spec.name}/"
+        self.core.set_system(base + "host", ValueType.STR, managed.agent.name or "")
+        for key, value in managed.spec.as_properties().items():
+            vtype = ValueType.LIST if isinstance(value, list) else ValueType.ANY \
+                if not isinstance(value, str) else ValueType.STR
+            self.core.set_system(f"{base}contract/{key}", vtype, value)
+
+    def _mine(self, agent: Session, params: dict[str, Any]) -> Managed:
+        name = params.get("name")
+        managed = self.managed.get(name) if isinstance(name, str) else None
+        if managed is None or managed.agent is not agent:
+            raise ProtocolError("not_found", f"agent {agent.name!r} has not registered a "
+                                f"plugin {name!r}", plugin=name)
+        return managed
+
+    # -- credentials and sessions of launches -----------------------------------------------
+
+    def _set_credential(self, name: str, token: str | None, key: str | None) -> None:
+        managed = self.managed[name]
+        keys = self.core.keys
+        if managed.key is not None and managed.key != key and keys is not None:
+            keys.revoke_launch(managed.key)
+        managed.token, managed.key = token, key
+        if token is None:
+            self.core.plugin_tokens.pop(name, None)
+        else:
+            self.core.plugin_tokens[name] = token
+        if key is not None and keys is not None:
+            keys.allow_launch(key, name)
+
+    def _launch(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
+        managed = self._mine(agent, params)
+        self._set_credential(managed.spec.name, _credential(params, "token"),
+                             _credential(params, "key"))
+        return {}
+
+    def _exited(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
+        """The launch is over: its credential is void and its session, if any, ends."""
+        managed = self._mine(agent, params)
+        name = managed.spec.name
+        self._set_credential(name, None, None)
+        self.core.end_sessions_of_revoked_keys()
+        session = self.core.plugins.get(name)
+        if session is not None:
+            reason = params.get("reason")
+            self.core.end_session(session, reason if isinstance(reason, str) else "exited")
+        return {}
+
+    def _end_plugin(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
+        """Ask the plugin to ``end`` (the first step of a stop)."""
+        session = self.core.plugins.get(self._mine(agent, params).spec.name)
+        if session is None:
+            return {"asked": False}
+        self.core.ask_to_end(session)
+        return {"asked": True}
+
+    def _status(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
+        managed = self._mine(agent, params)
+        figures = params.get("figures")
+        if not isinstance(figures, dict):
+            raise ProtocolError("invalid_params", "figures must be a map")
+        checked = []
+        for key, value in figures.items():
+            vtype = FIGURES.get(key)
+            if vtype is None:
+                raise ProtocolError("invalid_params", f"unknown figure {key!r}; figures are "
+                                    + ", ".join(FIGURES))
+            checked.append((key, vtype, check_value(vtype, value)))
+        base = f"{PREFIX}{managed.spec.name}/"
+        for key, vtype, value in checked:
+            self.core.set_system(base + key, vtype, value)
+        return {}
+
+    # -- the core's hooks -----------------------------------------------------------------
+
+    def plugin_ready(self, session: Session) -> None:
+        managed = self.managed.get(session.name or "")
+        if managed is not None:
+            self.core._notify(managed.agent.peer, "plugin.ready", {"name": session.name})
+
+    def plugin_ended(self, session: Session, reason: str) -> None:
+        managed = self.managed.get(session.name or "")
+        if managed is not None and managed.agent.peer in self.core.sessions:
+            self.core._notify(managed.agent.peer, "plugin.ended",
+                              {"name": session.name, "reason": reason})
+
+    def agent_ended(self, agent: Session) -> None:
+        """Its plugins' sessions end, their credentials and system properties go."""
+        for name, managed in list(self.managed.items()):
+            if managed.agent is not agent:
+                continue
+            self._set_credential(name, None, None)
+            del self.managed[name]
+            self.core.contracts.pop(name, None)
+            session = self.core.plugins.get(name)
+            if session is not None:
+                self.core.end_session(session, f"its agent {agent.name!r} is gone")
+            prefix = f"{PREFIX}{name}/"
+            for prop in [p for n, p in self.core.store.by_name.items() if n.startswith(prefix)]:
+                self.core._remove_property(prop)
+        self.core.end_sessions_of_revoked_keys()
+
+    # -- what admins and clients see ------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One row per managed plugin, from what its agent reported."""
+        rows = []
+        by_name = self.core.store.by_name
+        for name, managed in self.managed.items():
+            row: dict[str, Any] = {"name": name, "version": managed.spec.version,
+                                   "host": managed.agent.name}
+            for key in LIST_FIGURES:
+                prop = by_name.get(f"{PREFIX}{name}/{key}")
+                row[key] = prop.value if prop is not None else None
+            row["restarts"] = row["restarts"] or 0
+            row["state"] = row["state"] or "registered"
+            row["reason"] = row["reason"] or ""
+            rows.append(row)
+        return rows
+
+    def _list(self, session: Session, params: dict[str, Any], _msgid: int) -> Any:
+        return {"plugins": self.describe()}
+
+    def _route(self, action: str) -> Any:
+        def handler(session: Session, params: dict[str, Any], msgid: int) -> Any:
+            from .core import DEFERRED
+
+            name = params.get("name")
+            managed = self.managed.get(name) if isinstance(name, str) else None
+            if managed is None:
+                raise ProtocolError("not_found", f"no plugin {name!r} is managed by a "
+                                    "connected agent; managed: "
+                                    + (", ".join(self.managed) or "none"), plugin=name)
+            peer = session.peer
+
+            def answered(reply: Response | None) -> None:
+                if reply is None:
+                    error = ProtocolError("unavailable", f"agent {managed.agent.name!r} "
+                                          f"did not answer plugins.{action} {name}")
+                    self.core.complete(peer, msgid, error=error)
+                elif reply.error is not None:
+                    self.core.complete(peer, msgid, error=_passed_on(reply.error))
+                else:
+                    self.core.complete(peer, msgid, reply.result)
+
+            self.core.request(managed.agent, f"plugins.{action}", dict(params), answered,
+                              CONTROL_TIMEOUT_S)
+            return DEFERRED
+
+        return handler
+
+
+def _passed_on(error: Any) -> ProtocolError:
+    """An agent's error answer, handed to the caller as it was given."""
+    if not isinstance(error, dict):
+        return ProtocolError("internal", f"the agent answered with a malformed error {error!r}")
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    return ProtocolError(str(error.get("code", "internal")), str(error.get("message", "")),
+                         **details)
+
+
+def _credential(params: dict[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError("invalid_params", f"{key} must be a string")
+    return value
