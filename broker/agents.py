@@ -99,6 +99,10 @@ class AgentDesk:
             if managed is None:
                 self.managed[spec.name] = Managed(spec, agent)
                 log.info("agent %s manages plugin %s", agent.name, spec.name)
+                unmanaged = self.core.plugins.get(spec.name)
+                if unmanaged is not None:  # connected by hand, without this credential
+                    self.core.end_session(unmanaged, f"plugin name {spec.name!r} is now "
+                                          f"managed by agent {agent.name!r}")
             else:
                 managed.spec, managed.agent = spec, agent
             self.core.contracts[spec.name] = spec

@@ -90,6 +90,7 @@ class Checker:
     async def start_broker(self) -> None:
         """A broker process of its own; unmanaged plugins are allowed because the
         stimulus comes from a stand-in plugin."""
+        self.agent.ready.clear()  # before: the plugin may be back before the line is read
         self.broker = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "--log-level", "WARNING", "--state-dir",
              str(self.state_dir), "broker", "--endpoint", self.endpoint,
@@ -101,7 +102,6 @@ class Checker:
         if b"ready" not in line:
             raise PlugboardError(f"the checker's broker did not start (status "
                                  f"{self.broker.wait()})")
-        self.agent.ready.clear()
 
     async def kill_broker(self) -> None:
         """Gone at once, as after a crash: no end, no goodbye."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from plugin_runtime.contract import Contract, check_contracts
 from plugin_runtime.link import BrokerLink, default_agent_name
-from plugin_runtime.orphans import become_subreaper
+from plugin_runtime.orphans import LaunchLog, become_subreaper
 from plugin_runtime.supervisor import Supervisor
 from protocol.discovery import default_endpoint
 from protocol.errors import PlugboardError
@@ -156,6 +156,7 @@ async def _local_agent(server: BrokerServer, contracts: list[Contract], state: S
     broker over its own endpoint, as any agent does: the admin token on ipc, the local
     admin key on tcp (its plugins then get per-launch CURVE keys)."""
     if not contracts:
+        LaunchLog(state.path).end_leftovers()  # of a broker before this one, killed
         return
     local = next((e for e in server.endpoints if e.startswith("ipc://")), server.endpoints[0])
     curve = None

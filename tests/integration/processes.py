@@ -17,6 +17,9 @@ import textwrap
 import time
 from pathlib import Path
 
+from plugin_runtime.contract import check_contracts
+from plugin_runtime.link import BrokerLink
+from plugin_runtime.supervisor import Supervisor
 from sdk._keys import CurveKeys, read_key_pair, read_public_key
 
 ROOT = Path(__file__).parents[2]
@@ -183,3 +186,22 @@ def make_plugin(root: Path, name: str, *, restart: str = "on-failure", extra: st
         memory_mb = 150
         sustained_s = 1
         """))
+
+
+async def start_agent(endpoint: str, root: Path, state_dir: Path, *,
+                      token: str | None = None, curve: CurveKeys | None = None) -> Supervisor:
+    """An agent in the test's loop for the plugins below ``root``: connected, and every
+    plugin started (and reported: a ping after the reports is answered after them)."""
+    contracts, problems = check_contracts([root])
+    assert problems == []
+    link = BrokerLink(endpoint, name="here", token=token, curve=curve)
+    supervisor = Supervisor(link, contracts, state_dir=state_dir)
+    await link.connect()
+    await supervisor.start_all()
+    await link.client.request("ping")
+    return supervisor
+
+
+async def stop_agent(supervisor: Supervisor) -> None:
+    await supervisor.stop_all()
+    await supervisor.link.close()

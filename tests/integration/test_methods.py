@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from broker import BrokerServer, CoreConfig, ServerConfig
-from plugin_runtime.contract import check_contracts
 from plugin_runtime.supervisor import PluginState, Supervisor
 from sdk import CallFailed, Client, InvalidRequest, InvalidValue, NotAllowed, NotFound
 
-from .processes import make_plugin, short_tmpdir
+from .processes import make_plugin, short_tmpdir, start_agent, stop_agent
 
 pytestmark = pytest.mark.integration
 
@@ -52,22 +51,18 @@ async def served() -> AsyncIterator[tuple[str, Supervisor]]:
     state = short_tmpdir()
     endpoint = f"ipc://{state}/b.sock"
     server = BrokerServer(ServerConfig(endpoints=(endpoint,), core=CoreConfig(
-        heartbeat_ms=200, session_timeout_ms=1000)))
+        heartbeat_ms=200, session_timeout_ms=1000, admin_token="t")))
     serving = asyncio.create_task(server.serve())
     await server.ready.wait()
     root = short_tmpdir()
     make_plugin(root, "calc", extra=METHODS)
-    contracts, problems = check_contracts([root])
-    assert problems == []
-    supervisor = Supervisor(server.core, contracts, endpoint=endpoint, state_dir=state,
-                            poke=server.poke)
+    supervisor = await start_agent(endpoint, root, state, token="t")
     try:
-        await supervisor.start_all()
         assert supervisor.plugins["calc"].state is PluginState.READY, supervisor.plugins[
             "calc"].reason
         yield endpoint, supervisor
     finally:
-        await supervisor.stop_all()
+        await stop_agent(supervisor)
         server.stop()
         await serving
 

@@ -1,7 +1,8 @@
 """The plugin runtime with real plugin processes that misbehave on purpose.
 
-The broker and supervisor run in the test's event loop; the plugins are real child
-processes. Each test asserts the state or escalation step reached.
+The broker and an agent's supervisor run in the test's event loop (the supervisor
+speaks to the broker over the protocol, as every agent does); the plugins are real
+child processes. Each test asserts the state or escalation step reached.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import psutil
 import pytest
 
 from broker import BrokerServer, CoreConfig, ServerConfig
-from plugin_runtime.contract import check_contracts
 from plugin_runtime.process import StopStep
 from plugin_runtime.supervisor import PluginState, Supervisor
 from sdk import Change, Client, Removed
 
-from .processes import make_plugin, short_tmpdir
+from .processes import make_plugin, short_tmpdir, start_agent, stop_agent
 
 pytestmark = pytest.mark.integration
+ADMIN_TOKEN = "runtime-test-token"
 
 
 class Runtime:
@@ -32,13 +33,15 @@ class Runtime:
         self.supervisor: Supervisor | None = None
 
     async def start(self, root: Path) -> Supervisor:
-        contracts, problems = check_contracts([root])
-        assert problems == []
-        self.supervisor = Supervisor(self.server.core, contracts,
-                                     endpoint=self.server.endpoints[0],
-                                     state_dir=self.state_dir, poke=self.server.poke)
-        await self.supervisor.start_all()
+        self.supervisor = await start_agent(self.server.endpoints[0], root, self.state_dir,
+                                            token=ADMIN_TOKEN)
         return self.supervisor
+
+    async def synced(self) -> None:
+        """Reports go without waiting for their answers; a ping on the same connection
+        is answered after all of them are applied."""
+        assert self.supervisor is not None
+        await self.supervisor.link.client.request("ping")
 
     async def until_state(self, name: str, *states: PluginState, timeout: float = 15) -> None:
         assert self.supervisor is not None
@@ -57,7 +60,7 @@ async def runtime() -> AsyncIterator[Runtime]:
     state_dir = short_tmpdir()
     server = BrokerServer(ServerConfig(
         endpoints=(f"ipc://{state_dir}/broker.sock",),
-        core=CoreConfig(heartbeat_ms=200, session_timeout_ms=1000)))
+        core=CoreConfig(heartbeat_ms=200, session_timeout_ms=1000, admin_token=ADMIN_TOKEN)))
     serving = asyncio.create_task(server.serve())
     await server.ready.wait()
     rt = Runtime(server, state_dir)
@@ -65,7 +68,7 @@ async def runtime() -> AsyncIterator[Runtime]:
         yield rt
     finally:
         if rt.supervisor is not None:
-            await rt.supervisor.stop_all()
+            await stop_agent(rt.supervisor)
         server.stop()
         await serving
 

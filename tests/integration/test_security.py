@@ -25,13 +25,12 @@ import zmq
 
 from broker import BrokerServer, CoreConfig, ServerConfig
 from broker.security import Grant, KeyRing, write_authorized
-from plugin_runtime.contract import check_contracts
-from plugin_runtime.supervisor import PluginState, Supervisor
+from plugin_runtime.supervisor import PluginState
 from sdk import Client, ConnectionFailed, NotAllowed
 from sdk._keys import CurveKeys
 
 from .conftest import Processes
-from .processes import ROOT, make_plugin, short_tmpdir
+from .processes import ROOT, make_plugin, short_tmpdir, start_agent, stop_agent
 
 pytestmark = pytest.mark.integration
 HANDSHAKE_MS = 1000
@@ -265,13 +264,9 @@ async def test_a_per_launch_plugin_key_is_void_once_its_process_ends(
         secured: Secured) -> None:
     root = short_tmpdir()
     make_plugin(root, "launched")
-    contracts, problems = check_contracts([root])
-    assert problems == []
-    supervisor = Supervisor(secured.server.core, contracts, endpoint=secured.tcp,
-                            state_dir=secured.folder, poke=secured.server.poke,
-                            server_key=secured.server_key)
+    supervisor = await start_agent(secured.tcp, root, secured.folder,
+                                   curve=secured.keys(secured.admin))
     try:
-        await supervisor.start_all()
         plugin = supervisor.plugins["launched"]
         assert plugin.state is PluginState.READY, plugin.reason
         assert plugin.process is not None and plugin.process.pid is not None
@@ -289,7 +284,7 @@ async def test_a_per_launch_plugin_key_is_void_once_its_process_ends(
                               reconnect=False, curve=secured.keys(launched)):
                 pass
     finally:
-        await supervisor.stop_all()
+        await stop_agent(supervisor)
 
 
 def test_plugboard_keys_from_a_new_pair_to_a_revoked_one(processes: Processes) -> None:

@@ -120,3 +120,11 @@ def test_control_requests_are_routed_to_the_managing_agent(h: Harness) -> None:
     assert error_of(h, ADMIN, "plugins.start", name="zz").code == "not_found"
     h.call(b"c", "hello", versions=[1], role="client")
     assert error_of(h, b"c", "plugins.stop", name="m").code == "forbidden"
+
+
+def test_registering_a_name_ends_the_session_of_a_plugin_started_by_hand() -> None:
+    h = Harness()  # unmanaged plugins allowed
+    h.plugin(PLUGIN, "m")
+    agent_hello(h)
+    assert PLUGIN not in h.core.sessions
+    h.call(PLUGIN, "hello", versions=[1], role="plugin", name="m", token="tok")

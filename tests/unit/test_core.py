@@ -1,6 +1,5 @@
 """The broker core driven without sockets, on a fake clock."""
 
-from typing import Any
 
 import msgpack
 import pytest
