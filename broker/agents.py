@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.codec import Response
 from protocol.errors import ProtocolError
+from protocol.names import LOG_TOPIC, PLUGINS_PREFIX
 from protocol.plugin_spec import PluginSpec
 from protocol.values import ValueType, check_value
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREFIX = "system/plugins/"
+PREFIX = PLUGINS_PREFIX
 FIGURES: dict[str, ValueType] = {
     "state": ValueType.STR, "pid": ValueType.INT, "restarts": ValueType.INT,
     "exit_code": ValueType.ANY, "reason": ValueType.STR, "started_at": ValueType.ANY,
@@ -200,6 +201,15 @@ class AgentDesk:
             self.core.set_system(base + key, vtype, value)
         return {}
 
+    def may_publish(self, session: Session, topic: str) -> None:
+        """Topics below ``system/`` are the broker's: only ``system/logs/<name>``, by the
+        agent managing that plugin (its captured output)."""
+        name = topic[len(LOG_TOPIC):] if topic.startswith(LOG_TOPIC) else None
+        managed = self.managed.get(name) if name else None
+        if managed is None or managed.agent is not session:
+            raise ProtocolError("forbidden", f"topics below system/ are the broker's; "
+                                f"{topic} is not published by {_who(session)}", topic=topic)
+
     # -- the core's hooks -----------------------------------------------------------------
 
     def plugin_ready(self, session: Session) -> None:
@@ -277,6 +287,10 @@ class AgentDesk:
             return DEFERRED
 
         return handler
+
+
+def _who(session: Session) -> str:
+    return f"{session.role.value} {session.name or session.sid!r}"
 
 
 def _passed_on(error: Any) -> ProtocolError:

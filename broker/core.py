@@ -878,6 +878,8 @@ class BrokerCore:
 
     def _publish(self, session: Session, params: dict[str, Any]) -> Any:
         topic = validate_name(_param(params, "topic", str), "topic")
+        if namespace(topic) == SYSTEM_NAMESPACE:
+            self.agents.may_publish(session, topic)
         message = {"from": session.name or session.sid, "topic": topic,
                    "payload": self._payload(params)}
         listeners = self.listeners.match(topic)

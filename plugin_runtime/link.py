@@ -20,13 +20,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from protocol.errors import PlugboardError
+from protocol.names import LOG_TOPIC
 from sdk import Client
 from sdk._keys import CurveKeys
 
 log = logging.getLogger(__name__)
 
-LOG_TOPIC = "system/logs/"
-"""Plugins' captured output is published on ``system/logs/<name>``, as it is read."""
 
 
 def default_agent_name() -> str:

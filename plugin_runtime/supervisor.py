@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from protocol.errors import ProtocolError
+from protocol.names import PLUGINS_PREFIX
 from protocol.values import Duration, Timestamp
 from sdk import Change, Removed
 from sdk._keys import ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
@@ -125,11 +126,17 @@ class Supervisor:
                 "key": process.launch_key if live and process else None}
 
     def _report_all(self) -> None:
-        """After a reconnect the broker knows nothing of our figures: send them all."""
+        """After a reconnect the broker knows nothing of our figures: send them all.
+        Plugins that failed while it was away (they give up on a broker gone too long)
+        are started again."""
         for plugin in self.plugins.values():
             plugin.reported = {}
             plugin.connected = False
             self._publish(plugin)
+            if plugin.state is PluginState.FAILED and not plugin.waiting_for \
+                    and not self._closing:
+                plugin.tracker = RestartTracker(plugin.contract.run.restart)
+                asyncio.ensure_future(self.start(plugin.name))
 
     def _publish(self, plugin: ManagedPlugin, stats: dict[str, Any] | None = None) -> None:
         running = (plugin.process is not None and plugin.process.pid is not None
@@ -199,7 +206,7 @@ class Supervisor:
     def _on_remote_change(self, event: Change | Removed) -> None:
         """Track which capabilities other agents' plugins provide and are ready to serve;
         start the plugins that were waiting for them."""
-        name, _, key = event.name[len("system/plugins/"):].partition("/")
+        name, _, key = event.name[len(PLUGINS_PREFIX):].partition("/")
         if name in self.plugins:
             return
         value = event.value if isinstance(event, Change) else None
@@ -232,8 +239,8 @@ class Supervisor:
             plugin.remote_needs = set(plugin.contract.needs) - local
             self._publish(plugin)
         if any(p.remote_needs for p in self.plugins.values()):
-            self._tasks += [asyncio.create_task(self._watch_other_agents(pattern)) for pattern
-                            in ("system/plugins/+/state", "system/plugins/+/contract/provides")]
+            self._tasks += [asyncio.create_task(self._watch_other_agents(PLUGINS_PREFIX + key))
+                            for key in ("+/state", "+/contract/provides")]
         failed: set[str] = set()
         for name in self.order:
             contract = self.plugins[name].contract
@@ -496,10 +503,11 @@ class Supervisor:
         """An agent's whole life: connect (waiting for the broker), start every plugin,
         serve until ``stopping`` is set, stop them all, say goodbye. A broker that
         refuses the agent (a plugin name another agent manages) raises RemoteError."""
-        try:
-            await self.link.connect(stopping)
-        except asyncio.CancelledError:
-            return
+        if self.link.client.session is None:
+            try:
+                await self.link.connect(stopping)
+            except asyncio.CancelledError:
+                return
         starting = asyncio.create_task(self.start_all())
         try:
             await stopping.wait()

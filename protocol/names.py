@@ -14,6 +14,10 @@ from .errors import ProtocolError
 from .limits import MAX_NAME_BYTES, MAX_SEGMENTS
 
 SYSTEM_NAMESPACE = "system"
+PLUGINS_PREFIX = "system/plugins/"
+"""Where the broker publishes what agents report of each plugin: ``<name>/state`` ..."""
+LOG_TOPIC = "system/logs/"
+"""The topic prefix a plugin's captured output is published on by its agent."""
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
 _PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_\-]{0,63}\Z")

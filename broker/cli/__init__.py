@@ -11,7 +11,7 @@ from typing import Any
 from protocol.discovery import default_state_dir
 from protocol.errors import PlugboardError
 
-from . import client_commands, daemon, key_commands, plugin_commands, store_commands
+from . import agent_command, client_commands, daemon, key_commands, plugin_commands, store_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                                           "or SIGTERM.")
     daemon.add_arguments(cmd)
     cmd.set_defaults(handler=daemon.run)
+    cmd = commands.add_parser(
+        "agent", help="run this host's plugins for a broker on another host",
+        description="Check the contracts, connect to the broker as an agent and run the "
+                    "plugins in --plugins under supervision, as plugboard broker --plugins "
+                    "does. Logs and launch records go to STATE_DIR/agents/NAME. Over tcp "
+                    "the agent needs a key the broker allows as agent (plugboard keys "
+                    "allow KEY --role agent) and the broker's public key.")
+    agent_command.add_arguments(cmd)
+    cmd.set_defaults(handler=agent_command.run)
     client_commands.add_commands(commands)
     plugin_commands.add_commands(commands)
     store_commands.add_commands(commands)

@@ -50,7 +50,7 @@ def connect(args: argparse.Namespace, reconnect: bool = False) -> Client:
     endpoint = args.endpoint or os.environ.get("PLUGBOARD_ENDPOINT") or default_endpoint(
         args.state_dir)
     token = read_admin_token(args.state_dir)
-    curve = _curve(args) if endpoint.startswith("tcp://") else None
+    curve = curve_for(args) if endpoint.startswith("tcp://") else None
     if curve is not None:  # the key decides the role on CURVE
         role = "admin" if curve.secret == _local_admin_secret(args) else "client"
     else:
@@ -59,7 +59,7 @@ def connect(args: argparse.Namespace, reconnect: bool = False) -> Client:
                   reconnect=reconnect, curve=curve)
 
 
-def _curve(args: argparse.Namespace) -> CurveKeys | None:
+def curve_for(args: argparse.Namespace) -> CurveKeys | None:
     """Keys from the options or environment, else the local broker's files: its public
     key and the local admin pair (readable only by the user who runs the broker)."""
     local = Path(args.state_dir) / CURVE_DIR

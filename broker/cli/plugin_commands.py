@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from plugin_runtime.contract import check_contracts
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, ConnectionFailed
+from protocol.names import LOG_TOPIC
 from protocol.values import ValueType
 from sdk import Client
 
@@ -65,12 +65,14 @@ def add_commands(commands: Any) -> None:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = ("NAME", "VERSION", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "MEMORY", "REASON")
+    header = ("NAME", "VERSION", "HOST", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "MEMORY",
+              "REASON")
     lines = [header]
     for row in rows:
         rss = row.get("memory_rss") or 0
         lines.append((
-            row["name"], row["version"], row["state"], str(row.get("pid") or "-"),
+            row["name"], row["version"], row.get("host") or "-", row["state"],
+            str(row.get("pid") or "-"),
             format_value(row["uptime"]) if row.get("pid") else "-", str(row["restarts"]),
             f"{row.get('cpu_percent') or 0:.1f}", f"{rss / 2**20:.1f} MB" if rss else "-",
             (row.get("reason") or "")[:60],
@@ -150,20 +152,46 @@ def call(args: argparse.Namespace) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
-    path = Path(args.state_dir) / "logs" / f"{args.name}.log"
-    if not path.exists():
-        raise ConfigError(f"no log for plugin {args.name!r} at {path}")
-    with open(path, "rb") as log_file:
-        lines = log_file.read().splitlines(keepends=True)[-args.lines:]
-        sys.stdout.buffer.write(b"".join(lines))
-        sys.stdout.flush()
-        while args.follow:  # a file has no change event to wait on: poll it, as tail -f does
-            chunk = log_file.read()
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            else:
-                time.sleep(0.2)
+    """The tail comes from the plugin's agent, wherever it runs; ``-f`` then prints the
+    output its agent publishes on ``system/logs/NAME`` as it is captured."""
+
+    async def main() -> int:
+        async with connect(args, reconnect=args.follow) as client:
+            follow = await client.listen(LOG_TOPIC + args.name) if args.follow else None
+            result = await client.request("plugins.logs", {"name": args.name,
+                                                           "lines": args.lines})
+            sys.stdout.write(result["text"])
+            sys.stdout.flush()
+            if follow is not None:
+                async for message in follow:
+                    sys.stdout.buffer.write(message.payload)
+                    sys.stdout.flush()
+            return 0
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
+    except ConnectionFailed:
+        if args.follow:
+            raise
+        return _local_log(args)  # a post-mortem: the broker is down, its files are here
+
+
+def _local_log(args: argparse.Namespace) -> int:
+    """Without a broker: the log file of the broker's own agent or of an agent run on
+    this host with this state directory."""
+    state = Path(args.state_dir)
+    found = [state / "logs" / f"{args.name}.log",
+             *sorted(state.glob(f"agents/*/logs/{args.name}.log"))]
+    path = next((p for p in found if p.exists()), None)
+    if path is None:
+        raise ConnectionFailed(f"no broker is running, and no log of plugin {args.name!r} "
+                               f"is in {state}")
+    print(f"(no broker running: from {path})", file=sys.stderr)
+    lines = path.read_bytes().splitlines(keepends=True)[-args.lines:]
+    sys.stdout.buffer.write(b"".join(lines))
+    sys.stdout.flush()
     return 0
 
 
@@ -211,11 +239,15 @@ def add_runtime_commands(commands: Any) -> None:
     cmd.set_defaults(handler=call)
 
     cmd = commands.add_parser("logs", help="show a plugin's captured stdout and stderr",
-                              description="Print the end of a plugin's log (state dir "
-                                          "logs/NAME.log, rotated at 1 MiB).")
+                              description="Print the end of a plugin's log, from the agent "
+                                          "that runs it, wherever that is (admin). Each "
+                                          "agent keeps logs/NAME.log in its state "
+                                          "directory, rotated at 1 MiB.")
     cmd.add_argument("name")
-    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    cmd.add_argument("-f", "--follow", action="store_true",
+                     help="keep printing new output as it is captured, until Ctrl-C")
     cmd.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    add_connection_arguments(cmd)
     cmd.set_defaults(handler=logs)
 
     cmd = commands.add_parser("top", help="a live table of plugins and their resource use",

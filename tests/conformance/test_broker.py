@@ -30,7 +30,6 @@ SKIPPED: set[tuple[str, str]] = set()
 """Rows a test could not reach on this broker (it said why when it skipped)."""
 """(method, code) pairs some test here provoked; checked against the spec at the end."""
 UNREACHABLE = {
-    ("declare", "contract_violation"): "needs a plugin launched by the runtime, with its token",
     ("declare", "limit_exceeded"): "needs 2^29 properties",
     ("plugins.reload", "contract_violation"): "needs a configured plugin whose contract "
                                               "changed (tests/integration/test_runtime.py)",
@@ -388,6 +387,81 @@ def test_plugins_method(target: Target, peer: Peers) -> None:
     expect(me.error("plugins.stop", name="x"), "forbidden")
 
 
+def contract(name: str) -> dict[str, object]:
+    return {"name": name, "version": "1", "provides": [], "needs": [],
+            "exports": [{"pattern": f"{name}/+", "type": "int"}], "methods": [],
+            "config": {"k": 1}}
+
+
+def test_the_agent_role(target: Target, peer: Peers) -> None:
+    """An agent registers a plugin with a launch token, the plugin is held to its
+    contract, the agent hears of its session, and control requests are routed to it."""
+    if target.admin_token is None:
+        pytest.skip("the agent role needs the admin token")
+    agent = peer()
+    name = "agt" + secrets.token_hex(4)
+    agent.hello("agent", name="host-" + name, token=target.admin_token,
+                plugins=[{"contract": contract(name), "token": "launch-1"}])
+    watcher = peer()
+    watcher.hello()
+    assert watcher.call("get", target=f"system/plugins/{name}/host")["value"] == "host-" + name
+    stranger = peer()
+    expect(stranger.error("hello", versions=[1], role="plugin", name=name, token="wrong"),
+           "unauthorized")
+    plugged = peer()
+    plugged.hello("plugin", name=name, token="launch-1")
+    init = plugged.take(0, "init")
+    assert init[3]["config"] == {"k": 1}
+    plugged.send(msgpack.packb([1, init[1], None, {}]))
+    assert agent.take(2, "plugin.ready")[2] == {"name": name}
+    expect(plugged.error("declare", name=f"{name}/x/y", type="int"), "contract_violation")
+    agent.call("agent.status", name=name, figures={"state": "ready", "pid": 1})
+    assert watcher.call("get", target=f"system/plugins/{name}/state")["value"] == "ready"
+    rival = peer()
+    expect(rival.error("hello", versions=[1], role="agent", name="rival-" + name,
+                       token=target.admin_token, plugins=[{"contract": contract(name)}]),
+           "name_taken")
+    cases = [
+        ("agent.register", {"plugins": "no"}, "invalid_params"),
+        ("agent.register", {"plugins": [{"contract": contract("Bad")}]}, "invalid_name"),
+        ("agent.launch", {"name": "nobody"}, "not_found"),
+        ("agent.launch", {"name": name, "token": 5}, "invalid_params"),
+        ("agent.exited", {"name": "nobody"}, "not_found"),
+        ("agent.status", {"name": "nobody", "figures": {}}, "not_found"),
+        ("agent.status", {"name": name, "figures": {"nope": 1}}, "invalid_params"),
+        ("agent.status", {"name": name, "figures": {"pid": "x"}}, "type_mismatch"),
+        ("agent.end_plugin", {"name": "nobody"}, "not_found"),
+        ("publish", {"topic": "system/logs/nobody", "payload": b""}, "forbidden"),
+    ]
+    for method, params, code in cases:
+        expect(agent.error(method, **params), code)
+    rival.hello("agent", name="rival-" + name, token=target.admin_token)
+    expect(rival.error("agent.register", plugins=[{"contract": contract(name)}]),
+           "name_taken")
+    assert agent.call("publish", topic=f"system/logs/{name}", payload=b"line\n") == {
+        "delivered": 0}
+    admin = peer()
+    admin.hello("admin", token=target.admin_token)
+    stop = admin.request("plugins.stop", {"name": name})
+    routed = agent.take(0, "plugins.stop")
+    agent.send(msgpack.packb([1, routed[1], None, {"step": "end"}]))
+    assert admin.reply_to(stop)[3] == {"step": "end"}
+    assert agent.call("agent.end_plugin", name=name) == {"asked": True}
+    end = plugged.take(0, "end")
+    plugged.send(msgpack.packb([1, end[1], None, {}]))
+    assert agent.take(2, "plugin.ended")[2] == {"name": name, "reason": "ended"}
+    logs = admin.request("plugins.logs", {"name": name})
+    agent.take(0, "plugins.logs")
+    agent.close()  # the agent goes before it answers
+    error = admin.reply_to(logs)[2]
+    expect({**error, "_method": "plugins.logs"}, "unavailable")
+    for action in ("start", "stop", "restart", "reload"):
+        SKIPPED.add((f"plugins.{action}", "unavailable"))  # the same route as logs
+    until = time.monotonic() + 5
+    while watcher.call("list", pattern=f"system/plugins/{name}/#")["items"]:
+        assert time.monotonic() < until, "the agent's plugin properties stayed"
+
+
 def test_end_and_shutdown(target: Target, peer: Peers) -> None:
     if target.broker is None:
         pytest.skip("only when the suite started the broker (it stops it)")
@@ -444,12 +518,13 @@ def test_each_method_answers_each_error_of_its_rows(target: Target, peer: Peers)
         expect(who.error(method, **params), code)
     assert client.call("get", target=closed)["value"] == 1
     for method in ("plugins.start", "plugins.stop", "plugins.restart", "plugins.reload",
-                   "keys.reload"):
+                   "plugins.logs", "keys.reload", "agent.register", "agent.launch",
+                   "agent.exited", "agent.status", "agent.end_plugin"):
         expect(client.error(method, name="x"), "forbidden")
     if target.admin_token is not None:
         admin = peer()
         admin.hello("admin", token=target.admin_token)
-        for action in ("start", "stop", "restart", "reload"):
+        for action in ("start", "stop", "restart", "reload", "logs"):
             expect(admin.error(f"plugins.{action}", name="no-such-plugin"), "not_found")
     listens = [client.request("listen", {"pattern": f"l/{i}"}) for i in range(10_001)]
     replies = [client.reply_to(msgid, 30) for msgid in listens]
