@@ -287,17 +287,20 @@ class BrokerCore:
             self.end_session(session, reason)
 
     def begin_shutdown(self) -> None:
-        """Ask every plugin to ``end`` and tell clients; see :attr:`shutdown_complete`."""
+        """Ask every plugin no agent manages to ``end``; tell everyone else (plugins of
+        agents too: their agent decides their life, and they reconnect to the next
+        broker). See :attr:`shutdown_complete`."""
         self.shutting_down = True
         for session in list(self.sessions.values()):
-            if session.role is Role.PLUGIN:
+            if session.role is Role.PLUGIN and session.name not in self.agents.managed:
                 self.ask_to_end(session)
             else:
                 self._notify(session.peer, "shutdown", {"reason": "broker stopping"})
 
     @property
     def shutdown_complete(self) -> bool:
-        return not self.plugins
+        """No plugin asked to ``end`` is still connected."""
+        return not any(s.state is SessionState.ENDING for s in self.plugins.values())
 
     def ask_to_end(self, session: Session) -> None:
         """Send ``end``; the session ends on the reply or when end_timeout_s passes."""

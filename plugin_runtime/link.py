@@ -116,12 +116,11 @@ class BrokerLink:
         self._report("agent.status", {"name": name, "figures": figures})
 
     def output(self, name: str, data: bytes) -> None:
-        if self.client.session is not None:
-            self._report("publish", {"topic": LOG_TOPIC + name, "payload": data})
+        self._report("publish", {"topic": LOG_TOPIC + name, "payload": data})
 
     def _report(self, method: str, params: dict[str, Any]) -> None:
-        if self.client.closed.is_set():
-            return
+        if not self.client.connected:
+            return  # the supervisor reports everything again after the reconnect
         future = self.client.request_soon(method, params)
         future.add_done_callback(_quiet)
 

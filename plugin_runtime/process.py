@@ -20,10 +20,14 @@ from typing import Any, BinaryIO
 
 import psutil
 
+from sdk._keys import ENV_KEY_FILE, ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
+
 from .contract import Contract
 from .orphans import kill_all, processes_with_tokens
 
 _PR_SET_PDEATHSIG = 1
+CREDENTIAL_VARIABLES = (ENV_KEY_FILE, ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY,
+                        "PLUGBOARD_TOKEN")
 LOG_MAX_BYTES = 1024 * 1024
 LOG_BACKUPS = 3
 
@@ -115,7 +119,9 @@ class PluginProcess:
     async def spawn(self) -> None:
         run = self.contract.run
         # Settings go through the environment, never the command line.
-        env = {**os.environ, **run.env, "PLUGBOARD_ENDPOINT": self.endpoint,
+        # The agent's own credentials are never inherited: a plugin gets its launch's.
+        inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
+        env = {**inherited, **run.env, "PLUGBOARD_ENDPOINT": self.endpoint,
                "PLUGBOARD_NAME": self.contract.name, "PLUGBOARD_TOKEN": self.token, **self.env}
         self.log.write(f"--- starting {' '.join(self.contract.argv())}\n".encode())
         loop = asyncio.get_running_loop()

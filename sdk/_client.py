@@ -135,6 +135,12 @@ class Client:
         self._closing = False
         self._monitors: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes], int]] = []
 
+    @property
+    def connected(self) -> bool:
+        """A session is up (not closed, not between a lost connection and a new hello)."""
+        return (self._sock is not None and self._reconnecting is None
+                and self.session is not None and not self._closing)
+
     # -- life cycle -------------------------------------------------------------------
 
     async def connect(self) -> Client:

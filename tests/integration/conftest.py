@@ -8,7 +8,7 @@ import pytest
 
 from sdk import Subscription
 
-from .processes import BrokerProcess, ManagedProcess, PluginProcess
+from .processes import AgentProcess, BrokerProcess, ManagedProcess, PluginProcess
 
 
 class Processes:
@@ -21,6 +21,11 @@ class Processes:
         broker = BrokerProcess(*args, **kwargs)
         self.started.append(broker)
         return broker
+
+    def agent(self, *args: Any, **kwargs: Any) -> AgentProcess:
+        agent = AgentProcess(*args, **kwargs)
+        self.started.append(agent)
+        return agent
 
     def plugin(self, script: str, name: str, broker: BrokerProcess, endpoint: str | None = None,
                **env: str) -> PluginProcess:

@@ -67,6 +67,31 @@ class ManagedProcess:
         return (f"{' '.join(self.argv[-3:])} (pid {self.pid}) {state}; stderr tail:\n"
                 f"{tail(self.stderr_path)}")
 
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        """The first stdout line matching ``pattern`` (the ready line); stops the process
+        and fails if none comes within ``timeout``."""
+        assert self.proc.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        try:
+            while time.monotonic() < deadline:
+                if not selector.select(deadline - time.monotonic()):
+                    break
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buffer += chunk
+                for line in buffer.decode(errors="replace").splitlines():
+                    match = pattern.search(line)
+                    if match:
+                        return match
+        finally:
+            selector.close()
+        self.stop()
+        raise AssertionError(f"never printed {pattern.pattern!r}: {self.describe()}")
+
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signum)
@@ -109,31 +134,10 @@ class BrokerProcess(ManagedProcess):
                 *(["--insecure"] if insecure else []), *extra]
         super().__init__(argv, stderr_path=self.state_dir / "broker.stderr",
                          stdout=subprocess.PIPE)
-        self.instance, self.endpoints = self._wait_ready(timeout)
+        ready = self.wait_for_line(READY, timeout)
+        self.instance, self.endpoints = ready.group(1), ready.group(2).split()
         self.ipc = next((e for e in self.endpoints if e.startswith("ipc://")), "")
         self.tcp = next(e for e in self.endpoints if e.startswith("tcp://"))
-
-    def _wait_ready(self, timeout: float) -> tuple[str, list[str]]:
-        assert self.proc.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        buffer = b""
-        while time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
-                break
-            chunk = os.read(self.proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buffer += chunk
-            for line in buffer.decode(errors="replace").splitlines():
-                match = READY.search(line)
-                if match:
-                    selector.close()
-                    return match.group(1), match.group(2).split()
-        selector.close()
-        self.stop()
-        raise AssertionError(f"broker never became ready: {self.describe()}")
 
     @property
     def admin_token(self) -> str:
@@ -144,6 +148,37 @@ class BrokerProcess(ManagedProcess):
         curve = self.state_dir / "curve"
         return CurveKeys(read_public_key(str(curve / "broker.key")),
                          *read_key_pair(curve / "admin.key_secret"))
+
+
+class AgentProcess(ManagedProcess):
+    """``plugboard agent`` for the plugins below ``root``, ready once it registered."""
+
+    def __init__(self, broker_endpoint: str, root: Path, *, name: str, state_dir: Path,
+                 env: dict[str, str] | None = None, wait: bool = True,
+                 argv_prefix: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.state_dir = state_dir
+        argv = [*argv_prefix, sys.executable, "-m", "broker.cli", "--state-dir",
+                str(state_dir), "--log-level", "DEBUG", "agent", "--broker", broker_endpoint,
+                "--plugins", str(root), "--name", name]
+        super().__init__(argv, stderr_path=state_dir / f"agent-{name}.stderr", env=env,
+                         stdout=subprocess.PIPE)
+        if wait:
+            self.wait_for_line(re.compile(rf"plugboard agent {re.escape(name)} ready"), 15)
+
+
+def agent_key(broker: BrokerProcess, folder: Path, name: str) -> dict[str, str]:
+    """A key pair for an agent, allowed by the broker (through ``plugboard keys``), as
+    the environment ``plugboard agent`` reads it from."""
+    plugboard = [sys.executable, "-m", "broker.cli", "--state-dir", str(broker.state_dir),
+                 "keys"]
+    subprocess.run([*plugboard, "new", name, "--dir", str(folder)], check=True, cwd=ROOT,
+                   capture_output=True)
+    public = read_key_pair(folder / f"{name}.key_secret")[0]
+    subprocess.run([*plugboard, "allow", public, "--role", "agent"], check=True, cwd=ROOT,
+                   capture_output=True)
+    return {"PLUGBOARD_SERVER_KEY": str(broker.state_dir / "curve" / "broker.key"),
+            "PLUGBOARD_KEY_FILE": str(folder / f"{name}.key_secret")}
 
 
 class PluginProcess(ManagedProcess):
