@@ -133,6 +133,7 @@ def write_authorized(path: Path, grants: list[Grant]) -> None:
 
 
 def curve_dir(state_dir: Path) -> Path:
+    Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     path = Path(state_dir) / CURVE_DIR
     path.mkdir(mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,33 @@ def revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def provision(args: argparse.Namespace) -> int:
+    """Key pairs for the peers of a deployment, made once and allowed: what a container
+    runs before its broker (docker-compose.yml)."""
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = []
+    for spec in args.peers:
+        name, _, role = spec.partition(":")
+        if not name or role not in ROLES or role == "plugin":
+            raise ConfigError(f"{spec!r}: give NAME:ROLE with ROLE one of client, admin, "
+                              "agent (plugins get a key per launch from their agent)")
+        wanted.append((name, role))
+    local = curve_dir(args.state_dir)
+    ensure_key_pair(local, "broker")
+    shutil.copyfile(local / "broker.key", directory / "broker.key")
+    path = local / "authorized_keys.json"
+    grants = {g.key: g for g in read_authorized(path)}
+    for name, role in wanted:
+        public, _ = ensure_key_pair(directory, name)
+        os.chmod(directory / f"{name}.key", 0o644)
+        grants[public] = Grant(public, role, comment=f"provisioned {name}")
+        print(f"{name}: {public} allowed as {role} ({directory / name}.key_secret)")
+    write_authorized(path, list(grants.values()))
+    print(f"broker public key in {directory / 'broker.key'}")
+    return 0
+
+
 def _tell_broker(args: argparse.Namespace) -> None:
     """Have a running broker re-read the file; say so when none answers."""
 
@@ -121,6 +149,16 @@ def add_commands(commands: Any) -> None:
     sub.add_argument("--comment", default="", help="free text shown by list")
     add_connection_arguments(sub)
     sub.set_defaults(handler=allow)
+    sub = actions.add_parser(
+        "provision", help="make and allow key pairs for a deployment's peers",
+        description="For each NAME:ROLE (role client, admin or agent): write the pair "
+                    "NAME.key / NAME.key_secret into DIR unless it is there, and allow its "
+                    "public key in that role; copy the broker's public key to DIR/broker.key "
+                    "(making the broker's pair if needed). Safe to run at every start.")
+    sub.add_argument("dir", metavar="DIR")
+    sub.add_argument("peers", nargs="+", metavar="NAME:ROLE")
+    sub.set_defaults(handler=provision)
+
     sub = actions.add_parser("revoke", help="remove a key; its live sessions end at once",
                              description="Remove a key from the allowed keys; a running "
                                          "broker ends its live sessions at once.")
