@@ -118,3 +118,22 @@ async def test_an_agent_and_its_plugins_come_back_with_a_restarted_broker(
                               lambda e: isinstance(e, Change), timeout=10)
         # The same process: it kept running and reconnected.
         assert (await client.get("system/plugins/steady/pid")).value == pid
+
+
+async def test_a_plugin_waits_for_a_capability_another_agent_provides(
+        processes: Processes) -> None:
+    broker = curve_broker(processes)
+    needing, providing = short_tmpdir(), short_tmpdir()
+    make_plugin(needing, "consumer", extra='needs = ["weather"]')
+    make_plugin(providing, "provider", extra='provides = ["weather"]')
+    processes.agent(broker.tcp, needing, name="host-e", state_dir=needing,
+                    env=agent_key(broker, needing, "host-e"))
+    async with Client(broker.ipc) as client:
+        reason = await client.subscribe("system/plugins/consumer/reason")
+        await processes.until(reason, lambda e: isinstance(e, Change) and "waiting for "
+                              "another agent's plugin to provide weather" in e.value)
+        assert (await client.get("system/plugins/consumer/state")).value == "stopped"
+        processes.agent(broker.tcp, providing, name="host-f", state_dir=providing,
+                        env=agent_key(broker, providing, "host-f"))
+        await until_state(client, "consumer", "ready", processes)
+        assert (await client.get("system/plugins/provider/state")).value == "ready"
