@@ -23,6 +23,7 @@ from protocol.codec import Notification, Request, Response, decode, encode, requ
 from protocol.declaration import WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS, parse_meta
 from protocol.errors import ProtocolError
 from protocol.names import (
+    LOG_TOPIC,
     SYSTEM_NAMESPACE,
     matches,
     namespace,
@@ -886,6 +887,8 @@ class BrokerCore:
         message = {"from": session.name or session.sid, "topic": topic,
                    "payload": self._payload(params)}
         listeners = self.listeners.match(topic)
+        if topic.startswith(LOG_TOPIC):  # plugins' output may hold secrets: admins only
+            listeners = [(s, lid) for s, lid in listeners if s.role is Role.ADMIN]
         for listener, lid in listeners:
             self._notify(listener.peer, "message", {**message, "listen": lid})
         return {"delivered": len(listeners)}

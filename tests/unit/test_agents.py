@@ -128,3 +128,13 @@ def test_registering_a_name_ends_the_session_of_a_plugin_started_by_hand() -> No
     agent_hello(h)
     assert PLUGIN not in h.core.sessions
     h.call(PLUGIN, "hello", versions=[1], role="plugin", name="m", token="tok")
+
+
+def test_plugin_output_reaches_admin_listeners_only(h: Harness) -> None:
+    h.call(WATCHER, "hello", versions=[1], role="client")
+    h.call(WATCHER, "listen", pattern="system/logs/#")
+    h.call(ADMIN, "listen", pattern="system/logs/#")
+    assert h.call(AGENT, "publish", topic="system/logs/m", payload=b"secret\n") == {
+        "delivered": 1}
+    assert [m["payload"] for m in h.notes(ADMIN, "message")] == [b"secret\n"]
+    assert h.notes(WATCHER, "message") == []
