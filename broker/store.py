@@ -85,6 +85,8 @@ class Store:
         self.path = Path(path)
         self.durability = Durability(durability or Durability.ALWAYS)
         self._pending: dict[str, Record | None] = {}
+        self.commits = 0
+        """Transactions written since the store was opened (system/broker/store_commits)."""
         self.dropped: list[str] = []
         """Names of records dropped at load because they were damaged."""
         try:
@@ -156,6 +158,7 @@ class Store:
         with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO properties VALUES (?, ?, ?)", upserts)
             self._db.executemany("DELETE FROM properties WHERE name = ?", deletes)
+        self.commits += 1
         return len(pending)
 
     def _transaction(self) -> Any:

@@ -41,6 +41,8 @@ class SystemProperties:
                 ("messages_out", ValueType.INT, 0, "messages sent", "messages"),
                 ("drops", ValueType.INT, 0, "messages to peers dropped at their queue limit",
                  "messages"),
+                ("store_commits", ValueType.INT, 0, "store transactions written (persistent "
+                 "properties)", "commits"),
             ]
         }
 
@@ -56,6 +58,7 @@ class SystemProperties:
             "messages_in": core.messages_in,
             "messages_out": core.messages_out,
             "drops": core.drops,
+            "store_commits": core.persistence.commits if core.persistence is not None else 0,
         }
         for key, value in current.items():
             prop = self._figures[key]

@@ -6,10 +6,13 @@ timeout; failures carry the process's state and the tail of its stderr.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -240,3 +243,26 @@ async def start_agent(endpoint: str, root: Path, state_dir: Path, *,
 async def stop_agent(supervisor: Supervisor) -> None:
     await supervisor.stop_all()
     await supervisor.link.close()
+
+
+def free_port() -> int:
+    """A tcp port free on loopback now (for servers that need one given)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bundled_plugin(root: Path, name: str, **config: object) -> Path:
+    """A copy of the bundled plugin ``name`` below ``root`` with ``[config]`` keys
+    replaced (values written as TOML: str, int, bool, list of str)."""
+    folder = root / name
+    shutil.copytree(ROOT / "plugins" / name, folder,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = folder / "plugin.toml"
+    text = manifest.read_text()
+    for key, value in config.items():
+        toml = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {toml}", text)
+        assert count == 1, f"no config key {key} in {manifest}"
+    manifest.write_text(text)
+    return folder

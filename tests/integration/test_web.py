@@ -1,0 +1,186 @@
+"""The web plugin against the real things it serves: headless Chromium driven by
+Selenium (values pushed into the page, a write and a refusal from it, a screenshot
+kept as an artefact) and a real Prometheus scraping /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from sdk import Change, Client
+
+from .conftest import Processes
+from .processes import ROOT, BrokerProcess, ManagedProcess, bundled_plugin, free_port, short_tmpdir
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = Path(os.environ.get("PLUGBOARD_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def needs(program: str, package: str) -> str:
+    """The path of ``program``, else a skip naming the Debian package (a failure under
+    CI=true, where .ci/run installs it)."""
+    path = shutil.which(program)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {program} is missing (Debian package {package})")
+        pytest.skip(f"{program} is not installed (Debian package {package})")
+    return path
+
+
+@dataclass
+class Served:
+    broker: BrokerProcess
+    url: str
+    panel: Client
+    """Plugin ``panel`` (started by hand): owns panel/level, 0..10, writable by anyone."""
+
+
+@pytest.fixture
+async def served(processes: Processes) -> AsyncIterator[Served]:
+    root, port = short_tmpdir(), free_port()
+    bundled_plugin(root, "web", port=port, metrics=["panel/#"])
+    broker = processes.broker(None, "--plugins", str(root))
+    async with Client(broker.ipc, role="plugin", name="panel") as panel:
+        await panel.declare("panel/level", "int", 1, min=0, max=10, writable_by=["*"],
+                            unit="steps")
+        async with Client(broker.ipc) as client:
+            url = await client.subscribe("web/url")
+            events = await processes.until(
+                url, lambda e: isinstance(e, Change) and e.value.startswith("http"), 20)
+        yield Served(broker, events[-1].value, panel)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = needs("chromium", "chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options,
+                              service=Service(needs("chromedriver", "chromium-driver")))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def value_in_page(driver: WebDriver, name: str) -> str:
+    cells = driver.find_elements(By.CSS_SELECTOR, f'#props tr[data-name="{name}"] td.value')
+    return cells[0].text if cells else ""
+
+
+def wait_for(driver: WebDriver, condition: object, timeout: float = 10) -> None:
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)  # type: ignore[arg-type]
+
+
+async def test_the_dashboard_in_a_real_browser(served: Served, browser: WebDriver) -> None:
+    browser.get(served.url)
+    wait_for(browser, lambda d: value_in_page(d, "panel/level") == "1")
+    browser.execute_script("window.sameDocument = true")
+    # A change is pushed into the open page: no reload, no polling by the page.
+    await served.panel.set("panel/level", 7)
+    await asyncio.to_thread(wait_for, browser, lambda d: value_in_page(d, "panel/level") == "7")
+    assert browser.execute_script("return window.sameDocument") is True
+    # A write from the page the broker refuses shows the broker's reason.
+    browser.find_element(By.CSS_SELECTOR, '#props tr[data-name="panel/level"]').click()
+    browser.find_element(By.ID, "set-value").send_keys("42")
+    browser.find_element(By.ID, "set-button").click()
+    result = browser.find_element(By.ID, "set-result")
+    await asyncio.to_thread(wait_for, browser, lambda d: "maximum" in result.text)
+    assert "42" in result.text and result.get_attribute("class") == "bad", result.text
+    # One it accepts reaches the property's owner.
+    changes = await served.panel.subscribe("panel/level", current=False)
+    value = browser.find_element(By.ID, "set-value")
+    value.clear()
+    value.send_keys("3")
+    browser.find_element(By.ID, "set-button").click()
+    async with asyncio.timeout(10):
+        async for event in changes:
+            if isinstance(event, Change) and event.value == 3:
+                break
+    await asyncio.to_thread(wait_for, browser, lambda d: result.text == "written")
+    rows = browser.find_elements(By.CSS_SELECTOR, '#plugins tr[data-plugin="web"]')
+    assert rows and "ready" in rows[0].text
+    # A plugin's log tail, followed live (the plugin reads it with the admin token).
+    rows[0].click()
+    log = browser.find_element(By.ID, "log")
+    await asyncio.to_thread(wait_for, browser, lambda d: "--- starting" in log.text)
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+
+async def test_the_page_and_metrics_need_the_token_off_loopback(
+        processes: Processes) -> None:
+    root, port = short_tmpdir(), free_port()
+    bundled_plugin(root, "web", port=port, host="0.0.0.0", token="s3cret")
+    broker = processes.broker(None, "--plugins", str(root))
+    async with Client(broker.ipc) as client:
+        url = await client.subscribe("web/url")
+        events = await processes.until(
+            url, lambda e: isinstance(e, Change) and e.value.startswith("http"), 20)
+    assert events[-1].value.endswith("?token=s3cret")
+    base = f"http://127.0.0.1:{port}"
+    for path in ("/", "/metrics"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(urllib.request.urlopen, base + path, timeout=5)
+        assert refused.value.code == 401
+    with await asyncio.to_thread(urllib.request.urlopen, f"{base}/metrics?token=s3cret",
+                                 timeout=5) as answer:
+        assert b"plugboard_broker_sessions" in answer.read()
+
+
+async def test_prometheus_scrapes_the_metrics(served: Served, processes: Processes) -> None:
+    prometheus = needs("prometheus", "prometheus")
+    folder, api_port = short_tmpdir(), free_port()
+    target = served.url.split("//")[1].split("/")[0].replace("localhost", "127.0.0.1")
+    (folder / "prometheus.yml").write_text(textwrap.dedent(f"""\
+        global:
+          scrape_interval: 1s
+        scrape_configs:
+          - job_name: plugboard
+            static_configs:
+              - targets: ["{target}"]
+        """))
+    server = ManagedProcess([prometheus, f"--config.file={folder / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={folder / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{api_port}"],
+                            stderr_path=folder / "prometheus.stderr")
+    processes.started.append(server)
+    async with Client(served.broker.ipc) as client:
+        scrapes = await client.subscribe("web/metrics_scrapes")
+        # Each scrape is an event: the plugin counts it in web/metrics_scrapes.
+        await processes.until(scrapes, lambda e: isinstance(e, Change) and e.value >= 2, 30)
+
+    def query(expression: str) -> list[dict[str, object]]:
+        url = (f"http://127.0.0.1:{api_port}/api/v1/query?query="
+               + urllib.request.quote(expression))
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            body = json.loads(answer.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]  # type: ignore[no-any-return]
+
+    sessions = await asyncio.to_thread(query, "plugboard_broker_sessions")
+    assert sessions and float(sessions[0]["value"][1]) >= 2  # type: ignore[index]
+    up = await asyncio.to_thread(query, 'plugboard_plugin_up{plugin="web"}')
+    assert up and up[0]["value"][1] == "1", up  # type: ignore[index]
+    level = await asyncio.to_thread(query, 'plugboard_property{name="panel/level"}')
+    assert level and level[0]["metric"]["unit"] == "steps", level  # type: ignore[index]
+    assert level[0]["value"][1] == "1"  # type: ignore[index]
+    assert await asyncio.to_thread(query, "plugboard_broker_messages_in_total")
+    assert subprocess.run([prometheus, "--version"], capture_output=True).returncode == 0
