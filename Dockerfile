@@ -9,9 +9,9 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY . /app
-RUN pip install --no-cache-dir -e . && make plugins
+RUN pip install --no-cache-dir -e '.[plugins]' && make plugins
 
 # State (the store, logs, CURVE keys) lives in volumes, never in the image.
 ENV PLUGBOARD_STATE_DIR=/state
-EXPOSE 7700
+EXPOSE 7700 8780
 CMD ["plugboard", "broker", "--endpoint", "tcp://0.0.0.0:7700"]

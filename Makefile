@@ -30,6 +30,7 @@ plugins:
 
 ## run: the broker in the foreground on embedded defaults (Ctrl-C stops it)
 run: install plugins
+	@echo "the dashboard (plugin web): http://localhost:8780/  (plugboard get web/url)"
 	$(BIN)/plugboard broker --plugins plugins
 
 ## test: the whole suite (exit 5, "no tests collected", counts as a failure)

@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,11 @@ class Dashboard:
         """Each open page and the plugin whose log it follows."""
         self.exporter = Exporter(self.props, list(config.get("metrics", [])))
         self.scrapes = 0
-        self.host = str(config.get("host", "127.0.0.1"))
-        self.port = int(config.get("port", 8780))
-        token = str(config.get("token") or "")
+        # A deployment may override the contract's config (a container must listen on
+        # every interface): PLUGBOARD_WEB_HOST, PLUGBOARD_WEB_PORT, PLUGBOARD_WEB_TOKEN.
+        self.host = os.environ.get("PLUGBOARD_WEB_HOST") or str(config.get("host", "127.0.0.1"))
+        self.port = int(os.environ.get("PLUGBOARD_WEB_PORT") or config.get("port", 8780))
+        token = os.environ.get("PLUGBOARD_WEB_TOKEN") or str(config.get("token") or "")
         self.token = token or (None if self.host in LOOPBACK else secrets.token_urlsafe(16))
         self.admin = self._admin_client() if config.get("admin_logs", True) else None
         self._changed: set[str] = set()

@@ -70,7 +70,9 @@ class Lines:
                 self._changed.notify_all()
 
     def wait_for(self, pattern: str, timeout: float, start: int = 0) -> int:
-        """Index of the first line from ``start`` on that matches; fails after timeout."""
+        """Index of the first line from ``start`` on that matches; fails after timeout.
+        It blocks: call it in a thread from a test's event loop, whose clients must keep
+        their heartbeats."""
         found = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -191,11 +193,11 @@ async def test_the_compose_topology_across_hosts(topology: Topology) -> None:
                                                         for r in rows.values()), 30, topology)
         assert "clock" in every_ready, every_ready
         # A property of a plugin on the agent's host reaches the monitor on a third host.
-        watched.wait_for(r" clock/now = ", 10)
+        await asyncio.to_thread(watched.wait_for, r" clock/now = ", 10)
         mark = len(watched.lines)
 
         agent_host.link(up=False)
-        watched.wait_for(r" clock/now removed", 15, start=mark)
+        await asyncio.to_thread(watched.wait_for, r" clock/now removed", 15, mark)
         await until_plugins(client, "agent-1", lambda rows: not rows, 15, topology)
         sessions = (await client.request("sessions"))["sessions"]
         assert not any(s["name"] in every_ready for s in sessions), sessions
@@ -210,12 +212,12 @@ async def test_the_compose_topology_across_hosts(topology: Topology) -> None:
         # The same processes: they kept running while the link was down.
         assert {n: back[n]["pid"] for n in every_ready} == {
             n: every_ready[n]["pid"] for n in every_ready}
-        watched.wait_for(r" clock/now = ", 10, start=len(watched.lines))
+        await asyncio.to_thread(watched.wait_for, r" clock/now = ", 10, len(watched.lines))
 
         descendants = psutil.Process(agent.pid).children(recursive=True)
         assert len(descendants) >= len(every_ready)
         agent.signal(signal.SIGKILL)
-        agent.wait(5)
+        await asyncio.to_thread(agent.wait, 5)
         _, alive = await asyncio.to_thread(psutil.wait_procs, descendants, 5)
         assert not alive, f"left behind: {alive}\n{tail(topology.folder / 'agent.stderr')}"
         await until_plugins(client, "agent-1", lambda rows: not rows, 15, topology)
