@@ -22,6 +22,7 @@ from .errors import (
     ConnectionFailed,
     InvalidRequest,
     InvalidValue,
+    KeyRefused,
     NotAllowed,
     NotFound,
     PlugboardError,
@@ -35,7 +36,8 @@ from .values import Duration, Timestamp, ValueType, check_value
 __all__ = [
     "ERROR_CODES", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS",
     "ConfigError", "Conflict", "ConnectionFailed", "Duration", "InvalidRequest",
-    "InvalidValue", "Message", "NotAllowed", "NotFound", "Notification", "PlugboardError",
+    "InvalidValue", "KeyRefused", "Message", "NotAllowed", "NotFound", "Notification",
+    "PlugboardError",
     "ProtocolError", "RemoteError", "Request", "RequestTimeout", "Response", "Timestamp",
     "ValueType", "check_value", "decode", "decode_value", "encode", "encode_value",
     "matches", "validate_name", "validate_pattern", "validate_plugin_name",

@@ -12,6 +12,7 @@
     │   ├── CallFailed              unavailable, timeout, call_failed (plugin methods)
     │   └── Conflict                name_taken, invalid_state
     ├── ConnectionFailed            no broker at the endpoint, or the connection was lost
+    │   └── KeyRefused            the broker refused this CURVE key in the handshake
     ├── RequestTimeout              no reply within the request's timeout
     └── ConfigError                 a bad setting or file given to the broker or CLI
 
@@ -46,6 +47,11 @@ class ProtocolError(PlugboardError):
 
 class ConnectionFailed(PlugboardError):
     """The broker could not be reached, or the connection to it was lost."""
+
+
+class KeyRefused(ConnectionFailed):
+    """The broker refused this peer's CURVE key during the handshake (not authorized,
+    or revoked): a refusal, though no session ever started."""
 
 
 class RequestTimeout(PlugboardError):

@@ -45,7 +45,7 @@ def from_json(vtype: ValueType | str, value: Any) -> Any:
             except ValueError:
                 raise ValueError(f"{value!r} is not an ISO 8601 time") from None
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.timezone.utc)
+                parsed = parsed.replace(tzinfo=dt.UTC)
             return Timestamp.from_datetime(parsed)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return Timestamp.from_unix_nano(int(value * 1e9))

@@ -19,6 +19,7 @@ import asyncio
 import builtins
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from protocol.codec import Notification, Request, Response, decode, encode
 from protocol.discovery import default_endpoint, default_state_dir
 from protocol.errors import (
     ConnectionFailed,
+    KeyRefused,
     ProtocolError,
     RemoteError,
     RequestTimeout,
@@ -66,6 +68,30 @@ _HANDSHAKE_REASONS: dict[zmq.Event, str] = {
                                          "key (wrong server key, or a broker without CURVE)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
 }
+
+
+def _handshake_error(endpoint: str, why: str) -> ConnectionFailed:
+    kind = KeyRefused if why.startswith(_HANDSHAKE_REASONS[zmq.EVENT_HANDSHAKE_FAILED_AUTH]) \
+        else ConnectionFailed
+    return kind(f"the CURVE handshake with {endpoint} failed: {why}")
+
+
+def _ipc_absence(path: str) -> str | None:
+    """Why nothing can answer at an ipc path, or None when something listens. A socket
+    file left by a broker that crashed refuses the connection at once: say so now
+    rather than after a hello timeout."""
+    if not os.path.exists(path):
+        return "socket file missing"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return "a stale socket file: the broker that made it is gone"
+    except OSError:
+        return None  # let ZeroMQ try and report
+    finally:
+        probe.close()
+    return None
 
 
 def endpoint_from_env() -> str:
@@ -209,10 +235,11 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
-            sock.close(linger=0)
-            raise ConnectionFailed(f"no broker is running at {self.endpoint} "
-                                   "(socket file missing)")
+        if self.endpoint.startswith("ipc://"):
+            why = _ipc_absence(self.endpoint[len("ipc://"):])
+            if why is not None:
+                sock.close(linger=0)
+                raise ConnectionFailed(f"no broker is running at {self.endpoint} ({why})")
         sock.setsockopt(zmq.SNDHWM, 10_000)
         handshake_failed: list[str] = []
         if self.curve is not None:
@@ -235,14 +262,12 @@ class Client:
             result = await self.request("hello", params)
         except RequestTimeout:
             if handshake_failed:
-                raise ConnectionFailed(f"the CURVE handshake with {self.endpoint} failed: "
-                                       f"{handshake_failed[-1]}") from None
+                raise _handshake_error(self.endpoint, handshake_failed[-1]) from None
             raise ConnectionFailed(f"no broker answered at {self.endpoint} within "
                                    f"{self.timeout:g} s") from None
         except ConnectionFailed:
             if handshake_failed:
-                raise ConnectionFailed(f"the CURVE handshake with {self.endpoint} failed: "
-                                       f"{handshake_failed[-1]}") from None
+                raise _handshake_error(self.endpoint, handshake_failed[-1]) from None
             raise
         changed = self.instance is not None and result["instance"] != self.instance
         self.instance = result["instance"]

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from protocol._version import SUPPORTED_VERSIONS
 from protocol.discovery import default_state_dir
 from protocol.errors import PlugboardError
 
-from . import agent_command, client_commands, daemon, key_commands, plugin_commands, store_commands
+from ..core import BROKER_VERSION
+from . import (
+    agent_command,
+    client_commands,
+    daemon,
+    exit_codes,
+    key_commands,
+    plugin_commands,
+    store_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,10 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plugboard: an out-of-process plugin runner. A broker owns a typed "
                     "datastore; plugins and clients talk msgpack over ZeroMQ and get "
                     "changes pushed.",
+        epilog=exit_codes.EPILOG,
     )
-    parser.add_argument("--log-level", default="INFO",
+    parser.add_argument("--version", action="version",
+                        version=f"plugboard {BROKER_VERSION} (protocol versions "
+                                f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+    parser.add_argument("--log-level", default=None,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log verbosity on stderr (default INFO)")
+                        help="log verbosity on stderr (default: INFO for broker and agent, "
+                             "WARNING for the other commands)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="broker state directory (default: $PLUGBOARD_STATE_DIR, else "
                              "$XDG_STATE_HOME/plugboard, else ~/.local/state/plugboard)")
@@ -33,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=argparse.SUPPRESS)
     common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
                         help="broker state directory (see plugboard --help)")
+    common.add_argument("--json", action="store_true",
+                        help="machine-readable output: one JSON document per line "
+                             "(timestamps ISO 8601, durations in seconds)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser = _with_parents(commands.add_parser, common)  # type: ignore[method-assign]
     cmd = commands.add_parser("broker", help="run the broker daemon in the foreground",
@@ -63,19 +82,27 @@ def _with_parents(add_parser: Any, common: argparse.ArgumentParser) -> Any:
     return add
 
 
+DAEMONS = ("broker", "agent")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.state_dir is None:
         args.state_dir = default_state_dir()
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+    daemon_command = args.command in DAEMONS
+    if not daemon_command:
+        # A closed pipe (plugboard watch | head) ends the command quietly, as it ends cat.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    level = args.log_level or ("INFO" if daemon_command else "WARNING")
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args))
     except PlugboardError as exc:
         print(f"plugboard {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.for_error(exc)
     except KeyboardInterrupt:
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """``get``, ``set``, ``ls`` and ``watch``: the broker's data from a terminal.
 
-They connect as ``admin`` when the admin token in the state directory is readable
-(the user who started the broker), else as a ``client``.
+Every command connects as a ``client`` unless it asks for more, as sudo does:
+``--admin`` (or ``PLUGBOARD_ADMIN=1``) for the admin role, which needs the admin
+token in the state directory (the user who started the broker) or, over tcp, an admin
+key. Commands that only an admin may run (``plugins start``, ``logs``, ...) ask for it
+themselves and say so when it cannot be had.
 """
 
 from __future__ import annotations
@@ -9,28 +12,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from protocol.discovery import default_endpoint, read_admin_token
+from protocol.errors import ConfigError
+from protocol.json_values import to_json
 from protocol.values import ValueType
 from sdk import Change, Client, Gap, Reconnected, Removed, Synced
-from sdk._keys import (
-    ENV_KEY_FILE,
-    ENV_SECRET_KEY,
-    ENV_SERVER_KEY,
-    CurveKeys,
-    curve_keys,
-    read_key_pair,
-)
+from sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeys, curve_keys
 
 from ..security import CURVE_DIR
+from . import exit_codes
 from .values import format_table, format_value, parse_value
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--admin", action="store_true",
+                        help="act as admin (needs the admin token or an admin key; also "
+                             "$PLUGBOARD_ADMIN=1); without it, as a client")
     parser.add_argument("--endpoint", metavar="EP",
                         help="broker endpoint (default: $PLUGBOARD_ENDPOINT, else "
                              "ipc://STATE_DIR/broker.sock)")
@@ -46,17 +49,26 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                              "local admin key, when readable)")
 
 
-def connect(args: argparse.Namespace, reconnect: bool = False) -> Client:
+def connect(args: argparse.Namespace, reconnect: bool = False, *,
+            admin_only: str | None = None) -> Client:
+    """A client for the command; ``admin_only`` names what needs the admin role."""
     endpoint = args.endpoint or os.environ.get("PLUGBOARD_ENDPOINT") or default_endpoint(
         args.state_dir)
-    token = read_admin_token(args.state_dir)
+    wants_admin = admin_only is not None or getattr(args, "admin", False) or \
+        os.environ.get("PLUGBOARD_ADMIN", "") not in ("", "0")
     curve = curve_for(args) if endpoint.startswith("tcp://") else None
-    if curve is not None:  # the key decides the role on CURVE
-        role = "admin" if curve.secret == _local_admin_secret(args) else "client"
-    else:
-        role = "admin" if token else "client"
-    return Client(endpoint, role=role, token=token, timeout=args.timeout,
-                  reconnect=reconnect, curve=curve)
+    token = read_admin_token(args.state_dir) if wants_admin and curve is None else None
+    if wants_admin and curve is None and token is None:
+        raise ConfigError(f"{admin_only or 'the admin role'} needs the admin token, and "
+                          f"{Path(args.state_dir) / 'admin.token'} cannot be read here (run "
+                          "as the user who started the broker, or give --state-dir)")
+    role = "admin" if wants_admin else "client"
+    client = Client(endpoint, role=role, token=token, timeout=args.timeout,
+                    reconnect=reconnect, curve=curve)
+    if role == "admin" and curve is None:
+        # A restarted broker writes a new token: live views read it again to reconnect.
+        client.extra_hello = lambda: {"token": read_admin_token(args.state_dir)}
+    return client
 
 
 def curve_for(args: argparse.Namespace) -> CurveKeys | None:
@@ -73,15 +85,26 @@ def curve_for(args: argparse.Namespace) -> CurveKeys | None:
     return curve_keys(server, key_file)
 
 
-def _local_admin_secret(args: argparse.Namespace) -> str | None:
-    path = Path(args.state_dir) / CURVE_DIR / "admin.key_secret"
-    return read_key_pair(path)[1] if os.access(path, os.R_OK) else None
-
-
 def get(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with connect(args) as client:
             info = await client.get(args.name)
+            live = (await client.request("get", {"target": args.name})).get("live", True)
+        described = {"name": info.name, "value": info.value, "type": info.type,
+                     "unit": info.meta.get("unit"), "revision": info.revision,
+                     "timestamp": info.timestamp, "owner": info.owner, "live": live,
+                     "meta": info.meta}
+        if args.json:
+            print_json(described)
+        elif args.verbose:
+            rows = [(key, format_value(value) if value is not None else "-")
+                    for key, value in described.items() if key != "meta"]
+            rows.append(("state", "live" if live else "dormant (its owner is not "
+                                                      "connected; the stored value)"))
+            rows += [(f"meta.{k}", format_value(v)) for k, v in info.meta.items()
+                     if k != "unit"]
+            print(format_table(rows))
+        else:
             print(format_value(info.value))
 
     asyncio.run(main())
@@ -93,8 +116,12 @@ def set_(args: argparse.Namespace) -> int:
         async with connect(args) as client:
             vtype = ValueType(args.type) if args.type else ValueType((await client.get(
                 args.name)).type)
-            revision = await client.set(args.name, parse_value(args.value, vtype))
-            print(f"{args.name} = {args.value} (revision {revision})")
+            value = parse_value(args.value, vtype)
+            revision = await client.set(args.name, value)
+            if args.json:
+                print_json({"name": args.name, "value": value, "revision": revision})
+            else:
+                print(f"{args.name} = {args.value} (revision {revision})")
 
     asyncio.run(main())
     return 0
@@ -106,6 +133,12 @@ def ls(args: argparse.Namespace) -> int:
             return await client.list(args.pattern)
 
     items = asyncio.run(main())
+    if args.json:
+        for info in items:
+            print_json({"name": info.name, "type": info.type, "value": info.value,
+                        "owner": info.owner, "revision": info.revision,
+                        "timestamp": info.timestamp, "meta": info.meta})
+        return 0
     if args.tree:
         shown: set[str] = set()
         for info in items:
@@ -126,40 +159,78 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def watch(args: argparse.Namespace) -> int:
-    async def main() -> None:
+    """Until Ctrl-C, ``-C`` changes, or ``-W`` seconds (then exit status 6 if ``-C`` was
+    not reached)."""
+
+    async def main() -> int:
         async with connect(args, reconnect=True) as client:
             sub = await client.subscribe(args.pattern, current=not args.no_current,
                                          policy=args.policy)
             seen = 0
-            async for event in sub:
-                stamp = dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
-                if isinstance(event, Change):
-                    print(f"{stamp} {event.name} = {format_value(event.value)}", flush=True)
-                    seen += 1
-                elif isinstance(event, Removed):
-                    print(f"{stamp} {event.name} removed", flush=True)
-                    seen += 1
-                elif isinstance(event, Gap):
-                    print(f"{stamp} # {event.count} changes lost: {event.reason}", flush=True)
-                elif isinstance(event, Synced):
-                    print(f"{stamp} # current values above, live changes below", flush=True)
-                elif isinstance(event, Reconnected):
-                    print(f"{stamp} # reconnected (broker restarted: "
-                          f"{event.instance_changed})", flush=True)
-                if args.count and seen >= args.count:
-                    return
+            try:
+                async with asyncio.timeout(args.wait):
+                    async for event in sub:
+                        seen += _show(args, event)
+                        if args.count and seen >= args.count:
+                            return exit_codes.OK
+            except TimeoutError:
+                return exit_codes.TIMED_OUT if args.count else exit_codes.OK
+        return exit_codes.OK
 
     try:
-        asyncio.run(main())
+        return asyncio.run(main())
     except KeyboardInterrupt:
         sys.stdout.flush()
+        return exit_codes.OK
+
+
+def _show(args: argparse.Namespace, event: Any) -> int:
+    """Print one subscription event as asked; 1 if it was a change or a removal."""
+    stamp = dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+    if isinstance(event, Change | Removed):
+        change = event if isinstance(event, Change) else None
+        fields = {"name": event.name, "value": change.value if change else None,
+                  "removed": change is None, "revision": change.revision if change else None,
+                  "time": change.timestamp if change else None}
+        shown = format_value(change.value) if change else ""
+        if args.json:
+            print_json(fields, flush=True)
+        elif args.format:
+            print(args.format.format_map({
+                **fields, "value": shown, "json": json.dumps(to_json(fields["value"])),
+                "time": format_value(change.timestamp) if change else ""}), flush=True)
+        elif change is None:
+            print(f"{stamp} {event.name} removed", flush=True)
+        else:
+            print(f"{stamp} {event.name} = {shown}", flush=True)
+        return 1
+    if args.json or args.format:
+        if isinstance(event, Gap | Reconnected):
+            print(f"# {event}", file=sys.stderr, flush=True)
+        return 0
+    if isinstance(event, Gap):
+        print(f"{stamp} # {event.count} changes lost: {event.reason}", flush=True)
+    elif isinstance(event, Synced):
+        print(f"{stamp} # current values above, live changes below", flush=True)
+    elif isinstance(event, Reconnected):
+        print(f"{stamp} # reconnected (broker restarted: {event.instance_changed})",
+              flush=True)
     return 0
+
+
+def print_json(data: Any, flush: bool = False) -> None:
+    """One JSON document per line (NDJSON): timestamps ISO 8601, durations in seconds."""
+    print(json.dumps(to_json(data)), flush=flush)
 
 
 def add_commands(commands: Any) -> None:
     cmd = commands.add_parser("get", help="print a property's value",
-                              description="Print the current value of one property.")
+                              description="Print the current value of one property; -v "
+                                          "also its type, unit, revision, timestamp, owner "
+                                          "and whether it is live or dormant.")
     cmd.add_argument("name", help="property name, e.g. system/broker/uptime")
+    cmd.add_argument("-v", "--verbose", action="store_true",
+                     help="everything about the property, not only its value")
     add_connection_arguments(cmd)
     cmd.set_defaults(handler=get)
 
@@ -194,7 +265,12 @@ def add_commands(commands: Any) -> None:
                      help="skip the current values, show only new changes")
     cmd.add_argument("--policy", choices=["latest", "all"], default="all",
                      help="all: every change (default); latest: coalesce per property")
-    cmd.add_argument("--count", type=int, default=0, metavar="N",
+    cmd.add_argument("-C", "--count", type=int, default=0, metavar="N",
                      help="exit after N changes (default: run until Ctrl-C)")
+    cmd.add_argument("-W", "--wait", type=float, default=None, metavar="SECONDS",
+                     help="exit after SECONDS; with -C, exit status 6 if fewer changes came")
+    cmd.add_argument("-F", "--format", metavar="TEMPLATE",
+                     help="print each change with TEMPLATE, e.g. '{name}={value}'; fields: "
+                          "name, value, json (the value as JSON), revision, time, removed")
     add_connection_arguments(cmd)
     cmd.set_defaults(handler=watch)

@@ -108,13 +108,13 @@ def _tell_broker(args: argparse.Namespace) -> None:
     """Have a running broker re-read the file; say so when none answers."""
 
     async def reload() -> dict[str, Any]:
-        async with connect(args) as client:
+        async with connect(args, admin_only="keys.reload") as client:
             return await client.request("keys.reload")  # type: ignore[no-any-return]
 
     try:
         result = asyncio.run(reload())
-    except ConnectionFailed as exc:
-        print(f"no broker answered ({exc}); it reads the file when it starts")
+    except (ConnectionFailed, ConfigError) as exc:
+        print(f"no broker was told ({exc}); a broker reads the file when it starts")
         return
     print(f"the broker re-read its keys; {result['ended']} session(s) ended")
 

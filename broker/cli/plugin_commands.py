@@ -82,7 +82,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def plugins(args: argparse.Namespace) -> int:
     async def main() -> int:
-        async with connect(args) as client:
+        admin_only = None if args.action in ("list", "show") else f"plugins {args.action}"
+        async with connect(args, admin_only=admin_only) as client:
             if args.action == "list":
                 print(_table((await client.request("plugins"))["plugins"]))
                 return 0
@@ -156,7 +157,7 @@ def logs(args: argparse.Namespace) -> int:
     output its agent publishes on ``system/logs/NAME`` as it is captured."""
 
     async def main() -> int:
-        async with connect(args, reconnect=args.follow) as client:
+        async with connect(args, reconnect=args.follow, admin_only="logs") as client:
             follow = await client.listen(LOG_TOPIC + args.name) if args.follow else None
             result = await client.request("plugins.logs", {"name": args.name,
                                                            "lines": args.lines})
@@ -172,7 +173,7 @@ def logs(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except KeyboardInterrupt:
         return 0
-    except ConnectionFailed:
+    except (ConnectionFailed, ConfigError):
         if args.follow:
             raise
         return _local_log(args)  # a post-mortem: the broker is down, its files are here

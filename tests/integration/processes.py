@@ -177,9 +177,9 @@ def agent_key(broker: BrokerProcess, folder: Path, name: str) -> dict[str, str]:
                  "keys"]
     subprocess.run([*plugboard, "new", name, "--dir", str(folder)], check=True, cwd=ROOT,
                    capture_output=True)
-    public = read_key_pair(folder / f"{name}.key_secret")[0]
-    subprocess.run([*plugboard, "allow", public, "--role", "agent"], check=True, cwd=ROOT,
-                   capture_output=True)
+    # The public key file, not its text: a Z85 key may begin with "-", like an option.
+    subprocess.run([*plugboard, "allow", str(folder / f"{name}.key"), "--role", "agent"],
+                   check=True, cwd=ROOT, capture_output=True)
     return {"PLUGBOARD_SERVER_KEY": str(broker.state_dir / "curve" / "broker.key"),
             "PLUGBOARD_KEY_FILE": str(folder / f"{name}.key_secret")}
 

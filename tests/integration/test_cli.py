@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -61,9 +62,24 @@ def test_get_set_typed_values(ready_echo: BrokerProcess) -> None:
         ("echo/period", "1m30s", "1m30s"),
         ("echo/started", "2026-01-31T12:00:00Z", "2026-01-31T12:00:00.000000Z"),
     ]:
-        out = plugboard(state, "set", name, text)
+        out = plugboard(state, "set", name, text, "--admin")  # period and started: owner's
         assert out.returncode == 0, out.stderr
         assert plugboard(state, "get", name).stdout.strip() == shown
+
+
+def test_the_cli_is_a_client_unless_it_asks_for_admin(ready_echo: BrokerProcess) -> None:
+    state = ready_echo.state_dir
+    refused = plugboard(state, "set", "echo/period", "1s")
+    assert refused.returncode == 5, refused
+    assert "writable by its owner 'echo'" in refused.stderr and "not by a client" in refused.stderr
+    assert plugboard(state, "set", "echo/period", "1s", "--admin").returncode == 0
+    verbose = plugboard(state, "get", "-v", "echo/period").stdout
+    assert "owner" in verbose and "echo" in verbose and "duration" in verbose
+    as_json = json.loads(plugboard(state, "get", "echo/period", "--json").stdout)
+    assert as_json["value"] == 1.0 and as_json["live"] is True
+    nobody = short_tmpdir()  # a state dir without the token: admin commands say so
+    denied = plugboard(nobody, "plugins", "stop", "echo", "--endpoint", ready_echo.ipc)
+    assert denied.returncode == 1 and "plugins stop needs the admin token" in denied.stderr
 
 
 def test_set_refusals_are_one_clear_line(ready_echo: BrokerProcess) -> None:
@@ -71,9 +87,9 @@ def test_set_refusals_are_one_clear_line(ready_echo: BrokerProcess) -> None:
     out = plugboard(state, "set", "echo/setpoint", "warm")
     assert out.returncode == 1 and "'warm' is not a valid float" in out.stderr
     out = plugboard(state, "set", "echo/setpoint", "500")
-    assert out.returncode == 1 and "above the maximum" in out.stderr
+    assert out.returncode == 5 and "above the maximum" in out.stderr  # refused
     out = plugboard(state, "get", "echo/nothing")
-    assert out.returncode == 1 and "no property named 'echo/nothing'" in out.stderr
+    assert out.returncode == 4 and "no property named 'echo/nothing'" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 
@@ -106,7 +122,7 @@ def test_no_broker_is_one_line_and_non_zero() -> None:
     empty = short_tmpdir()
     for command in (["get", "x/y"], ["set", "x/y", "1"], ["ls"], ["watch"]):
         out = plugboard(empty, *command)
-        assert out.returncode == 1, out
+        assert out.returncode == 3, out  # no broker
         assert out.stderr.strip().splitlines() == [
             f"plugboard {command[0]}: no broker is running at ipc://{empty}/broker.sock "
             "(socket file missing)"]
@@ -174,4 +190,4 @@ async def test_call_and_plugins_show_through_the_command(processes: Processes) -
     wrong = plugboard(broker.state_dir, "call", "thermostat", "boost", "hours=1")
     assert wrong.returncode == 1 and "KEY one of minutes" in wrong.stderr
     refused = plugboard(broker.state_dir, "call", "thermostat", "boost", "minutes=-1")
-    assert refused.returncode == 1 and "minutes must be above 0" in refused.stderr
+    assert refused.returncode == 5 and "minutes must be above 0" in refused.stderr

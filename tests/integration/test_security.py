@@ -301,7 +301,7 @@ def test_plugboard_keys_from_a_new_pair_to_a_revoked_one(processes: Processes) -
     assert "public key" in made.stdout and mode(state / "alice.key_secret") == 0o600
     as_alice = ("--endpoint", broker.tcp, "--key", str(state / "alice.key_secret"))
     refused = plugboard("get", "system/broker/version", *as_alice)
-    assert refused.returncode == 1 and "refused this key" in refused.stderr
+    assert refused.returncode == 5 and "refused this key" in refused.stderr
     allowed = plugboard("keys", "allow", str(state / "alice.key"), "--role", "client",
                         "--comment", "test")
     assert allowed.returncode == 0 and "re-read its keys" in allowed.stdout, allowed.stderr
