@@ -35,6 +35,7 @@ FIGURES: dict[str, ValueType] = {
     "exit_code": ValueType.ANY, "reason": ValueType.STR, "started_at": ValueType.ANY,
     "uptime": ValueType.DURATION, "cpu_percent": ValueType.FLOAT,
     "memory_rss": ValueType.INT, "threads": ValueType.INT, "open_files": ValueType.INT,
+    "history": ValueType.LIST, "stderr_tail": ValueType.STR,
 }
 """What an agent reports of a plugin with ``agent.status``, and the type of each."""
 CONTROL_ACTIONS = ("start", "stop", "restart", "reload", "logs")

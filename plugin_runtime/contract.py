@@ -113,7 +113,11 @@ class Contract:
             about={"protocol": list(self.protocol), "description": self.description,
                    "author": self.author, "licence": self.licence,
                    "after": list(self.after), "before": list(self.before),
-                   "restart": self.run.restart})
+                   "restart": self.run.restart,
+                   "limits": {k: v for k, v in (("memory_mb", self.limits.memory_mb),
+                                                ("cpu_percent", self.limits.cpu_percent),
+                                                ("sustained_s", self.limits.sustained_s))
+                              if v is not None}})
 
 
 class _Reader:

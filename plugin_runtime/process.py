@@ -186,6 +186,14 @@ class PluginProcess:
     def stderr_tail(self) -> str:
         return "\n".join(self.stderr_lines)
 
+    def last_words(self) -> str:
+        """The line of stderr that says what went wrong: the last one that is not part
+        of a traceback's frames (for Python, the exception itself)."""
+        for line in reversed(self.stderr_lines):
+            if line.strip() and not line[0].isspace() and not line.startswith("Traceback"):
+                return line.strip()[:200]
+        return ""
+
     def poll(self) -> int | None:
         return self.proc.returncode if self.proc else None
 

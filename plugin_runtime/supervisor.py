@@ -16,6 +16,7 @@ import enum
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from .restart import RestartTracker
 log = logging.getLogger(__name__)
 STATS_INTERVAL = 1.0
 LOG_TAIL_LINES = 50
+HISTORY = 20
+"""State changes kept per plugin (``system/plugins/<name>/history``)."""
 SESSION_LOST_GRACE = 1.0
 """Seconds a plugin process may live on without a session before it is replaced."""
 
@@ -79,6 +82,10 @@ class ManagedPlugin:
     """Its session with the broker is up (between ``plugin.ready`` and ``plugin.ended``)."""
     reported: dict[str, Any] = field(default_factory=dict)
     """Figures last reported to the broker (only changes are sent)."""
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    """Its last state changes: time, state, reason, exit code."""
+    stderr_tail: str = ""
+    """The end of the stderr of its last launch that ended."""
 
     @property
     def name(self) -> str:
@@ -146,6 +153,7 @@ class Supervisor:
             "pid": plugin.process.pid if running and plugin.process else 0,
             "restarts": plugin.restarts, "exit_code": plugin.exit_code,
             "reason": plugin.reason, "started_at": plugin.started_at,
+            "history": list(plugin.history), "stderr_tail": plugin.stderr_tail,
             "uptime": Duration.from_seconds(self.clock() - plugin.started_mono)
             if running else Duration(0),
         }
@@ -164,6 +172,9 @@ class Supervisor:
         plugin.state = state
         if reason:
             plugin.reason = reason
+        plugin.history.append({"time": Timestamp.from_unix_nano(time.time_ns()),
+                               "state": state.value, "reason": reason,
+                               "exit_code": plugin.exit_code})
         log.info("plugin %s: %s%s", plugin.name, state.value, f" ({reason})" if reason else "")
         self._publish(plugin)
 
@@ -310,8 +321,9 @@ class Supervisor:
         code = process.poll()
         why = (f"exited with status {code} before it was ready" if code is not None else
                f"not ready within {plugin.contract.run.start_timeout:g} s")
-        tail = process.stderr_tail()
-        plugin.reason = f"{why}; stderr: {tail[-800:]}" if tail else why
+        plugin.stderr_tail = process.stderr_tail()
+        last = process.last_words()
+        plugin.reason = f"{why}: {last}" if last else why
         log.error("plugin %s %s", name, plugin.reason)
         if code is None:
             await process.stop(lambda: None, plugin.contract.run.stop_timeout)
@@ -352,23 +364,26 @@ class Supervisor:
         self.link.exited(plugin.name, f"process exited with status {code}")
         plugin.connected = False
         plugin.exit_code = code
+        plugin.stderr_tail = process.stderr_tail() or plugin.stderr_tail
         if self._closing:
             return
         failed = code != 0 or plugin.state is PluginState.STARTING
-        if plugin.state is not PluginState.STARTING and not plugin.stop_requested:
-            plugin.reason = plugin.reason or f"exited with status {code}"
+        if not plugin.stop_requested and not plugin.reason:
+            last = process.last_words() if code != 0 else ""
+            when = " before it was ready" if plugin.state is PluginState.STARTING else ""
+            plugin.reason = f"exited with status {code}{when}" + (f": {last}" if last else "")
         decision = plugin.tracker.on_exit(self.clock(), failed=failed,
                                           requested=plugin.stop_requested)
         if plugin.stop_requested:
             self._set_state(plugin, PluginState.STOPPED, "stopped on request" + escaped)
         elif decision.restart:
             self._set_state(plugin, PluginState.BACKOFF,
-                            f"{plugin.reason}{escaped}; {decision.reason}")
+                            _joined(plugin.reason + escaped, decision.reason))
             plugin.restart_timer = asyncio.get_running_loop().call_later(
                 decision.delay, lambda: asyncio.ensure_future(self._restart_after_backoff(plugin)))
         else:
             state = PluginState.FAILED if decision.failed or failed else PluginState.EXITED
-            self._set_state(plugin, state, f"{plugin.reason}{escaped}; {decision.reason}")
+            self._set_state(plugin, state, _joined(plugin.reason + escaped, decision.reason))
 
     async def _restart_after_backoff(self, plugin: ManagedPlugin) -> None:
         plugin.restart_timer = None
@@ -515,3 +530,7 @@ class Supervisor:
             starting.cancel()
             await self.stop_all()
             await self.link.close()
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)

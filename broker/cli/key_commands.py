@@ -20,7 +20,7 @@ from protocol.errors import ConfigError, ConnectionFailed
 from sdk._keys import read_public_key
 
 from ..security import ROLES, Grant, curve_dir, ensure_key_pair, read_authorized, write_authorized
-from .client_commands import add_connection_arguments, connect
+from .client_commands import add_connection_arguments, connect, print_json
 from .values import format_table
 
 
@@ -45,6 +45,10 @@ def show(args: argparse.Namespace) -> int:
 
 def list_(args: argparse.Namespace) -> int:
     grants = read_authorized(curve_dir(args.state_dir) / "authorized_keys.json")
+    if args.json:
+        for grant in grants:
+            print_json(grant.to_json())
+        return 0
     rows = [[g.key, g.role, ",".join(g.names) or "-", g.comment] for g in grants]
     print(format_table([["KEY", "ROLE", "NAMES", "COMMENT"], *rows]) if rows
           else "no keys allowed (plugboard keys allow KEY --role ROLE)")

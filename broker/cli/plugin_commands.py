@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 from plugin_runtime.contract import check_contracts
-from protocol.errors import ConfigError, ConnectionFailed
+from protocol.errors import ConfigError, ConnectionFailed, NotFound
 from protocol.names import LOG_TOPIC
 from protocol.values import ValueType
 from sdk import Client
 
-from .client_commands import add_connection_arguments, connect
+from .client_commands import add_connection_arguments, connect, print_json
 from .values import format_table, format_value, parse_value
 
 
 def check(args: argparse.Namespace) -> int:
     contracts, problems = check_contracts([Path(p) for p in args.paths])
+    if args.json:
+        print_json({"ok": not problems, "problems": [dataclasses.asdict(p) for p in problems],
+                    "start_order": [c.name for c in contracts]})
+        return 1 if problems else 0
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -64,6 +69,11 @@ def add_commands(commands: Any) -> None:
     add_runtime_commands(commands)
 
 
+def _shortened(reason: str, width: int = 100) -> str:
+    """A reason for a table cell: its end says what went wrong, so the start goes."""
+    return reason if len(reason) <= width else "…" + reason[-(width - 1):]
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     header = ("NAME", "VERSION", "HOST", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "MEMORY",
               "REASON")
@@ -75,7 +85,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             str(row.get("pid") or "-"),
             format_value(row["uptime"]) if row.get("pid") else "-", str(row["restarts"]),
             f"{row.get('cpu_percent') or 0:.1f}", f"{rss / 2**20:.1f} MB" if rss else "-",
-            (row.get("reason") or "")[:60],
+            _shortened(row.get("reason") or ""),
         ))
     return format_table(lines)
 
@@ -85,37 +95,65 @@ def plugins(args: argparse.Namespace) -> int:
         admin_only = None if args.action in ("list", "show") else f"plugins {args.action}"
         async with connect(args, admin_only=admin_only) as client:
             if args.action == "list":
-                print(_table((await client.request("plugins"))["plugins"]))
+                rows = (await client.request("plugins"))["plugins"]
+                if args.json:
+                    for row in rows:
+                        print_json(row)
+                else:
+                    print(_table(rows))
                 return 0
             if not args.name:
                 raise ConfigError(f"plugins {args.action} needs a plugin NAME")
             if args.action == "show":
-                print(await _show(client, args.name))
+                values = await _plugin_values(client, args.name)
+                print_json(values) if args.json else print(_story(args.name, values))
                 return 0
             params = {"name": args.name, "force": args.force}
             result = await client.request(f"plugins.{args.action}", params,
                                           timeout=max(args.timeout, 60.0))
-            print(f"{args.action} {args.name}: " + ", ".join(
-                f"{k} {format_value(v)}" for k, v in result.items()))
+            if args.json:
+                print_json({"action": args.action, "name": args.name, **result})
+            else:
+                print(f"{args.action} {args.name}: " + ", ".join(
+                    f"{k} {format_value(v)}" for k, v in result.items()))
             return 0 if result.get("ready", True) else 1
 
     return asyncio.run(main())
 
 
-async def _show(client: Client, name: str) -> str:
-    """One plugin: its figures and its whole contract, methods included."""
-    rows = [row for row in (await client.request("plugins"))["plugins"] if row["name"] == name]
-    items = await client.list(f"system/plugins/{name}/#")
-    if not items:
-        raise ConfigError(f"no plugin {name!r} is configured")
+async def _plugin_values(client: Client, name: str) -> dict[str, Any]:
+    """Everything below system/plugins/NAME/, by sub-name."""
     prefix = f"system/plugins/{name}/"
-    lines = [f"{name}" + (f" {rows[0]['version']}" if rows else "")]
-    for item in items:
-        key = item.name[len(prefix):]
-        if key in ("contract/exports", "contract/methods"):
-            continue
-        lines.append(f"  {key:<22} {format_value(item.value)}")
-    values = {i.name[len(prefix):]: i.value for i in items}
+    items = await client.list(prefix + "#")
+    if not items:
+        raise NotFound("not_found", f"no plugin {name!r} is managed by a connected agent")
+    return {i.name[len(prefix):]: i.value for i in items}
+
+
+def _story(name: str, values: dict[str, Any]) -> str:
+    """One plugin's whole story: where and how it runs, what happened to it (state
+    history with exit codes and reasons, the end of its stderr) and its contract."""
+    lines = [f"{name} {values.get('contract/version', '')} on {values.get('host', '?')}: "
+             f"{values.get('state', '?')}"]
+    for key in ("reason", "pid", "started_at", "uptime", "restarts", "exit_code",
+                "cpu_percent", "memory_rss", "threads", "open_files"):
+        if values.get(key) not in (None, ""):
+            lines.append(f"  {key:<12} {format_value(values[key])}")
+    history = values.get("history") or []
+    if history:
+        lines.append("history:")
+        for entry in history:
+            code = entry.get("exit_code")
+            lines.append(f"  {format_value(entry.get('time'))}  {entry.get('state', ''):<9}"
+                         + (f" exit {code}" if code is not None else "")
+                         + (f"  {entry['reason']}" if entry.get("reason") else ""))
+    if values.get("stderr_tail"):
+        lines.append("stderr (last lines of the last launch that ended):")
+        lines += [f"  {line}" for line in str(values["stderr_tail"]).splitlines()]
+    lines.append("contract:")
+    for key in ("description", "provides", "needs", "after", "before", "restart", "limits"):
+        if values.get(f"contract/{key}") not in (None, "", [], {}):
+            lines.append(f"  {key:<12} {format_value(values[f'contract/{key}'])}")
     lines.append("  exports:")
     for export in values.get("contract/exports") or []:
         lines.append(f"    {export['pattern']} ({export['type']})")
@@ -146,7 +184,7 @@ def call(args: argparse.Namespace) -> int:
                 params[key] = parse_value(text, ValueType(spec["params"][key]))
             result = await client.call(args.plugin, args.method, timeout=args.timeout,
                                        **params)
-            print(format_value(result))
+            print_json({"result": result}) if args.json else print(format_value(result))
             return 0
 
     return asyncio.run(main())
@@ -202,7 +240,10 @@ def top(args: argparse.Namespace) -> int:
             changes = await client.subscribe("system/plugins/+/+", min_interval=0.5)
             async for _event in changes:
                 rows = (await client.request("plugins"))["plugins"]
-                print("\033[H\033[2J" + _table(rows), flush=True)
+                if args.json:
+                    print_json({"plugins": rows}, flush=True)
+                else:
+                    print("\033[H\033[2J" + _table(rows), flush=True)
 
     try:
         asyncio.run(main())

@@ -19,6 +19,7 @@ from protocol.values import ValueType
 
 from ..statedir import StateDir
 from ..store import STORE_NAME, Record, Store
+from .client_commands import print_json
 from .values import from_json, to_json
 
 
@@ -33,6 +34,11 @@ def info(args: argparse.Namespace) -> int:
     store = _open(args)
     try:
         records = store.load()
+        if args.json:
+            print_json({"path": str(store.path), "size": store.path.stat().st_size,
+                        "properties": len(records), "damaged": len(store.dropped),
+                        "integrity": store.integrity(), "durability": store.last_durability})
+            return 0
         print(f"path         {store.path}")
         print(f"size         {store.path.stat().st_size} bytes")
         print(f"properties   {len(records)}")

@@ -17,7 +17,7 @@ from protocol import Timestamp
 from sdk import Change, Client
 
 from .conftest import Processes
-from .processes import ROOT, BrokerProcess, short_tmpdir
+from .processes import ROOT, BrokerProcess, make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +191,26 @@ async def test_call_and_plugins_show_through_the_command(processes: Processes) -
     assert wrong.returncode == 1 and "KEY one of minutes" in wrong.stderr
     refused = plugboard(broker.state_dir, "call", "thermostat", "boost", "minutes=-1")
     assert refused.returncode == 5 and "minutes must be above 0" in refused.stderr
+
+
+async def test_a_failed_plugin_tells_its_story(processes: Processes) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "broken", restart="never", RAISE_ON_INIT="1")
+    broker = processes.broker(None, "--plugins", str(root))
+    async with Client(broker.ipc) as client:
+        state = await client.subscribe("system/plugins/broken/state")
+        await processes.until(state, lambda e: isinstance(e, Change) and e.value == "failed")
+    table = plugboard(broker.state_dir, "plugins").stdout
+    row = next(line for line in table.splitlines() if line.startswith("broken"))
+    assert "ZeroDivisionError: division by zero" in row, table
+    story = plugboard(broker.state_dir, "plugins", "show", "broken")
+    assert story.returncode == 0, story.stderr
+    text = story.stdout
+    assert "history:" in text and "starting" in text and "failed" in text, text
+    assert "exit 1" in text and "Traceback (most recent call last)" in text, text
+    assert "limits" in text and "memory_mb" in text, text
+    shown = json.loads(plugboard(broker.state_dir, "plugins", "show", "broken",
+                                 "--json").stdout)
+    assert [h["state"] for h in shown["history"]][-2:] == ["starting", "failed"]
+    missing = plugboard(broker.state_dir, "plugins", "show", "nobody")
+    assert missing.returncode == 4 and "no plugin 'nobody'" in missing.stderr
