@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import datetime
 import enum
 import os
 import signal
@@ -38,6 +39,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the SDK's give-up timer remains
         pass
+
+
+def _stamped(line: bytes, stream: str = "-") -> bytes:
+    """A captured line as it is kept and published: local time to the millisecond and
+    the stream (O stdout, E stderr, - the runtime's own), then the line."""
+    now = datetime.datetime.now().isoformat(timespec="milliseconds")
+    return f"{now} {stream} ".encode() + line
 
 
 class StopStep(enum.StrEnum):
@@ -123,7 +131,7 @@ class PluginProcess:
         inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
         env = {**inherited, **run.env, "PLUGBOARD_ENDPOINT": self.endpoint,
                "PLUGBOARD_NAME": self.contract.name, "PLUGBOARD_TOKEN": self.token, **self.env}
-        self.log.write(f"--- starting {' '.join(self.contract.argv())}\n".encode())
+        self.log.write(_stamped(f"--- starting {' '.join(self.contract.argv())}\n".encode()))
         loop = asyncio.get_running_loop()
         self.proc = proc = subprocess.Popen(
             self.contract.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -176,8 +184,9 @@ class PluginProcess:
     async def _capture(self, stream: asyncio.StreamReader, is_stderr: bool) -> None:
         try:
             while line := await stream.readline():
-                self.log.write(line)
-                self.on_output(line)
+                stamped = _stamped(line, "E" if is_stderr else "O")
+                self.log.write(stamped)
+                self.on_output(stamped)
                 if is_stderr:
                     self.stderr_lines.append(line.decode(errors="replace").rstrip())
         except (ValueError, OSError):  # a line over the reader's limit, a closed pipe

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from sdk import Change, Client, Removed
 
 from .conftest import Processes
-from .processes import ROOT, BrokerProcess
+from .processes import ROOT, BrokerProcess, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +107,33 @@ async def test_sigterm_stops_plugins_dependents_first(processes: Processes) -> N
                            str(broker.state_dir), "logs", "thermostat"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert logs.returncode == 0 and "--- starting" in logs.stdout
+
+
+async def test_the_readme_demo_shows_the_push(processes: Processes) -> None:
+    """README, "What to type next": watch thermostat/#, set the setpoint, see the heater."""
+    root = short_tmpdir()
+    for name in ("room", "thermostat"):
+        shutil.copytree(ROOT / "plugins" / name, root / name)
+    broker = processes.broker(None, "--plugins", str(root))
+    async with Client(broker.ipc) as client:
+        heater = await client.subscribe("thermostat/heater")
+        await processes.until(heater, lambda e: isinstance(e, Change) and e.value is True,
+                              timeout=20)
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "--state-dir", str(broker.state_dir), "watch",
+         "thermostat/heater", "-C", "2", "-F", "{name} = {value}"], cwd=ROOT,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert watching.stdout is not None
+        assert watching.stdout.readline().strip() == "thermostat/heater = true"
+        cold = subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+                               str(broker.state_dir), "set", "thermostat/setpoint", "10"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=20)
+        assert cold.returncode == 0, cold.stderr
+        assert watching.wait(15) == 0
+        assert watching.stdout.read().strip() == "thermostat/heater = false"
+    finally:
+        watching.kill()
+        watching.wait()
+        if watching.stdout is not None:
+            watching.stdout.close()

@@ -40,7 +40,8 @@ def test_methods_in_the_spec() -> None:
 def test_sdk_public_surface_is_pinned() -> None:
     assert sorted(sdk.__all__) == sorted([
         "CallFailed", "Change", "Client", "Conflict", "ConnectionFailed", "Duration", "Gap",
-        "InvalidRequest", "InvalidValue", "KeyRefused", "Listener", "Message", "NotAllowed", "NotFound",
+        "InvalidRequest", "InvalidValue", "KeyRefused", "Listener", "Message", "NotAllowed",
+        "NotFound",
         "PlugboardError", "Plugin", "PropertyInfo", "Reconnected", "RemoteError", "Removed",
         "RequestTimeout", "Subscription", "Synced", "SyncClient", "SyncSubscription",
         "Timestamp",
