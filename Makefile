@@ -39,7 +39,7 @@ test: install-test plugins
 
 lint: install-test
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/ruff check protocol broker sdk tests
+	$(BIN)/ruff check protocol broker sdk plugin_runtime plugins bench tests
 	$(BIN)/mypy
 
 clean:

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdk import Client  # noqa: E402
+from plugboard.sdk import Client  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -34,9 +34,9 @@ READY = re.compile(r"listening on (\S+)")
 
 
 def start_broker(state: Path, durability: str) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "--state-dir", str(state),
-                             "--log-level", "WARNING", "broker", "--durability", durability,
-                             "--allow-unmanaged-plugins"],
+    proc = subprocess.Popen([sys.executable, "-m", "plugboard.broker.cli", "--state-dir",
+                             str(state), "--log-level", "WARNING", "broker", "--durability",
+                             durability, "--allow-unmanaged-plugins"],
                             stdout=subprocess.PIPE, cwd=ROOT)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()

@@ -105,8 +105,8 @@ class Broker:
             self.env = {"PLUGBOARD_KEY_FILE": str(secret)}
         profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
         self.proc = subprocess.Popen(
-            [sys.executable, *profiler, "-m", "broker.cli", "--state-dir", str(self.state),
-             "--log-level", "WARNING", "broker", "--durability", "off",
+            [sys.executable, *profiler, "-m", "plugboard.broker.cli", "--state-dir",
+             str(self.state), "--log-level", "WARNING", "broker", "--durability", "off",
              "--endpoint", f"ipc://{self.state}/b.sock", "--endpoint", "tcp://127.0.0.1:*",
              "--allow-unmanaged-plugins", *([] if curve else ["--insecure"]), *extra],
             stdout=subprocess.PIPE, cwd=ROOT, text=True)
@@ -299,7 +299,7 @@ def scenario_snapshot_and_memory() -> dict[str, Any]:
 
 
 async def _set_cost(endpoint: str, patterns: int) -> float:
-    from sdk import Client
+    from plugboard.sdk import Client
 
     async with Client(endpoint, role="plugin", name="cost", timeout=60) as writer, \
             Client(endpoint, timeout=60) as watcher, Client(endpoint, timeout=60) as many:
@@ -334,8 +334,7 @@ async def _slow_subscriber(endpoint: str, broker: psutil.Process, writes: int) -
     """A client subscribed to ``#`` under policy ``all`` that never reads, while a
     plugin makes ``writes`` sets of 1 KB: what does the broker's memory do?"""
     import msgpack
-
-    from sdk import Client
+    from plugboard.sdk import Client
 
     ctx = zmq.Context()
     slow = ctx.socket(zmq.DEALER)
@@ -383,7 +382,7 @@ CALLS_N = 2000
 
 
 async def _call_round_trips(endpoint: str) -> list[int]:
-    from sdk import Client
+    from plugboard.sdk import Client
 
     async with Client(endpoint, timeout=30) as caller:
         state = await caller.subscribe("system/plugins/echo/state")
@@ -471,7 +470,7 @@ def _plugin_dirs(root: Path, count: int) -> None:
 
 
 async def _until_ready(endpoint: str, count: int, started: float) -> float:
-    from sdk import Change, Client
+    from plugboard.sdk import Change, Client
 
     async with Client(endpoint, timeout=60) as client:
         sub = await client.subscribe("system/plugins/+/state")

@@ -65,7 +65,7 @@ class Receipts:
 # -- Plugboard ------------------------------------------------------------------------------
 
 async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> None:
-    from sdk import Change, Client, Gap, Synced
+    from plugboard.sdk import Change, Client, Gap, Synced
 
     async with Client(endpoint, timeout=30) as client:
         sub = await client.subscribe(pattern, policy="all", current=current == "current",
@@ -99,7 +99,7 @@ async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> No
 
 async def pb_subs(endpoint: str, clients: int, expected: int) -> None:
     """Several subscribers in one process (fan-out): total notifications per second."""
-    from sdk import Change, Client
+    from plugboard.sdk import Change, Client
 
     async def one() -> Receipts:
         async with Client(endpoint, timeout=30) as client:
@@ -126,7 +126,7 @@ async def pb_subs(endpoint: str, clients: int, expected: int) -> None:
 
 
 async def pb_write(endpoint: str, mode: str, count: int) -> None:
-    from sdk import Client
+    from plugboard.sdk import Client
 
     async with Client(endpoint, role="plugin", name="bench", timeout=60) as client:
         await client.declare("bench/x", "int", 0)
@@ -151,7 +151,7 @@ async def pb_write(endpoint: str, mode: str, count: int) -> None:
 
 async def pb_fill(endpoint: str, count: int) -> None:
     """Declare ``count`` properties (for the snapshot and memory scenarios)."""
-    from sdk import Client
+    from plugboard.sdk import Client
 
     async with Client(endpoint, role="plugin", name="fill", timeout=120) as client:
         pending = []
@@ -166,7 +166,7 @@ async def pb_fill(endpoint: str, count: int) -> None:
 
 
 async def pb_idle(endpoint: str, name: str) -> None:
-    from sdk import Client
+    from plugboard.sdk import Client
 
     async with Client(endpoint, role="plugin", name=name, timeout=30) as client:
         await client.declare(f"{name}/x", "int", 1)

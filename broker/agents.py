@@ -16,11 +16,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocol.codec import Response
-from protocol.errors import ProtocolError
-from protocol.names import LOG_TOPIC, PLUGINS_PREFIX
-from protocol.plugin_spec import PluginSpec
-from protocol.values import ValueType, check_value
+from plugboard.protocol.codec import Response
+from plugboard.protocol.errors import ProtocolError
+from plugboard.protocol.names import LOG_TOPIC, PLUGINS_PREFIX
+from plugboard.protocol.plugin_spec import PluginSpec
+from plugboard.protocol.values import ValueType, check_value
 
 from .sessions import Role, Session
 

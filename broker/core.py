@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import limits
-from protocol._version import SUPPORTED_VERSIONS
-from protocol.codec import Notification, Request, Response, decode, encode, request_msgid
-from protocol.declaration import WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS, parse_meta
-from protocol.errors import ProtocolError
-from protocol.names import (
+from plugboard.protocol import limits
+from plugboard.protocol._version import SUPPORTED_VERSIONS
+from plugboard.protocol.codec import Notification, Request, Response, decode, encode, request_msgid
+from plugboard.protocol.declaration import WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS, parse_meta
+from plugboard.protocol.errors import ProtocolError
+from plugboard.protocol.names import (
     LOG_TOPIC,
     SYSTEM_NAMESPACE,
     matches,
@@ -32,8 +32,8 @@ from protocol.names import (
     validate_pattern,
     validate_plugin_name,
 )
-from protocol.plugin_spec import MethodSpec, PluginSpec
-from protocol.values import Timestamp, ValueType, check_value
+from plugboard.protocol.plugin_spec import MethodSpec, PluginSpec
+from plugboard.protocol.values import Timestamp, ValueType, check_value
 
 from .agents import AgentDesk
 from .datastore import Datastore, Property

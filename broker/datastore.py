@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from protocol.declaration import Meta
-from protocol.errors import ProtocolError
-from protocol.names import validate_name
-from protocol.values import Timestamp, ValueType, check_value
+from plugboard.protocol.declaration import Meta
+from plugboard.protocol.errors import ProtocolError
+from plugboard.protocol.names import validate_name
+from plugboard.protocol.values import Timestamp, ValueType, check_value
 
 if TYPE_CHECKING:
     from .subscriptions import Subscription

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from plugboard.protocol.errors import ConfigError
+from plugboard.sdk._keys import is_z85_key, read_key_pair
 from zmq.utils import z85
-
-from protocol.errors import ConfigError
-from sdk._keys import is_z85_key, read_key_pair
 
 log = logging.getLogger(__name__)
 

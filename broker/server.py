@@ -24,8 +24,7 @@ import sys
 from dataclasses import dataclass, field
 
 import zmq
-
-from protocol.errors import ConfigError
+from plugboard.protocol.errors import ConfigError
 
 from .core import BrokerCore, CoreConfig
 from .security import ZAP_DOMAIN

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from protocol.codec import Response
+    from plugboard.protocol.codec import Response
 
     from .datastore import Property
     from .subscriptions import Subscription

@@ -14,8 +14,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from protocol.discovery import SOCKET_NAME, TOKEN_NAME
-from protocol.errors import ConfigError
+from plugboard.protocol.discovery import SOCKET_NAME, TOKEN_NAME
+from plugboard.protocol.errors import ConfigError
 
 LOCK_NAME = "broker.lock"
 _IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the NUL

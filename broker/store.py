@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.codec import decode_value, encode_value
-from protocol.errors import ConfigError, ProtocolError
-from protocol.values import Timestamp, ValueType
+from plugboard.protocol.codec import decode_value, encode_value
+from plugboard.protocol.errors import ConfigError, ProtocolError
+from plugboard.protocol.values import Timestamp, ValueType
 
 log = logging.getLogger(__name__)
 

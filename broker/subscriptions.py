@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
-from protocol.values import Duration, Timestamp
+from plugboard.protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
+from plugboard.protocol.values import Duration, Timestamp
 
 from .sessions import QueueBudget
 

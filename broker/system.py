@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from protocol.values import Duration, Timestamp, ValueType
+from plugboard.protocol.values import Duration, Timestamp, ValueType
 
 if TYPE_CHECKING:
     from .core import BrokerCore

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.discovery import read_admin_token
-from protocol.errors import PlugboardError
-from sdk import Change, Client
+from plugboard.protocol.discovery import read_admin_token
+from plugboard.protocol.errors import PlugboardError
+from plugboard.sdk import Change, Client
 
 from .contract import Contract, load_contract
 from .link import BrokerLink
@@ -92,7 +92,7 @@ class Checker:
         stimulus comes from a stand-in plugin."""
         self.agent.ready.clear()  # before: the plugin may be back before the line is read
         self.broker = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "--log-level", "WARNING", "--state-dir",
+            [sys.executable, "-m", "plugboard.broker.cli", "--log-level", "WARNING", "--state-dir",
              str(self.state_dir), "broker", "--endpoint", self.endpoint,
              "--heartbeat-ms", str(HEARTBEAT_MS), "--session-timeout-ms",
              str(SESSION_TIMEOUT_MS), "--allow-unmanaged-plugins"],

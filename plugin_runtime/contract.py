@@ -10,6 +10,7 @@ the first problem: it returns all of them, each with file, field and reason.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 import sys
 import tomllib
@@ -17,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol._version import SUPPORTED_VERSIONS
-from protocol.declaration import parse_meta
-from protocol.errors import ProtocolError
-from protocol.names import validate_pattern, validate_plugin_name
-from protocol.plugin_spec import Export, MethodSpec, PluginSpec
-from protocol.values import ValueType
+from plugboard.protocol._version import SUPPORTED_VERSIONS
+from plugboard.protocol.declaration import parse_meta
+from plugboard.protocol.errors import ConfigError, ProtocolError
+from plugboard.protocol.names import validate_pattern, validate_plugin_name
+from plugboard.protocol.plugin_spec import Export, MethodSpec, PluginSpec
+from plugboard.protocol.values import ValueType
 
 MANIFEST = "plugin.toml"
 RESTART_POLICIES = ("never", "on-failure", "always")
@@ -343,11 +344,25 @@ def _methods(r: _Reader) -> tuple[MethodSpec, ...]:
     return tuple(found)
 
 
+BUNDLED = Path("<bundled>")
+"""Stands for the bundled plugins in a list of plugin paths (``--plugins`` alone)."""
+
+
+def bundled_plugins() -> Path:
+    """Where the bundled plugins are: the repository's plugins/ in a checkout, the
+    installed ``plugboard.bundled`` package otherwise."""
+    spec = importlib.util.find_spec("plugboard.bundled")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ConfigError("the bundled plugins are not installed (package plugboard.bundled)")
+    return Path(locations[0])
+
+
 def find_plugin_dirs(paths: list[Path]) -> list[Path]:
     """Each path is a plugin folder (it has plugin.toml) or a folder of plugin folders."""
     found = []
     for path in paths:
-        path = Path(path)
+        path = bundled_plugins() if path == BUNDLED else Path(path)
         inside = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
         # A folder with no plugin at all is reported as its own missing manifest.
         found.extend(inside if inside and not (path / MANIFEST).exists() else [path])

@@ -19,10 +19,10 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from protocol.errors import PlugboardError
-from protocol.names import LOG_TOPIC
-from sdk import Client
-from sdk._keys import CurveKeys
+from plugboard.protocol.errors import PlugboardError
+from plugboard.protocol.names import LOG_TOPIC
+from plugboard.sdk import Client
+from plugboard.sdk._keys import CurveKeys
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-
-from protocol.errors import ProtocolError
-from protocol.names import PLUGINS_PREFIX
-from protocol.values import Duration, Timestamp
-from sdk import Change, Removed
-from sdk._keys import ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
+from plugboard.protocol.errors import ProtocolError
+from plugboard.protocol.names import PLUGINS_PREFIX
+from plugboard.protocol.values import Duration, Timestamp
+from plugboard.sdk import Change, Removed
+from plugboard.sdk._keys import ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
 
 from .contract import Contract, dependents, load_contract, replacement_problems
 from .link import BrokerLink

@@ -1,6 +1,6 @@
 """Plugboard SDK: asyncio-first Client and Plugin, with a synchronous SyncClient."""
 
-from protocol.errors import (
+from plugboard.protocol.errors import (
     CallFailed,
     Conflict,
     ConnectionFailed,
@@ -13,7 +13,7 @@ from protocol.errors import (
     RemoteError,
     RequestTimeout,
 )
-from protocol.values import Duration, Timestamp
+from plugboard.protocol.values import Duration, Timestamp
 
 from ._client import Client
 from ._events import Change, Gap, Message, PropertyInfo, Reconnected, Removed, Synced

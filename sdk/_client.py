@@ -24,19 +24,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
-
-from protocol._version import SUPPORTED_VERSIONS
-from protocol.codec import Notification, Request, Response, decode, encode
-from protocol.discovery import default_endpoint, default_state_dir
-from protocol.errors import (
+from plugboard.protocol._version import SUPPORTED_VERSIONS
+from plugboard.protocol.codec import Notification, Request, Response, decode, encode
+from plugboard.protocol.discovery import default_endpoint, default_state_dir
+from plugboard.protocol.errors import (
     ConnectionFailed,
     KeyRefused,
     ProtocolError,
     RemoteError,
     RequestTimeout,
 )
-from protocol.limits import MAX_FRAME_BYTES, MAX_MSGID
+from plugboard.protocol.limits import MAX_FRAME_BYTES, MAX_MSGID
+from zmq.utils.monitor import parse_monitor_message
 
 from ._events import Message, PropertyInfo, Reconnected
 from ._keys import CurveKeys, curve_keys

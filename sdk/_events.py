@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from protocol.values import Timestamp
+from plugboard.protocol.values import Timestamp
 
 
 class Change(NamedTuple):

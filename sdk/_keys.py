@@ -18,8 +18,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-
-from protocol.errors import ConfigError
+from plugboard.protocol.errors import ConfigError
 
 ENV_SERVER_KEY = "PLUGBOARD_SERVER_KEY"
 ENV_PUBLIC_KEY = "PLUGBOARD_PUBLIC_KEY"

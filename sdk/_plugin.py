@@ -14,7 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from protocol.errors import RemoteError
+from plugboard.protocol.errors import RemoteError
 
 from ._client import Client
 from ._events import Message

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from protocol.errors import RequestTimeout
+from plugboard.protocol.errors import RequestTimeout
 
 from ._events import Change, Event, Gap, Message, Removed, Synced
 

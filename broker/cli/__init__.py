@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from protocol._version import SUPPORTED_VERSIONS
-from protocol.discovery import default_state_dir
-from protocol.errors import PlugboardError
+from plugboard.protocol._version import SUPPORTED_VERSIONS
+from plugboard.protocol.discovery import default_state_dir
+from plugboard.protocol.errors import PlugboardError
 
 from ..core import BROKER_VERSION
 from . import (
@@ -68,11 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "allow KEY --role agent) and the broker's public key.")
     agent_command.add_arguments(cmd)
     cmd.set_defaults(handler=agent_command.run)
+    cmd = commands.add_parser("spec", help="print the wire protocol (PROTOCOL.md)",
+                              description="Print PROTOCOL.md, the specification a plugin or "
+                                          "client in any language is written from; --path "
+                                          "prints where it is installed.")
+    cmd.add_argument("--path", action="store_true", help="print the file's path only")
+    cmd.set_defaults(handler=_spec)
     client_commands.add_commands(commands)
     plugin_commands.add_commands(commands)
     store_commands.add_commands(commands)
     key_commands.add_commands(commands)
     return parser
+
+
+def _spec(args: argparse.Namespace) -> int:
+    spec = importlib.resources.files("plugboard.protocol") / "PROTOCOL.md"
+    print(spec if args.path else spec.read_text(), end="\n" if args.path else "")
+    return exit_codes.OK
 
 
 def _with_parents(add_parser: Any, common: argparse.ArgumentParser) -> Any:

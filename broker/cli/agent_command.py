@@ -18,12 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
-from plugin_runtime.contract import check_contracts
-from plugin_runtime.link import BrokerLink, default_agent_name
-from plugin_runtime.orphans import become_subreaper
-from plugin_runtime.supervisor import Supervisor
-from protocol.discovery import default_endpoint, read_admin_token
-from protocol.errors import ConfigError
+from plugboard.protocol.discovery import default_endpoint, read_admin_token
+from plugboard.protocol.errors import ConfigError
+from plugboard.runtime.contract import BUNDLED, check_contracts
+from plugboard.runtime.link import BrokerLink, default_agent_name
+from plugboard.runtime.orphans import become_subreaper
+from plugboard.runtime.supervisor import Supervisor
 
 from .client_commands import curve_for
 
@@ -35,8 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the broker's endpoint, e.g. tcp://broker.example:7000 "
                              "(default: $PLUGBOARD_ENDPOINT, else ipc://STATE_DIR/broker.sock)")
     parser.add_argument("--plugins", action="append", metavar="PATH", type=Path, default=[],
-                        required=True, help="run the plugins in this folder (a plugin folder "
-                                            "or a folder of them), repeatable")
+                        nargs="?", const=BUNDLED,
+                        help="run the plugins in PATH (a plugin folder or a folder of them), "
+                             "repeatable; without PATH, the bundled ones; contracts are "
+                             "checked first", required=True)
     parser.add_argument("--name", default=default_agent_name(),
                         help="this agent's name, shown as the HOST of its plugins; one "
                              "connected agent per name (default: the host name)")

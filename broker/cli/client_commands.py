@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocol.discovery import default_endpoint, read_admin_token
-from protocol.errors import ConfigError
-from protocol.json_values import to_json
-from protocol.values import ValueType
-from sdk import Change, Client, Gap, Reconnected, Removed, Synced
-from sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeys, curve_keys
+from plugboard.protocol.discovery import default_endpoint, read_admin_token
+from plugboard.protocol.errors import ConfigError
+from plugboard.protocol.json_values import to_json
+from plugboard.protocol.values import ValueType
+from plugboard.sdk import Change, Client, Gap, Reconnected, Removed, Synced
+from plugboard.sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeys, curve_keys
 
 from ..security import CURVE_DIR
 from . import exit_codes

@@ -14,13 +14,13 @@ import signal
 import sys
 from pathlib import Path
 
-from plugin_runtime.contract import Contract, check_contracts
-from plugin_runtime.link import BrokerLink, default_agent_name
-from plugin_runtime.orphans import LaunchLog, become_subreaper
-from plugin_runtime.supervisor import Supervisor
-from protocol.discovery import default_endpoint
-from protocol.errors import PlugboardError
-from sdk._keys import CurveKeys
+from plugboard.protocol.discovery import default_endpoint
+from plugboard.protocol.errors import PlugboardError
+from plugboard.runtime.contract import BUNDLED, Contract, check_contracts
+from plugboard.runtime.link import BrokerLink, default_agent_name
+from plugboard.runtime.orphans import LaunchLog, become_subreaper
+from plugboard.runtime.supervisor import Supervisor
+from plugboard.sdk._keys import CurveKeys
 
 from ..core import CoreConfig
 from ..security import KeyRing, curve_dir, ensure_key_pair
@@ -36,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to bind, repeatable (default: ipc://STATE_DIR/broker.sock); "
                              "tcp://127.0.0.1:* picks a free port")
     parser.add_argument("--plugins", action="append", metavar="PATH", type=Path, default=[],
-                        help="run the plugins in this folder (a plugin folder or a folder of "
-                             "them), repeatable; contracts are checked first")
+                        nargs="?", const=BUNDLED,
+                        help="run the plugins in PATH (a plugin folder or a folder of them), "
+                             "repeatable; without PATH, the bundled ones; contracts are "
+                             "checked first")
     parser.add_argument("--heartbeat-ms", type=int, default=2000,
                         help="how often peers must send something (default 2000)")
     parser.add_argument("--session-timeout-ms", type=int, default=6000,

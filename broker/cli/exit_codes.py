@@ -3,7 +3,13 @@ tell "not found" from "no broker" from "refused" (listed in ``plugboard --help``
 
 from __future__ import annotations
 
-from protocol.errors import ConnectionFailed, KeyRefused, NotFound, RemoteError, RequestTimeout
+from plugboard.protocol.errors import (
+    ConnectionFailed,
+    KeyRefused,
+    NotFound,
+    RemoteError,
+    RequestTimeout,
+)
 
 OK = 0
 ERROR = 1

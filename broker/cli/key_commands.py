@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import zmq.auth
-
-from protocol.errors import ConfigError, ConnectionFailed
-from sdk._keys import read_public_key
+from plugboard.protocol.errors import ConfigError, ConnectionFailed
+from plugboard.sdk._keys import read_public_key
 
 from ..security import ROLES, Grant, curve_dir, ensure_key_pair, read_authorized, write_authorized
 from .client_commands import add_connection_arguments, connect, print_json

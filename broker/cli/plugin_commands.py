@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from plugin_runtime.contract import check_contracts
-from protocol.errors import ConfigError, ConnectionFailed, NotFound
-from protocol.names import LOG_TOPIC
-from protocol.values import ValueType
-from sdk import Client
+from plugboard.protocol.errors import ConfigError, ConnectionFailed, NotFound
+from plugboard.protocol.names import LOG_TOPIC
+from plugboard.protocol.values import ValueType
+from plugboard.runtime.contract import check_contracts
+from plugboard.sdk import Client
 
 from .client_commands import add_connection_arguments, connect, print_json
 from .values import format_table, format_value, parse_value
@@ -38,7 +38,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def conform(args: argparse.Namespace) -> int:
-    from plugin_runtime.conformance import conform as run_checks
+    from plugboard.runtime.conformance import conform as run_checks
 
     steps = asyncio.run(run_checks(Path(args.path)))
     for step in steps:

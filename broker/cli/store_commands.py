@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-
-from protocol.codec import decode_value, encode_value
-from protocol.errors import ConfigError
-from protocol.values import ValueType
+from plugboard.protocol.codec import decode_value, encode_value
+from plugboard.protocol.errors import ConfigError
+from plugboard.protocol.values import ValueType
 
 from ..statedir import StateDir
 from ..store import STORE_NAME, Record, Store

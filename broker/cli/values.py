@@ -8,8 +8,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from protocol.errors import ConfigError
-from protocol.values import Duration, Timestamp, ValueType, format_duration
+from plugboard.protocol.errors import ConfigError
+from plugboard.protocol.values import Duration, Timestamp, ValueType, format_duration
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
 _UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,

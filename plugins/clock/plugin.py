@@ -7,9 +7,9 @@ Run it by hand against a running broker:
 
 from __future__ import annotations
 
-from protocol import Duration
-from protocol.values import now
-from sdk import Plugin
+from plugboard.protocol import Duration
+from plugboard.protocol.values import now
+from plugboard.sdk import Plugin
 
 plugin = Plugin()
 

@@ -22,11 +22,10 @@ import logging
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
-from protocol.codec import decode_value, encode_value
-from protocol.errors import ProtocolError
-from protocol.json_values import from_json, to_json
-from sdk import Change, PlugboardError, Plugin, Removed
+from plugboard.protocol.codec import decode_value, encode_value
+from plugboard.protocol.errors import ProtocolError
+from plugboard.protocol.json_values import from_json, to_json
+from plugboard.sdk import Change, PlugboardError, Plugin, Removed
 
 log = logging.getLogger("mqtt_bridge")
 REPORT_EVERY_S = 0.2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdk import Change, Plugin, Removed
+from plugboard.sdk import Change, Plugin, Removed
 
 plugin = Plugin()
 state: dict[str, Any] = {"heating": False, "temperature": 18.0}

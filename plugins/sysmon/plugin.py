@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 import psutil
-
-from sdk import Plugin
+from plugboard.sdk import Plugin
 
 plugin = Plugin()
 _last_net: tuple[float, int, int] | None = None

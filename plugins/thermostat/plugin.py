@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sdk import Change, Plugin, RemoteError
+from plugboard.sdk import Change, Plugin, RemoteError
 
 plugin = Plugin()
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.json_values import to_json
-from protocol.values import Duration, Timestamp
-from sdk import PropertyInfo
+from plugboard.protocol.json_values import to_json
+from plugboard.protocol.values import Duration, Timestamp
+from plugboard.sdk import PropertyInfo
 
 
 @dataclass(slots=True)

@@ -5,8 +5,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from sdk import Subscription
+from plugboard.sdk import Subscription
 
 from .processes import AgentProcess, BrokerProcess, ManagedProcess, PluginProcess
 

@@ -20,16 +20,18 @@ import textwrap
 import time
 from pathlib import Path
 
-from plugin_runtime.contract import check_contracts
-from plugin_runtime.link import BrokerLink
-from plugin_runtime.supervisor import Supervisor
-from sdk._keys import CurveKeys, read_key_pair, read_public_key
+from plugboard.runtime.contract import check_contracts
+from plugboard.runtime.link import BrokerLink
+from plugboard.runtime.supervisor import Supervisor
+from plugboard.sdk._keys import CurveKeys, read_key_pair, read_public_key
 
 ROOT = Path(__file__).parents[2]
 FIXTURE_PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
 READY = re.compile(r"plugboard broker ready: instance (\w+), listening on (.+)$")
 
 
+PLUGBOARD = [sys.executable, "-m", "plugboard.broker.cli"]
+"""The plugboard command, run by the interpreter the tests run under."""
 MADE_DIRS: list[Path] = []
 """Every short temp dir made, removed when the suite ends."""
 
@@ -52,13 +54,13 @@ class ManagedProcess:
     """A child process with stderr in a file, stopped for sure by ``stop``."""
 
     def __init__(self, argv: list[str], *, stderr_path: Path, env: dict[str, str] | None = None,
-                 stdout: int | None = None) -> None:
+                 stdout: int | None = None, cwd: Path = ROOT) -> None:
         self.argv = argv
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(argv, stdout=stdout, stderr=self._stderr, env=full_env,
-                                     cwd=ROOT, start_new_session=True)
+                                     cwd=cwd, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -129,7 +131,7 @@ class BrokerProcess(ManagedProcess):
                  allow_unmanaged: bool = True, tcp: str = "tcp://127.0.0.1:*",
                  insecure: bool = True, ipc: bool = True) -> None:
         self.state_dir = state_dir or short_tmpdir()
-        argv = [sys.executable, "-m", "broker.cli", "--state-dir", str(self.state_dir),
+        argv = [*PLUGBOARD, "--state-dir", str(self.state_dir),
                 "--log-level", "DEBUG", "broker",
                 *(["--endpoint", f"ipc://{self.state_dir}/broker.sock"] if ipc else []),
                 "--endpoint", tcp, "--heartbeat-ms", "200", "--session-timeout-ms", "1500",
@@ -161,7 +163,7 @@ class AgentProcess(ManagedProcess):
                  argv_prefix: tuple[str, ...] = ()) -> None:
         self.name = name
         self.state_dir = state_dir
-        argv = [*argv_prefix, sys.executable, "-m", "broker.cli", "--state-dir",
+        argv = [*argv_prefix, sys.executable, "-m", "plugboard.broker.cli", "--state-dir",
                 str(state_dir), "--log-level", "DEBUG", "agent", "--broker", broker_endpoint,
                 "--plugins", str(root), "--name", name]
         super().__init__(argv, stderr_path=state_dir / f"agent-{name}.stderr", env=env,
@@ -173,7 +175,7 @@ class AgentProcess(ManagedProcess):
 def agent_key(broker: BrokerProcess, folder: Path, name: str) -> dict[str, str]:
     """A key pair for an agent, allowed by the broker (through ``plugboard keys``), as
     the environment ``plugboard agent`` reads it from."""
-    plugboard = [sys.executable, "-m", "broker.cli", "--state-dir", str(broker.state_dir),
+    plugboard = [*PLUGBOARD, "--state-dir", str(broker.state_dir),
                  "keys"]
     subprocess.run([*plugboard, "new", name, "--dir", str(folder)], check=True, cwd=ROOT,
                    capture_output=True)

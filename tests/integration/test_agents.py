@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 
 import psutil
 import pytest
-
-from sdk import Change, Client, Removed
+from plugboard.sdk import Change, Client, Removed
 
 from .conftest import Processes
-from .processes import ROOT, BrokerProcess, agent_key, make_plugin, short_tmpdir
+from .processes import PLUGBOARD, ROOT, BrokerProcess, agent_key, make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +29,7 @@ async def until_state(client: Client, name: str, state: str, processes: Processe
 
 
 def plugboard(broker: BrokerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+    return subprocess.run([*PLUGBOARD, "--state-dir",
                            str(broker.state_dir), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=30)
 

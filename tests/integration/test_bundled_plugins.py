@@ -5,21 +5,19 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 
 import psutil
 import pytest
-
-from sdk import Change, Client, Removed
+from plugboard.sdk import Change, Client, Removed
 
 from .conftest import Processes
-from .processes import ROOT, BrokerProcess, short_tmpdir
+from .processes import PLUGBOARD, ROOT, BrokerProcess, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
 
 def test_plugboard_check_passes_on_the_bundled_plugins() -> None:
-    out = subprocess.run([sys.executable, "-m", "broker.cli", "check", "plugins"], cwd=ROOT,
+    out = subprocess.run([*PLUGBOARD, "check", "plugins"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "start order:" in out.stdout
@@ -29,7 +27,7 @@ def test_broken_contract_means_nothing_starts(tmp_path) -> None:  # type: ignore
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "plugin.toml").write_text('name = "bad"\n')
-    out = subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir", str(tmp_path),
+    out = subprocess.run([*PLUGBOARD, "--state-dir", str(tmp_path),
                           "broker", "--plugins", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
@@ -103,7 +101,7 @@ async def test_sigterm_stops_plugins_dependents_first(processes: Processes) -> N
     stops = [line.split("plugin ")[1].split(":")[0] for line in log.splitlines()
              if "stopped (stopped on request)" in line]
     assert stops.index("thermostat") < stops.index("room"), stops
-    logs = subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+    logs = subprocess.run([*PLUGBOARD, "--state-dir",
                            str(broker.state_dir), "logs", "thermostat"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert logs.returncode == 0 and "--- starting" in logs.stdout
@@ -120,13 +118,13 @@ async def test_the_readme_demo_shows_the_push(processes: Processes) -> None:
         await processes.until(heater, lambda e: isinstance(e, Change) and e.value is True,
                               timeout=20)
     watching = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "--state-dir", str(broker.state_dir), "watch",
+        [*PLUGBOARD, "--state-dir", str(broker.state_dir), "watch",
          "thermostat/heater", "-C", "2", "-F", "{name} = {value}"], cwd=ROOT,
         stdout=subprocess.PIPE, text=True)
     try:
         assert watching.stdout is not None
         assert watching.stdout.readline().strip() == "thermostat/heater = true"
-        cold = subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+        cold = subprocess.run([*PLUGBOARD, "--state-dir",
                                str(broker.state_dir), "set", "thermostat/setpoint", "10"],
                               cwd=ROOT, capture_output=True, text=True, timeout=20)
         assert cold.returncode == 0, cold.stderr

@@ -6,24 +6,22 @@ import argparse
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
-
-from broker.cli import build_parser
-from protocol import Timestamp
-from sdk import Change, Client
+from plugboard.broker.cli import build_parser
+from plugboard.protocol import Timestamp
+from plugboard.sdk import Change, Client
 
 from .conftest import Processes
-from .processes import ROOT, BrokerProcess, make_plugin, short_tmpdir
+from .processes import PLUGBOARD, ROOT, BrokerProcess, make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
 
 def plugboard(state_dir: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir", str(state_dir),
+    return subprocess.run([*PLUGBOARD, "--state-dir", str(state_dir),
                            *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -103,7 +101,7 @@ def test_ls_table_and_tree(ready_echo: BrokerProcess) -> None:
 
 def test_watch_prints_pushed_changes(ready_echo: BrokerProcess) -> None:
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "--state-dir", str(ready_echo.state_dir), "watch",
+        [*PLUGBOARD, "--state-dir", str(ready_echo.state_dir), "watch",
          "echo/setpoint", "--count", "2"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert watcher.stdout is not None

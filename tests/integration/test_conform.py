@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from .processes import FIXTURE_PLUGINS, ROOT, short_tmpdir
+from .processes import FIXTURE_PLUGINS, PLUGBOARD, ROOT, short_tmpdir
 from .test_other_languages import missing
 
 pytestmark = pytest.mark.integration
 
 
 def conform(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker.cli", "--log-level", "ERROR",
+    return subprocess.run([*PLUGBOARD, "--log-level", "ERROR",
                            "conform", str(path)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
 

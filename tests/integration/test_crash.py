@@ -15,8 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from sdk import Change, Client
+from plugboard.sdk import Change, Client
 
 from .conftest import Processes
 from .processes import ROOT, ManagedProcess, make_plugin, short_tmpdir

@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 import zmq
-
-from broker import BrokerServer, CoreConfig, ServerConfig
-from sdk import Change, Client, Message, RequestTimeout, Subscription
+from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
+from plugboard.sdk import Change, Client, Message, RequestTimeout, Subscription
 
 from .conftest import Processes
 from .processes import BrokerProcess

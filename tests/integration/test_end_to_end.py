@@ -6,9 +6,17 @@ import asyncio
 import signal
 
 import pytest
-
-from protocol import Duration, Timestamp
-from sdk import Change, Client, InvalidValue, NotAllowed, Reconnected, Removed, SyncClient, Synced
+from plugboard.protocol import Duration, Timestamp
+from plugboard.sdk import (
+    Change,
+    Client,
+    InvalidValue,
+    NotAllowed,
+    Reconnected,
+    Removed,
+    SyncClient,
+    Synced,
+)
 
 from .conftest import Processes
 from .processes import BrokerProcess

@@ -5,17 +5,16 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import zmq
+from plugboard.sdk import Change, Client
 
-from sdk import Change, Client
 from tests.conformance.raw import RawPeer
 
 from .conftest import Processes
-from .processes import ROOT, short_tmpdir
+from .processes import PLUGBOARD, ROOT, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +32,7 @@ async def test_tcp_speaks_curve_only_unless_insecure(processes: Processes) -> No
         assert not plain.sock.poll(1000), "a plain tcp peer was answered"
         plain.close()
         # The local CLI finds the broker's key and its admin pair in the state directory.
-        got = subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+        got = subprocess.run([*PLUGBOARD, "--state-dir",
                               str(secure.state_dir), "get", "system/broker/version",
                               "--endpoint", secure.tcp], capture_output=True, text=True,
                              timeout=20, cwd=ROOT)

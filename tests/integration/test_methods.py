@@ -7,10 +7,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-
-from broker import BrokerServer, CoreConfig, ServerConfig
-from plugin_runtime.supervisor import PluginState, Supervisor
-from sdk import CallFailed, Client, InvalidRequest, InvalidValue, NotAllowed, NotFound
+from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
+from plugboard.runtime.supervisor import PluginState, Supervisor
+from plugboard.sdk import CallFailed, Client, InvalidRequest, InvalidValue, NotAllowed, NotFound
 
 from .processes import make_plugin, short_tmpdir, start_agent, stop_agent
 

@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-
-from sdk import Change, Client
+from plugboard.sdk import Change, Client
 
 from .conftest import Processes
 from .processes import BrokerProcess, ManagedProcess, bundled_plugin, free_port, short_tmpdir

@@ -28,12 +28,11 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-
-from sdk import Client
-from sdk._keys import CurveKeys, read_key_pair, read_public_key
+from plugboard.sdk import Client
+from plugboard.sdk._keys import CurveKeys, read_key_pair, read_public_key
 
 from .netns import Host, Network, network_or_skip
-from .processes import ROOT, ManagedProcess, short_tmpdir, tail
+from .processes import PLUGBOARD, ROOT, ManagedProcess, short_tmpdir, tail
 
 pytestmark = pytest.mark.integration
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -146,7 +145,7 @@ def admin_keys(topology: Topology) -> CurveKeys:
     """A key of the test's own, allowed as admin, made as the compose broker makes its
     peers' (the broker's own provisioning keeps it)."""
     keys = topology.folder / "test-keys"
-    subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir",
+    subprocess.run([*PLUGBOARD, "--state-dir",
                     topology.paths["/state"], "keys", "provision", str(keys), "test:admin"],
                    check=True, capture_output=True, cwd=ROOT)
     return CurveKeys(read_public_key(str(keys / "broker.key")),

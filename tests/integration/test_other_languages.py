@@ -8,8 +8,7 @@ import shutil
 import signal
 
 import pytest
-
-from sdk import Change, Client
+from plugboard.sdk import Change, Client
 
 from .conftest import Processes
 from .processes import ROOT, ManagedProcess

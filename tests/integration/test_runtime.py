@@ -14,11 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from broker import BrokerServer, CoreConfig, ServerConfig
-from plugin_runtime.process import StopStep
-from plugin_runtime.supervisor import PluginState, Supervisor
-from sdk import Change, Client, Removed
+from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
+from plugboard.runtime.process import StopStep
+from plugboard.runtime.supervisor import PluginState, Supervisor
+from plugboard.sdk import Change, Client, Removed
 
 from .processes import make_plugin, short_tmpdir, start_agent, stop_agent
 
@@ -207,7 +206,7 @@ async def test_contract_and_stats_are_published(runtime: Runtime) -> None:
 
 
 async def test_reload_follows_the_replacement_rule(runtime: Runtime) -> None:
-    from protocol import ProtocolError
+    from plugboard.protocol import ProtocolError
 
     root = short_tmpdir()
     make_plugin(root, "base", extra='provides = ["a", "b"]')

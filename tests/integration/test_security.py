@@ -12,7 +12,6 @@ import selectors
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,15 +21,14 @@ import msgpack
 import psutil
 import pytest
 import zmq
-
-from broker import BrokerServer, CoreConfig, ServerConfig
-from broker.security import Grant, KeyRing, write_authorized
-from plugin_runtime.supervisor import PluginState
-from sdk import Client, ConnectionFailed, NotAllowed
-from sdk._keys import CurveKeys
+from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
+from plugboard.broker.security import Grant, KeyRing, write_authorized
+from plugboard.runtime.supervisor import PluginState
+from plugboard.sdk import Client, ConnectionFailed, NotAllowed
+from plugboard.sdk._keys import CurveKeys
 
 from .conftest import Processes
-from .processes import ROOT, make_plugin, short_tmpdir, start_agent, stop_agent
+from .processes import PLUGBOARD, ROOT, make_plugin, short_tmpdir, start_agent, stop_agent
 
 pytestmark = pytest.mark.integration
 HANDSHAKE_MS = 1000
@@ -292,7 +290,7 @@ def test_plugboard_keys_from_a_new_pair_to_a_revoked_one(processes: Processes) -
     state = broker.state_dir
 
     def plugboard(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "broker.cli", "--state-dir", str(state),
+        return subprocess.run([*PLUGBOARD, "--state-dir", str(state),
                                *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
 
     shown = plugboard("keys", "show")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from broker.core import BrokerCore, CoreConfig
-from protocol import Notification, Request, Response, decode, encode
-from protocol.errors import RemoteError
+from plugboard.broker.core import BrokerCore, CoreConfig
+from plugboard.protocol import Notification, Request, Response, decode, encode
+from plugboard.protocol.errors import RemoteError
 
 
 class FakeClock:

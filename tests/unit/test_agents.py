@@ -3,9 +3,8 @@
 from typing import Any
 
 import pytest
-
-from protocol import RemoteError
-from protocol.codec import Request, Response, encode
+from plugboard.protocol import RemoteError
+from plugboard.protocol.codec import Request, Response, encode
 
 from .harness import REMOVED, Harness
 

@@ -4,8 +4,7 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from protocol import (
+from plugboard.protocol import (
     Duration,
     Notification,
     ProtocolError,
@@ -15,8 +14,8 @@ from protocol import (
     decode,
     encode,
 )
-from protocol.codec import decode_value, encode_value, request_msgid
-from protocol.limits import MAX_FRAME_BYTES
+from plugboard.protocol.codec import decode_value, encode_value, request_msgid
+from plugboard.protocol.limits import MAX_FRAME_BYTES
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),

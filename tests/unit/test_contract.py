@@ -6,8 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from plugin_runtime.contract import (
+from plugboard.runtime.contract import (
     check_contracts,
     dependents,
     load_contract,

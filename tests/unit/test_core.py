@@ -3,10 +3,9 @@
 
 import msgpack
 import pytest
-
-from broker.subscriptions import BATCH_BYTES
-from protocol import Duration, RemoteError, Timestamp
-from protocol.codec import Notification, Request, Response, encode, encode_value
+from plugboard.broker.subscriptions import BATCH_BYTES
+from plugboard.protocol import Duration, RemoteError, Timestamp
+from plugboard.protocol.codec import Notification, Request, Response, encode, encode_value
 
 from .harness import REMOVED, Harness
 

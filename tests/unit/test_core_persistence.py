@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import pytest
-
-from broker.store import Store
-from protocol import RemoteError
+from plugboard.broker.store import Store
+from plugboard.protocol import RemoteError
 
 from .harness import REMOVED, Harness
 

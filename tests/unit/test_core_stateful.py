@@ -10,10 +10,9 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
-
-from protocol import RemoteError
-from protocol.codec import Request, encode
-from protocol.names import matches
+from plugboard.protocol import RemoteError
+from plugboard.protocol.codec import Request, encode
+from plugboard.protocol.names import matches
 
 from .harness import REMOVED, Harness
 

@@ -1,9 +1,8 @@
 """Property values as JSON, for the dashboard and the MQTT bridge."""
 
 import pytest
-
-from protocol import Duration, ProtocolError, Timestamp
-from protocol.json_values import from_json, from_text, to_json
+from plugboard.protocol import Duration, ProtocolError, Timestamp
+from plugboard.protocol.json_values import from_json, from_text, to_json
 
 
 def test_values_become_json_and_come_back_by_their_type() -> None:

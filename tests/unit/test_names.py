@@ -1,8 +1,7 @@
 import pytest
-
-from broker.subscriptions import PatternIndex
-from protocol import ProtocolError, matches, validate_name, validate_pattern
-from protocol.names import validate_plugin_name
+from plugboard.broker.subscriptions import PatternIndex
+from plugboard.protocol import ProtocolError, matches, validate_name, validate_pattern
+from plugboard.protocol.names import validate_plugin_name
 
 
 @pytest.mark.parametrize("name", ["a", "clock/time", "sysmon/cpu/0", "a_b/c-d/e.f", "x/1"])

@@ -1,4 +1,4 @@
-from plugin_runtime.restart import RestartTracker
+from plugboard.runtime.restart import RestartTracker
 
 
 def test_backoff_doubles_and_resets_after_a_good_start() -> None:

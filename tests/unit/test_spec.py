@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-import sdk
-from protocol import ERROR_CODES, PROTOCOL_VERSION, ValueType, limits
+from plugboard import sdk
+from plugboard.protocol import ERROR_CODES, PROTOCOL_VERSION, ValueType, limits
 
 SPEC = (Path(__file__).parents[2] / "protocol/PROTOCOL.md").read_text()
 
@@ -31,7 +31,7 @@ def test_limits_in_the_spec() -> None:
 
 
 def test_methods_in_the_spec() -> None:
-    from broker.core import BrokerCore
+    from plugboard.broker.core import BrokerCore
 
     for method in list(BrokerCore()._methods) + ["hello", "init", "end"]:
         assert f"### `{method}`" in SPEC, f"method {method} is not specified"

@@ -8,9 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from broker.store import Durability, Record, Store
-from protocol import ConfigError, Duration, Timestamp, ValueType
+from plugboard.broker.store import Durability, Record, Store
+from plugboard.protocol import ConfigError, Duration, Timestamp, ValueType
 
 
 def record(i: int, value: object = None) -> Record:

@@ -5,15 +5,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from broker.cli.values import from_json
-from protocol import (
+from plugboard.broker.cli.values import from_json
+from plugboard.protocol import (
     ProtocolError,
     Request,
     Response,
     encode_value,
 )
-from protocol.codec import decode
+from plugboard.protocol.codec import decode
 
 VECTORS = json.loads((Path(__file__).parents[2] / "protocol/vectors/codec.json").read_text())
 

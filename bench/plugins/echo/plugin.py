@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sdk import Plugin
+from plugboard.sdk import Plugin
 
 plugin = Plugin()
 
