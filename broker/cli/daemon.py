@@ -27,6 +27,7 @@ from ..security import KeyRing, curve_dir, ensure_key_pair
 from ..server import BrokerServer, ServerConfig
 from ..statedir import StateDir
 from ..store import STORE_NAME, Durability, Store
+from . import systemd
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,12 @@ async def _serve(server: BrokerServer, contracts: list[Contract], state: StateDi
     # One line on stdout says the broker is serving, and where.
     print(f"plugboard broker ready: instance {server.core.instance}, listening on "
           + " ".join(server.endpoints), flush=True)
+    systemd.notify(f"READY=1\nSTATUS=serving on {' '.join(server.endpoints)}")
     agent = asyncio.create_task(_local_agent(server, contracts, state, agent_name, stopping))
     await asyncio.wait([asyncio.create_task(stopping.wait()), serving],
                        return_when=asyncio.FIRST_COMPLETED)
     stopping.set()
+    systemd.notify("STOPPING=1")
     await agent
     server.stop()
     await serving

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -212,3 +213,16 @@ async def test_a_failed_plugin_tells_its_story(processes: Processes) -> None:
     assert [h["state"] for h in shown["history"]][-2:] == ["starting", "failed"]
     missing = plugboard(broker.state_dir, "plugins", "show", "nobody")
     assert missing.returncode == 4 and "no plugin 'nobody'" in missing.stderr
+
+
+def test_the_broker_tells_systemd_when_it_is_ready_and_stopping(processes: Processes) -> None:
+    folder = short_tmpdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(folder / "notify"))
+        notify.settimeout(15)
+        broker = processes.broker(None, env={"NOTIFY_SOCKET": str(folder / "notify")})
+        ready = notify.recv(4096).decode()
+        assert ready.startswith("READY=1\nSTATUS=serving on ipc://"), ready
+        broker.signal(signal.SIGTERM)
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert broker.wait(15) == 0
