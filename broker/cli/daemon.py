@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from plugboard.protocol.discovery import default_endpoint
 from plugboard.protocol.errors import PlugboardError
@@ -27,55 +29,76 @@ from ..security import KeyRing, curve_dir, ensure_key_pair
 from ..server import BrokerServer, ServerConfig
 from ..statedir import StateDir
 from ..store import STORE_NAME, Durability, Store
-from . import systemd
+from . import config_file, systemd
 
 log = logging.getLogger(__name__)
 
 
+def defaults() -> dict[str, Any]:
+    """Every option a config file may set, with its default."""
+    core = CoreConfig()
+    return {"endpoint": [], "plugins": [], "heartbeat_ms": core.heartbeat_ms,
+            "session_timeout_ms": core.session_timeout_ms, "max_frame": core.max_frame,
+            "durability": Durability.ALWAYS.value, "batch_ms": 100,
+            "peer_queue_bytes": core.peer_queue_bytes, "allow_unmanaged_plugins": False,
+            "insecure": False, "agent_name": default_agent_name(), "handshake_ms": 5000}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options default to None here: the defaults are applied after the config file."""
+    parser.add_argument("--config", metavar="FILE", type=Path,
+                        default=os.environ.get("PLUGBOARD_CONFIG"),
+                        help="read options from this TOML file (keys are the option names, "
+                             "e.g. heartbeat_ms = 2000); the command line wins "
+                             "(default: $PLUGBOARD_CONFIG)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the options in effect, as a config file, and exit")
     parser.add_argument("--endpoint", action="append", metavar="EP",
                         help="where to bind, repeatable (default: ipc://STATE_DIR/broker.sock); "
                              "tcp://127.0.0.1:* picks a free port")
-    parser.add_argument("--plugins", action="append", metavar="PATH", type=Path, default=[],
+    parser.add_argument("--plugins", action="append", metavar="PATH", type=Path,
                         nargs="?", const=BUNDLED,
                         help="run the plugins in PATH (a plugin folder or a folder of them), "
                              "repeatable; without PATH, the bundled ones; contracts are "
                              "checked first")
-    parser.add_argument("--heartbeat-ms", type=int, default=2000,
+    parser.add_argument("--heartbeat-ms", type=int,
                         help="how often peers must send something (default 2000)")
-    parser.add_argument("--session-timeout-ms", type=int, default=6000,
+    parser.add_argument("--session-timeout-ms", type=int,
                         help="silence after which a session ends (default 6000)")
-    parser.add_argument("--max-frame", type=int, default=CoreConfig().max_frame,
+    parser.add_argument("--max-frame", type=int,
                         help="largest accepted frame in bytes (default 4 MiB)")
     parser.add_argument("--durability", choices=[d.value for d in Durability],
-                        default="always",
                         help="persistent writes: always = committed before the reply "
                              "(default); batch = committed within --batch-ms, a crash loses "
                              "at most that window; off = written at a clean stop only")
-    parser.add_argument("--batch-ms", type=int, default=100,
+    parser.add_argument("--batch-ms", type=int,
                         help="commit window of --durability batch (default 100)")
     parser.add_argument("--peer-queue-bytes", type=int,
-                        default=CoreConfig().peer_queue_bytes,
                         help="most bytes held for one peer that reads too slowly (frames "
                              "ZeroMQ would not take, changes queued under policy all); "
                              "beyond it changes are dropped and counted (default 8 MiB)")
-    parser.add_argument("--allow-unmanaged-plugins", action="store_true",
+    parser.add_argument("--allow-unmanaged-plugins", action="store_true", default=None,
                         help="accept plugins started by hand (a plugin hello whose name no "
                              "--plugins contract manages); off by default, since anyone who "
                              "reaches the socket could then own a namespace")
-    parser.add_argument("--insecure", action="store_true",
+    parser.add_argument("--insecure", action="store_true", default=None,
                         help="plain tcp: no CURVE, so no authentication and no encryption "
                              "(a warning at every start). Without it, tcp endpoints speak "
                              "CURVE only and admit the keys of 'plugboard keys'")
-    parser.add_argument("--agent-name", default=default_agent_name(), metavar="NAME",
+    parser.add_argument("--agent-name", metavar="NAME",
                         help="the host name the --plugins are shown under "
                              "(default: this host's name)")
-    parser.add_argument("--handshake-ms", type=int, default=5000,
+    parser.add_argument("--handshake-ms", type=int,
                         help="close tcp connections that have not finished the ZeroMQ "
                              "handshake within this (default 5000)")
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = config_file.resolve(args, defaults(),
+                                   {"durability": [d.value for d in Durability]})
+    if args.print_config:
+        print(config_file.as_toml(settings), end="")
+        return 0
     endpoints = args.endpoint or []
     contracts, problems = check_contracts(args.plugins, remote_needs=True) \
         if args.plugins else ([], [])

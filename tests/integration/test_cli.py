@@ -226,3 +226,22 @@ def test_the_broker_tells_systemd_when_it_is_ready_and_stopping(processes: Proce
         broker.signal(signal.SIGTERM)
         assert notify.recv(4096) == b"STOPPING=1"
         assert broker.wait(15) == 0
+
+
+async def test_a_config_file_sets_every_option_and_the_command_line_wins(
+        processes: Processes) -> None:
+    folder = short_tmpdir()
+    (folder / "broker.toml").write_text(
+        'heartbeat-ms = 700\nsession_timeout_ms = 4000\ndurability = "batch"\n'
+        "max_frame = 65536\n")
+    shown = plugboard(folder, "broker", "--config", str(folder / "broker.toml"),
+                      "--print-config", "--session-timeout-ms", "5000").stdout
+    assert "heartbeat_ms = 700" in shown and "session_timeout_ms = 5000" in shown
+    assert 'durability = "batch"' in shown and "insecure = false" in shown
+    broker = processes.broker(None, "--config", str(folder / "broker.toml"))
+    async with Client(broker.ipc) as client:
+        assert client.max_frame == 65536  # from the file
+        assert client.heartbeat == 0.2  # BrokerProcess's --heartbeat-ms 200 beats the file
+    (folder / "bad.toml").write_text('durability = "sometimes"\n')
+    bad = plugboard(folder, "broker", "--config", str(folder / "bad.toml"))
+    assert bad.returncode == 1 and "durability must be one of always" in bad.stderr
