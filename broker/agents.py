@@ -38,7 +38,10 @@ FIGURES: dict[str, ValueType] = {
     "history": ValueType.LIST, "stderr_tail": ValueType.STR,
 }
 """What an agent reports of a plugin with ``agent.status``, and the type of each."""
-CONTROL_ACTIONS = ("start", "stop", "restart", "reload", "logs")
+CONTROL_ACTIONS = ("start", "stop", "restart", "reload", "logs", "remove")
+"""Routed to the agent that manages the plugin ``name``."""
+HOST_ACTIONS = ("reread", "add")
+"""Routed to the agent ``host`` (or the only one): they concern plugins not yet managed."""
 CONTROL_TIMEOUT_S = 300.0
 """How long a routed ``plugins.*`` request may take at the agent (a start waits for
 the plugin to be ready; a forced reload restarts its dependents too)."""
@@ -70,9 +73,10 @@ class AgentDesk:
                               ("agent.end_plugin", self._end_plugin)):
             core.register_method(name, handler, roles=agent_only)
         core.register_method("plugins", self._list)
-        for action in CONTROL_ACTIONS:
+        for action in CONTROL_ACTIONS + HOST_ACTIONS:
             core.register_method(f"plugins.{action}", self._route(action),
                                  roles=(Role.ADMIN,))
+        core.register_method("agent.unregister", self._unregister, roles=agent_only)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -227,18 +231,33 @@ class AgentDesk:
     def agent_ended(self, agent: Session) -> None:
         """Its plugins' sessions end, their credentials and system properties go."""
         for name, managed in list(self.managed.items()):
-            if managed.agent is not agent:
-                continue
-            self._set_credential(name, None, None)
-            del self.managed[name]
-            self.core.contracts.pop(name, None)
-            session = self.core.plugins.get(name)
-            if session is not None:
-                self.core.end_session(session, f"its agent {agent.name!r} is gone")
-            prefix = f"{PREFIX}{name}/"
-            for prop in [p for n, p in self.core.store.by_name.items() if n.startswith(prefix)]:
-                self.core._remove_property(prop)
+            if managed.agent is agent:
+                self._drop(name, f"its agent {agent.name!r} is gone")
         self.core.end_sessions_of_revoked_keys()
+
+    def _drop(self, name: str, reason: str) -> None:
+        """Forget a managed plugin: its credential, contract, session and properties."""
+        self._set_credential(name, None, None)
+        del self.managed[name]
+        self.core.contracts.pop(name, None)
+        session = self.core.plugins.get(name)
+        if session is not None:
+            self.core.end_session(session, reason)
+        prefix = f"{PREFIX}{name}/"
+        for prop in [p for n, p in self.core.store.by_name.items() if n.startswith(prefix)]:
+            self.core._remove_property(prop)
+
+    def _unregister(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
+        """The agent no longer runs these plugins (``plugins remove``)."""
+        names = params.get("names")
+        if not isinstance(names, list):
+            raise ProtocolError("invalid_params", "names must be a list of plugin names")
+        for name in names:
+            self._mine(agent, {"name": name})
+        for name in names:
+            self._drop(name, f"removed from agent {agent.name!r}")
+        self.core.end_sessions_of_revoked_keys()
+        return {"plugins": names}
 
     # -- what admins and clients see ------------------------------------------------------
 
@@ -266,28 +285,45 @@ class AgentDesk:
             from .core import DEFERRED
 
             name = params.get("name")
-            managed = self.managed.get(name) if isinstance(name, str) else None
-            if managed is None:
-                raise ProtocolError("not_found", f"no plugin {name!r} is managed by a "
-                                    "connected agent; managed: "
-                                    + (", ".join(self.managed) or "none"), plugin=name)
-            peer = session.peer
+            agent = self._host(params) if action in HOST_ACTIONS else None
+            if agent is None:
+                managed = self.managed.get(name) if isinstance(name, str) else None
+                if managed is None:
+                    raise ProtocolError("not_found", f"no plugin {name!r} is managed by a "
+                                        "connected agent; managed: "
+                                        + (", ".join(self.managed) or "none"), plugin=name)
+                agent = managed.agent
+            peer, target = session.peer, agent
 
             def answered(reply: Response | None) -> None:
                 if reply is None:
-                    error = ProtocolError("unavailable", f"agent {managed.agent.name!r} "
-                                          f"did not answer plugins.{action} {name}")
+                    error = ProtocolError("unavailable", f"agent {target.name!r} "
+                                          f"did not answer plugins.{action} {name or ''}")
                     self.core.complete(peer, msgid, error=error)
                 elif reply.error is not None:
                     self.core.complete(peer, msgid, error=_passed_on(reply.error))
                 else:
                     self.core.complete(peer, msgid, reply.result)
 
-            self.core.request(managed.agent, f"plugins.{action}", dict(params), answered,
+            self.core.request(target, f"plugins.{action}", dict(params), answered,
                               CONTROL_TIMEOUT_S)
             return DEFERRED
 
         return handler
+
+
+    def _host(self, params: dict[str, Any]) -> Session:
+        """The agent named ``host``, or the only agent connected."""
+        agents = {s.name: s for s in self.core.sessions.values() if s.role is Role.AGENT}
+        host = params.get("host")
+        if host is None and len(agents) == 1:
+            return next(iter(agents.values()))
+        if host not in agents:
+            raise ProtocolError("not_found" if host is not None else "invalid_params",
+                                (f"no agent {host!r} is connected" if host is not None
+                                 else "several agents are connected: say which (host)")
+                                + "; agents: " + (", ".join(map(str, agents)) or "none"))
+        return agents[str(host)]
 
 
 def _who(session: Session) -> str:

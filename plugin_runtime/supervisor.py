@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,13 @@ from plugboard.protocol.values import Duration, Timestamp
 from plugboard.sdk import Change, Removed
 from plugboard.sdk._keys import ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
 
-from .contract import Contract, dependents, load_contract, replacement_problems
+from .contract import (
+    Contract,
+    check_contracts,
+    dependents,
+    load_contract,
+    replacement_problems,
+)
 from .link import BrokerLink
 from .orphans import LaunchLog, reap_adopted
 from .process import PluginProcess, StopStep
@@ -95,9 +101,13 @@ class Supervisor:
     """Owns every plugin process of one agent."""
 
     def __init__(self, link: BrokerLink, contracts: list[Contract], *, state_dir: Path,
-                 endpoint: str | None = None, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 endpoint: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 paths: Sequence[Path] = ()) -> None:
         self.link = link
+        self.paths = list(paths)
+        """The folders the plugins came from, read again by ``plugins reread``."""
+        self.available: dict[str, Contract] = {}
+        """Plugins found on disk by the last reread that this agent does not run yet."""
         self.endpoint = endpoint or link.endpoint
         """Where the plugins connect: the broker's endpoint as seen from this host."""
         self.log_dir = Path(state_dir) / "logs"
@@ -113,7 +123,7 @@ class Supervisor:
         link.on_plugin_ready(self.plugin_ready)
         link.on_plugin_ended(self.plugin_session_ended)
         link.on_reconnect(self._report_all)
-        for action in ("start", "stop", "restart", "reload", "logs"):
+        for action in ("start", "stop", "restart", "reload", "logs", "reread", "add", "remove"):
             link.serve(f"plugins.{action}", self._control(action))
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -489,6 +499,10 @@ class Supervisor:
     def _control(self, action: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
         async def handler(params: dict[str, Any]) -> Any:
             name = params.get("name")
+            if action == "reread":
+                return self.reread()
+            if action == "add":
+                return await self.add(str(name))
             if not isinstance(name, str) or name not in self.plugins:
                 raise ProtocolError("not_found", f"no plugin {name!r} is configured; "
                                     f"configured: {', '.join(self.order) or 'none'}")
@@ -501,9 +515,53 @@ class Supervisor:
                 return {"ready": await self.restart(name)}
             if action == "logs":
                 return {"text": self._log_tail(name, params.get("lines"))}
+            if action == "remove":
+                return await self.remove(name)
             return {"restarted_dependents": await self.reload(name, bool(params.get("force")))}
 
         return handler
+
+    def reread(self) -> dict[str, Any]:
+        """What changed on disk since the plugins were read (supervisorctl's reread):
+        new plugins (``add`` starts them), changed contracts (``reload``), folders gone
+        (``remove``), and every contract problem."""
+        contracts, problems = check_contracts(self.paths, remote_needs=True)
+        on_disk = {c.name: c for c in contracts}
+        self.available = {n: c for n, c in on_disk.items() if n not in self.plugins}
+        return {"host": self.link.name, "available": sorted(self.available),
+                "changed": sorted(n for n, c in on_disk.items()
+                                  if n in self.plugins and c != self.plugins[n].contract),
+                "removed": sorted(n for n in self.plugins if n not in on_disk),
+                "problems": [str(p) for p in problems]}
+
+    async def add(self, name: str) -> dict[str, Any]:
+        """Run a plugin a reread found: its contract checked with the others first."""
+        found = self.reread()
+        contract = self.available.get(name)
+        if contract is None:
+            bad = [p for p in found["problems"] if f"/{name}/" in p]
+            raise ProtocolError("not_found", f"no new plugin {name!r} in "
+                                + ", ".join(map(str, self.paths))
+                                + (f": {'; '.join(bad)}" if bad else "; new: "
+                                   + (", ".join(found["available"]) or "none")))
+        plugin = ManagedPlugin(contract, RestartTracker(contract.run.restart))
+        local = {c for p in self.plugins.values() for c in p.contract.provides}
+        plugin.remote_needs = set(contract.needs) - local - set(contract.provides)
+        self.plugins[name] = plugin
+        self.order.append(name)
+        del self.available[name]
+        await self.link.register([self._registration(plugin)])
+        self._publish(plugin)
+        ready = await self.start(name)
+        return {"ready": ready, "reason": plugin.reason}
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        """Stop a plugin and stop running it: the broker forgets it too."""
+        step = await self.stop(name)
+        await self.link.client.request("agent.unregister", {"names": [name]})
+        del self.plugins[name]
+        self.order.remove(name)
+        return {"step": step.value}
 
     def _log_tail(self, name: str, lines: Any) -> str:
         count = lines if isinstance(lines, int) and lines > 0 else LOG_TAIL_LINES

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     link = BrokerLink(endpoint, name=args.name, timeout=args.timeout, curve=curve,
                       token=lambda: read_admin_token(args.state_dir))
     supervisor = Supervisor(link, contracts, state_dir=files,
-                            endpoint=args.plugin_endpoint or endpoint)
+                            endpoint=args.plugin_endpoint or endpoint, paths=args.plugins)
     if not become_subreaper():
         log.info("cannot become a child subreaper here; escaped plugin descendants are "
                  "found by their launch token only")

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         )
         server = BrokerServer(config, store=store)
         server.core.keys = keys
-        asyncio.run(_serve(server, contracts, state, args.agent_name))
+        asyncio.run(_serve(server, contracts, args.plugins, state, args.agent_name))
     finally:
         state.close()
     return 0
@@ -151,7 +151,8 @@ def _security(endpoints: list[str], insecure: bool, state_dir: Path
     return keys, pair
 
 
-async def _serve(server: BrokerServer, contracts: list[Contract], state: StateDir,
+async def _serve(server: BrokerServer, contracts: list[Contract], plugin_paths: list[Path],
+                 state: StateDir,
                  agent_name: str) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -168,7 +169,8 @@ async def _serve(server: BrokerServer, contracts: list[Contract], state: StateDi
     print(f"plugboard broker ready: instance {server.core.instance}, listening on "
           + " ".join(server.endpoints), flush=True)
     systemd.notify(f"READY=1\nSTATUS=serving on {' '.join(server.endpoints)}")
-    agent = asyncio.create_task(_local_agent(server, contracts, state, agent_name, stopping))
+    agent = asyncio.create_task(_local_agent(server, contracts, plugin_paths, state,
+                                             agent_name, stopping))
     await asyncio.wait([asyncio.create_task(stopping.wait()), serving],
                        return_when=asyncio.FIRST_COMPLETED)
     stopping.set()
@@ -178,12 +180,13 @@ async def _serve(server: BrokerServer, contracts: list[Contract], state: StateDi
     await serving
 
 
-async def _local_agent(server: BrokerServer, contracts: list[Contract], state: StateDir,
-                       name: str, stopping: asyncio.Event) -> None:
+async def _local_agent(server: BrokerServer, contracts: list[Contract],
+                       plugin_paths: list[Path], state: StateDir, name: str,
+                       stopping: asyncio.Event) -> None:
     """The plugins of ``--plugins``, run by an agent in this process that speaks to the
     broker over its own endpoint, as any agent does: the admin token on ipc, the local
     admin key on tcp (its plugins then get per-launch CURVE keys)."""
-    if not contracts:
+    if not plugin_paths:
         LaunchLog(state.path).end_leftovers()  # of a broker before this one, killed
         return
     local = next((e for e in server.endpoints if e.startswith("ipc://")), server.endpoints[0])
@@ -194,6 +197,7 @@ async def _local_agent(server: BrokerServer, contracts: list[Contract], state: S
         curve = CurveKeys(ensure_key_pair(directory, "broker")[0], public, secret)
     link = BrokerLink(local, name=name, token=state.admin_token, curve=curve)
     try:
-        await Supervisor(link, contracts, state_dir=state.path).run(stopping)
+        await Supervisor(link, contracts, state_dir=state.path,
+                         paths=plugin_paths).run(stopping)
     except PlugboardError as exc:
         log.error("the local agent could not start its plugins: %s", exc)

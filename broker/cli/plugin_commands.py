@@ -102,13 +102,19 @@ def plugins(args: argparse.Namespace) -> int:
                 else:
                     print(_table(rows))
                 return 0
+            if args.action == "reread":
+                found = await client.request("plugins.reread", _host(args),
+                                             timeout=max(args.timeout, 30.0))
+                print_json(found) if args.json else print(_reread_report(found))
+                return 1 if found["problems"] else 0
             if not args.name:
                 raise ConfigError(f"plugins {args.action} needs a plugin NAME")
             if args.action == "show":
                 values = await _plugin_values(client, args.name)
                 print_json(values) if args.json else print(_story(args.name, values))
                 return 0
-            params = {"name": args.name, "force": args.force}
+            params = {"name": args.name, "force": args.force,
+                      **(_host(args) if args.action == "add" else {})}
             result = await client.request(f"plugins.{args.action}", params,
                                           timeout=max(args.timeout, 60.0))
             if args.json:
@@ -119,6 +125,21 @@ def plugins(args: argparse.Namespace) -> int:
             return 0 if result.get("ready", True) else 1
 
     return asyncio.run(main())
+
+
+def _host(args: argparse.Namespace) -> dict[str, Any]:
+    return {"host": args.host} if args.host else {}
+
+
+def _reread_report(found: dict[str, Any]) -> str:
+    lines = [f"{found['host']}:"]
+    for key, hint in (("available", "plugboard plugins add NAME starts it"),
+                      ("changed", "plugboard plugins reload NAME replaces it"),
+                      ("removed", "its folder is gone; plugboard plugins remove NAME")):
+        if found[key]:
+            lines.append(f"  {key}: {', '.join(found[key])}  ({hint})")
+    lines += [f"  problem: {p}" for p in found["problems"]]
+    return "\n".join(lines) if len(lines) > 1 else f"{found['host']}: no changes"
 
 
 async def _plugin_values(client: Client, name: str) -> dict[str, Any]:
@@ -254,18 +275,24 @@ def top(args: argparse.Namespace) -> int:
 
 def add_runtime_commands(commands: Any) -> None:
     cmd = commands.add_parser(
-        "plugins", help="list plugins, or start/stop/restart/reload one",
-        description="Without an action: each configured plugin with state, pid, uptime, "
-                    "restarts, CPU and memory. show NAME: one plugin's figures and contract, "
-                    "with the methods it exports. start/stop/restart/reload act on one plugin "
-                    "(admin). reload replaces it with the version on disk when the new "
-                    "contract provides at least as much and needs no more; --force replaces "
-                    "it anyway and restarts the plugins that depend on it.")
+        "plugins", help="list plugins; show, start, stop, restart, reload, add, remove one",
+        description="Without an action: each plugin with its host, state, pid, uptime, "
+                    "restarts, CPU and memory. show NAME: its whole story (history, exit "
+                    "codes, stderr) and contract. start/stop/restart/reload act on one "
+                    "plugin (admin). reload replaces it with the version on disk when the "
+                    "new contract provides at least as much and needs no more; --force "
+                    "replaces it anyway and restarts the plugins that depend on it. reread "
+                    "reads the plugin folders again and lists new, changed and removed "
+                    "plugins (contracts checked); add NAME starts a new one; remove NAME "
+                    "stops one and forgets it, as supervisorctl does.")
     cmd.add_argument("action", nargs="?", default="list",
-                     choices=["list", "show", "start", "stop", "restart", "reload"])
+                     choices=["list", "show", "start", "stop", "restart", "reload", "reread",
+                              "add", "remove"])
     cmd.add_argument("name", nargs="?")
     cmd.add_argument("--force", action="store_true", help="reload: replace even if the "
                      "contract provides less or needs more")
+    cmd.add_argument("--host", help="reread/add: the agent to ask (needed when several "
+                                    "are connected)")
     add_connection_arguments(cmd)
     cmd.set_defaults(handler=plugins)
 

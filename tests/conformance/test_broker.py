@@ -438,10 +438,14 @@ def test_the_agent_role(target: Target, peer: Peers) -> None:
     rival.hello("agent", name="rival-" + name, token=target.admin_token)
     expect(rival.error("agent.register", plugins=[{"contract": contract(name)}]),
            "name_taken")
+    expect(rival.error("agent.unregister", names=[name]), "not_found")  # not its plugin
+    expect(rival.error("agent.unregister", names=name), "invalid_params")
     assert agent.call("publish", topic=f"system/logs/{name}", payload=b"line\n") == {
         "delivered": 0}
     admin = peer()
     admin.hello("admin", token=target.admin_token)
+    for action in ("reread", "add"):  # two agents now: which one?
+        expect(admin.error(f"plugins.{action}", name="x"), "invalid_params")
     stop = admin.request("plugins.stop", {"name": name})
     routed = agent.take(0, "plugins.stop")
     agent.send(msgpack.packb([1, routed[1], None, {"step": "end"}]))
@@ -455,7 +459,7 @@ def test_the_agent_role(target: Target, peer: Peers) -> None:
     agent.close()  # the agent goes before it answers
     error = admin.reply_to(logs)[2]
     expect({**error, "_method": "plugins.logs"}, "unavailable")
-    for action in ("start", "stop", "restart", "reload"):
+    for action in ("start", "stop", "restart", "reload", "remove", "reread", "add"):
         SKIPPED.add((f"plugins.{action}", "unavailable"))  # the same route as logs
     until = time.monotonic() + 5
     while watcher.call("list", pattern=f"system/plugins/{name}/#")["items"]:
@@ -518,14 +522,18 @@ def test_each_method_answers_each_error_of_its_rows(target: Target, peer: Peers)
         expect(who.error(method, **params), code)
     assert client.call("get", target=closed)["value"] == 1
     for method in ("plugins.start", "plugins.stop", "plugins.restart", "plugins.reload",
-                   "plugins.logs", "keys.reload", "agent.register", "agent.launch",
-                   "agent.exited", "agent.status", "agent.end_plugin"):
+                   "plugins.logs", "plugins.remove", "plugins.reread", "plugins.add",
+                   "keys.reload", "agent.register", "agent.launch", "agent.exited",
+                   "agent.status", "agent.end_plugin", "agent.unregister"):
         expect(client.error(method, name="x"), "forbidden")
     if target.admin_token is not None:
         admin = peer()
         admin.hello("admin", token=target.admin_token)
-        for action in ("start", "stop", "restart", "reload", "logs"):
+        for action in ("start", "stop", "restart", "reload", "logs", "remove"):
             expect(admin.error(f"plugins.{action}", name="no-such-plugin"), "not_found")
+        for action in ("reread", "add"):
+            expect(admin.error(f"plugins.{action}", host="no-such-host", name="x"),
+                   "not_found")
     listens = [client.request("listen", {"pattern": f"l/{i}"}) for i in range(10_001)]
     replies = [client.reply_to(msgid, 30) for msgid in listens]
     expect({**replies[-1][2], "_method": "listen"}, "limit_exceeded")

@@ -245,3 +245,32 @@ async def test_a_config_file_sets_every_option_and_the_command_line_wins(
     (folder / "bad.toml").write_text('durability = "sometimes"\n')
     bad = plugboard(folder, "broker", "--config", str(folder / "bad.toml"))
     assert bad.returncode == 1 and "durability must be one of always" in bad.stderr
+
+
+async def test_plugins_reread_add_and_remove(processes: Processes) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "first")
+    broker = processes.broker(None, "--plugins", str(root))
+    async with Client(broker.ipc) as client:
+        first = await client.subscribe("system/plugins/first/state")
+        await processes.until(first, lambda e: isinstance(e, Change) and e.value == "ready")
+    state = broker.state_dir
+    assert "no changes" in plugboard(state, "plugins", "reread").stdout
+    make_plugin(root, "second")
+    (root / "broken").mkdir()
+    (root / "broken" / "plugin.toml").write_text('name = "broken"\n')
+    found = plugboard(state, "plugins", "reread")
+    assert found.returncode == 1, found  # a problem is reported, and nothing changes
+    assert "available: second" in found.stdout and "broken" in found.stdout
+    refused = plugboard(state, "plugins", "add", "broken")
+    assert refused.returncode == 4 and "version" in refused.stderr, refused
+    added = plugboard(state, "plugins", "add", "second")
+    assert added.returncode == 0 and "ready true" in added.stdout, added
+    rows = {r["name"]: r for r in map(json.loads, plugboard(
+        state, "plugins", "--json").stdout.splitlines())}
+    assert rows["second"]["state"] == "ready"
+    removed = plugboard(state, "plugins", "remove", "first")
+    assert removed.returncode == 0 and "step end" in removed.stdout, removed
+    async with Client(broker.ipc) as client:
+        assert [r["name"] for r in (await client.request("plugins"))["plugins"]] == ["second"]
+        assert await client.list("system/plugins/first/#") == []
