@@ -18,6 +18,7 @@ from ..core import BROKER_VERSION
 from . import (
     agent_command,
     client_commands,
+    completion,
     daemon,
     exit_codes,
     key_commands,
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugin_commands.add_commands(commands)
     store_commands.add_commands(commands)
     key_commands.add_commands(commands)
+    completion.add_command(commands)
     return parser
 
 
@@ -99,7 +101,9 @@ DAEMONS = ("broker", "agent")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    completion.attach(parser)
+    args = parser.parse_args(argv)
     if args.state_dir is None:
         args.state_dir = default_state_dir()
     daemon_command = args.command in DAEMONS

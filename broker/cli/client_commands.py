@@ -27,6 +27,7 @@ from plugboard.sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, Cu
 
 from ..security import CURVE_DIR
 from . import exit_codes
+from .tables import print_table
 from .values import format_table, format_value, parse_value
 
 
@@ -103,7 +104,7 @@ def get(args: argparse.Namespace) -> int:
                                                       "connected; the stored value)"))
             rows += [(f"meta.{k}", format_value(v)) for k, v in info.meta.items()
                      if k != "unit"]
-            print(format_table(rows))
+            print(format_table(rows))  # a key and its value: the same on a terminal
         else:
             print(format_value(info.value))
 
@@ -154,7 +155,7 @@ def ls(args: argparse.Namespace) -> int:
     rows = [("NAME", "TYPE", "VALUE", "UNIT", "OWNER")] + [
         (i.name, i.type, format_value(i.value), i.meta.get("unit") or "", i.owner) for i in items
     ]
-    print(format_table(rows))
+    print_table(rows)
     return 0
 
 

@@ -20,7 +20,7 @@ from plugboard.sdk._keys import read_public_key
 
 from ..security import ROLES, Grant, curve_dir, ensure_key_pair, read_authorized, write_authorized
 from .client_commands import add_connection_arguments, connect, print_json
-from .values import format_table
+from .tables import print_table
 
 
 def new(args: argparse.Namespace) -> int:
@@ -49,8 +49,10 @@ def list_(args: argparse.Namespace) -> int:
             print_json(grant.to_json())
         return 0
     rows = [[g.key, g.role, ",".join(g.names) or "-", g.comment] for g in grants]
-    print(format_table([["KEY", "ROLE", "NAMES", "COMMENT"], *rows]) if rows
-          else "no keys allowed (plugboard keys allow KEY --role ROLE)")
+    if rows:
+        print_table([["KEY", "ROLE", "NAMES", "COMMENT"], *rows])
+    else:
+        print("no keys allowed (plugboard keys allow KEY --role ROLE)")
     return 0
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,10 @@ from plugboard.protocol.names import LOG_TOPIC
 from plugboard.protocol.values import ValueType
 from plugboard.runtime.contract import check_contracts
 from plugboard.sdk import Client
+from rich.live import Live
 
 from .client_commands import add_connection_arguments, connect, print_json
+from .tables import on_terminal, print_table, rich_table
 from .values import format_table, format_value, parse_value
 
 
@@ -74,10 +78,11 @@ def _shortened(reason: str, width: int = 100) -> str:
     return reason if len(reason) <= width else "…" + reason[-(width - 1):]
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _rows(rows: list[dict[str, Any]]) -> list[Sequence[str]]:
+    """The plugins table, header first."""
     header = ("NAME", "VERSION", "HOST", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "MEMORY",
               "REASON")
-    lines = [header]
+    lines: list[Sequence[str]] = [header]
     for row in rows:
         rss = row.get("memory_rss") or 0
         lines.append((
@@ -87,7 +92,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"{row.get('cpu_percent') or 0:.1f}", f"{rss / 2**20:.1f} MB" if rss else "-",
             _shortened(row.get("reason") or ""),
         ))
-    return format_table(lines)
+    return lines
 
 
 def plugins(args: argparse.Namespace) -> int:
@@ -100,7 +105,7 @@ def plugins(args: argparse.Namespace) -> int:
                     for row in rows:
                         print_json(row)
                 else:
-                    print(_table(rows))
+                    print_table(_rows(rows))
                 return 0
             if args.action == "reread":
                 found = await client.request("plugins.reread", _host(args),
@@ -256,15 +261,23 @@ def _local_log(args: argparse.Namespace) -> int:
 
 
 def top(args: argparse.Namespace) -> int:
+    """Redrawn at each change of a plugin's figures: a live rich view on a terminal,
+    a table (or one JSON document) per change when piped."""
+
     async def main() -> None:
         async with connect(args, reconnect=True) as client:
             changes = await client.subscribe("system/plugins/+/+", min_interval=0.5)
-            async for _event in changes:
-                rows = (await client.request("plugins"))["plugins"]
-                if args.json:
-                    print_json({"plugins": rows}, flush=True)
-                else:
-                    print("\033[H\033[2J" + _table(rows), flush=True)
+            live = Live(auto_refresh=False, screen=False) if on_terminal() and not args.json \
+                else None
+            with live or contextlib.nullcontext():
+                async for _event in changes:
+                    rows = (await client.request("plugins"))["plugins"]
+                    if args.json:
+                        print_json({"plugins": rows}, flush=True)
+                    elif live is not None:
+                        live.update(rich_table(_rows(rows)), refresh=True)
+                    else:
+                        print(format_table(_rows(rows)) + "\n", flush=True)
 
     try:
         asyncio.run(main())

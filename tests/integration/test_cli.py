@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import pty
 import signal
 import socket
 import subprocess
@@ -274,3 +277,77 @@ async def test_plugins_reread_add_and_remove(processes: Processes) -> None:
     async with Client(broker.ipc) as client:
         assert [r["name"] for r in (await client.request("plugins"))["plugins"]] == ["second"]
         assert await client.list("system/plugins/first/#") == []
+
+
+def on_a_terminal(state: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """What a command prints on a terminal: run on a pty, read to the end."""
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen([*PLUGBOARD, "--state-dir", str(state), *args], cwd=ROOT,
+                            stdin=secondary, stdout=secondary, stderr=secondary,
+                            env={**os.environ, "COLUMNS": "160", **(env or {})})
+    os.close(secondary)
+    output = b""
+    try:
+        while chunk := os.read(main, 65536):
+            output += chunk
+    except OSError:  # EIO: the command exited and closed the pty
+        pass
+    finally:
+        os.close(main)
+    assert proc.wait(20) == 0, output
+    return output.decode(errors="replace")
+
+
+def test_tables_have_colour_on_a_terminal_only(ready_echo: BrokerProcess) -> None:
+    state = ready_echo.state_dir
+    coloured = on_a_terminal(state, "ls", "echo/#", env={"TERM": "xterm-256color"})
+    assert "\x1b[" in coloured and "echo/setpoint" in coloured
+    plain = on_a_terminal(state, "ls", "echo/#", env={"TERM": "xterm-256color",
+                                                      "NO_COLOR": "1"})
+    assert "echo/setpoint" in plain and "\x1b[3" not in plain  # no colour codes
+    piped = plugboard(state, "ls", "echo/#").stdout
+    assert "\x1b[" not in piped and piped.splitlines()[0].split()[:2] == ["NAME", "TYPE"]
+
+
+def test_tab_completes_commands_properties_and_plugins(ready_echo: BrokerProcess) -> None:
+    answers = short_tmpdir() / "completions"
+
+    def complete(line: str) -> list[str]:
+        env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line,
+               "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(answers),
+               "PLUGBOARD_STATE_DIR": str(ready_echo.state_dir)}
+        subprocess.run(PLUGBOARD, env=env, cwd=ROOT, timeout=20, check=True)
+        return answers.read_text().replace("\x0b", " ").split()
+
+    assert "plugins" in complete("plugboard plu")
+    assert "echo/setpoint" in complete("plugboard get echo/set")
+    assert complete("plugboard watch echo/per") == ["echo/period"]
+    hook = plugboard(ready_echo.state_dir, "completion", "bash")
+    assert hook.returncode == 0 and "complete" in hook.stdout and "plugboard" in hook.stdout
+
+
+async def test_watch_carries_on_across_a_broker_restart(processes: Processes) -> None:
+    state = short_tmpdir()
+    broker = processes.broker(state)
+    watching = subprocess.Popen(
+        [*PLUGBOARD, "--state-dir", str(state), "watch", "system/broker/instance",
+         "-F", "{value}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watching.stdout is not None and watching.stderr is not None
+        first = await asyncio.to_thread(watching.stdout.readline)
+        assert first.strip() == broker.instance
+        port = broker.tcp.rsplit(":", 1)[1]
+        broker.stop()
+        again = processes.broker(state, tcp=f"tcp://127.0.0.1:{port}")
+        # The new broker wrote a new admin token; the watch is a client and needs none,
+        # and it says in one line on stderr that the connection was lost.
+        second = await asyncio.to_thread(watching.stdout.readline)
+        assert second.strip() == again.instance
+        watching.terminate()
+        assert "connection to the broker lost" in watching.stderr.read()
+    finally:
+        watching.kill()
+        watching.wait()
+        for stream in (watching.stdout, watching.stderr):
+            if stream is not None:
+                stream.close()
