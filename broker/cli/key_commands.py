@@ -38,7 +38,7 @@ def new(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     public, _ = ensure_key_pair(curve_dir(args.state_dir), "broker")
-    print(public)
+    print_json({"public": public}) if args.json else print(public)
     return 0
 
 

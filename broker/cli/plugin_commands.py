@@ -46,9 +46,10 @@ def conform(args: argparse.Namespace) -> int:
 
     steps = asyncio.run(run_checks(Path(args.path)))
     for step in steps:
-        print(step)
+        print_json(dataclasses.asdict(step)) if args.json else print(step)
     failed = [s for s in steps if not s.ok]
-    print(f"{len(steps) - len(failed)} passed, {len(failed)} failed")
+    if not args.json:
+        print(f"{len(steps) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
 
@@ -225,12 +226,20 @@ def logs(args: argparse.Namespace) -> int:
             follow = await client.listen(LOG_TOPIC + args.name) if args.follow else None
             result = await client.request("plugins.logs", {"name": args.name,
                                                            "lines": args.lines})
-            sys.stdout.write(result["text"])
-            sys.stdout.flush()
+            if args.json:
+                for line in result["text"].splitlines():
+                    print_json({"name": args.name, "line": line}, flush=True)
+            else:
+                sys.stdout.write(result["text"])
+                sys.stdout.flush()
             if follow is not None:
                 async for message in follow:
-                    sys.stdout.buffer.write(message.payload)
-                    sys.stdout.flush()
+                    if args.json:
+                        print_json({"name": args.name, "line": message.payload.decode(
+                            errors="replace").rstrip("\n")}, flush=True)
+                    else:
+                        sys.stdout.buffer.write(message.payload)
+                        sys.stdout.flush()
             return 0
 
     try:

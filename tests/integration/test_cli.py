@@ -351,3 +351,12 @@ async def test_watch_carries_on_across_a_broker_restart(processes: Processes) ->
         for stream in (watching.stdout, watching.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_a_stale_socket_fails_at_once() -> None:
+    """A broker that crashed leaves its socket file: nothing listens, say so now."""
+    state = short_tmpdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(state / "broker.sock"))  # bound, never listening: a dead broker's
+        out = plugboard(state, "get", "x/y")
+    assert out.returncode == 3 and "stale socket file" in out.stderr, out
