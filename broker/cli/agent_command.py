@@ -15,17 +15,17 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 from plugboard.protocol.discovery import default_endpoint, read_admin_token
 from plugboard.protocol.errors import ConfigError
-from plugboard.runtime.contract import BUNDLED, check_contracts
+from plugboard.runtime.contract import BUNDLED
 from plugboard.runtime.link import BrokerLink, default_agent_name
 from plugboard.runtime.orphans import become_subreaper
 from plugboard.runtime.supervisor import Supervisor
 
 from .client_commands import curve_for
+from .plugin_commands import contracts_to_run
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    contracts, problems = check_contracts(args.plugins, remote_needs=True)
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        print(f"plugboard agent: {len(problems)} contract problem(s); nothing was started",
-              file=sys.stderr)
+    contracts = contracts_to_run(args.plugins, "agent")
+    if contracts is None:
         return 1
     endpoint = args.endpoint or os.environ.get("PLUGBOARD_ENDPOINT") or default_endpoint(
         args.state_dir)

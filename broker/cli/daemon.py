@@ -12,13 +12,12 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 from plugboard.protocol.discovery import default_endpoint
 from plugboard.protocol.errors import PlugboardError
-from plugboard.runtime.contract import BUNDLED, Contract, check_contracts
+from plugboard.runtime.contract import BUNDLED, Contract
 from plugboard.runtime.link import BrokerLink, default_agent_name
 from plugboard.runtime.orphans import LaunchLog, become_subreaper
 from plugboard.runtime.supervisor import Supervisor
@@ -30,6 +29,7 @@ from ..server import BrokerServer, ServerConfig
 from ..statedir import StateDir
 from ..store import STORE_NAME, Durability, Store
 from . import config_file, systemd
+from .plugin_commands import contracts_to_run
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(config_file.as_toml(settings), end="")
         return 0
     endpoints = args.endpoint or []
-    contracts, problems = check_contracts(args.plugins, remote_needs=True) \
-        if args.plugins else ([], [])
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        print(f"plugboard broker: {len(problems)} contract problem(s); nothing was started",
-              file=sys.stderr)
+    contracts = contracts_to_run(args.plugins, "broker")
+    if contracts is None:
         return 1
     state = StateDir(args.state_dir)
     if contracts and not become_subreaper():

@@ -15,13 +15,26 @@ from typing import Any
 from plugboard.protocol.errors import ConfigError, ConnectionFailed, NotFound
 from plugboard.protocol.names import LOG_TOPIC
 from plugboard.protocol.values import ValueType
-from plugboard.runtime.contract import check_contracts
+from plugboard.runtime.contract import Contract, check_contracts
 from plugboard.sdk import Client
 from rich.live import Live
 
 from .client_commands import add_connection_arguments, connect, print_json
 from .tables import on_terminal, print_table, rich_table
 from .values import format_table, format_value, parse_value
+
+
+def contracts_to_run(paths: list[Path], command: str) -> list[Contract] | None:
+    """The contracts a daemon is to run (needs another agent may meet allowed), or None
+    after printing every problem: then nothing may start."""
+    contracts, problems = check_contracts(paths, remote_needs=True) if paths else ([], [])
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"plugboard {command}: {len(problems)} contract problem(s); nothing was started",
+              file=sys.stderr)
+        return None
+    return contracts
 
 
 def check(args: argparse.Namespace) -> int:
