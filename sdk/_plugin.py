@@ -3,6 +3,10 @@
 There is no update loop: a plugin reacts to subscriptions, messages and timers. A
 plugin started by the runtime finds its endpoint, name and one-time token in
 ``PLUGBOARD_ENDPOINT``, ``PLUGBOARD_NAME`` and ``PLUGBOARD_TOKEN``.
+
+A plugin that loses the broker keeps reconnecting for ``give_up_after`` seconds
+(``PLUGBOARD_GIVE_UP_AFTER``, default 30), then exits with status 75 (EX_TEMPFAIL), a
+failure: its agent restarts it, and starts it again when it has the broker back.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from ._client import Client
 from ._events import Message
 
 log = logging.getLogger(__name__)
+GIVE_UP_AFTER = 30.0
+EX_TEMPFAIL = 75
+"""Exit status of a plugin that gave up on an absent broker: a failure to restart from."""
 
 Hook = Callable[["Plugin"], Awaitable[None]]
 InitHook = Callable[["Plugin", dict[str, Any]], Awaitable[None]]
@@ -36,11 +43,13 @@ class Plugin:
 
     def __init__(self, name: str | None = None, *, endpoint: str | None = None,
                  token: str | None = None, timeout: float = 5.0,
-                 give_up_after: float | None = 30.0) -> None:
+                 give_up_after: float | None = None) -> None:
         name = name or os.environ.get("PLUGBOARD_NAME")
         if not name:
             raise ValueError("a plugin needs a name (argument or PLUGBOARD_NAME)")
         self.name = name
+        if give_up_after is None:
+            give_up_after = float(os.environ.get("PLUGBOARD_GIVE_UP_AFTER") or GIVE_UP_AFTER)
         self.client = Client(endpoint, role="plugin", name=name,
                              token=token or os.environ.get("PLUGBOARD_TOKEN"), timeout=timeout,
                              give_up_after=give_up_after)
@@ -148,6 +157,10 @@ class Plugin:
             await self.client.close()
         if self.init_failed.is_set():
             raise SystemExit(1)
+        if self.client.closed.is_set() and not self.client.end_requested.is_set() \
+                and not stop.is_set():
+            log.error("the broker was gone too long; exiting with status %d", EX_TEMPFAIL)
+            raise SystemExit(EX_TEMPFAIL)
 
     def run(self) -> None:
         """Blocking entry point for ``if __name__ == "__main__": plugin.run()``."""

@@ -360,3 +360,26 @@ def test_a_stale_socket_fails_at_once() -> None:
         stale.bind(str(state / "broker.sock"))  # bound, never listening: a dead broker's
         out = plugboard(state, "get", "x/y")
     assert out.returncode == 3 and "stale socket file" in out.stderr, out
+
+
+async def test_top_is_a_live_view_on_a_terminal(processes: Processes) -> None:
+    root = short_tmpdir()
+    make_plugin(root, "shown")
+    broker = processes.broker(None, "--plugins", str(root))
+    main, secondary = pty.openpty()
+    top = subprocess.Popen([*PLUGBOARD, "--state-dir", str(broker.state_dir), "top"], cwd=ROOT,
+                           stdin=secondary, stdout=secondary, stderr=secondary,
+                           env={**os.environ, "COLUMNS": "160", "TERM": "xterm-256color"})
+    os.close(secondary)
+    screen = b""
+    try:
+        async with asyncio.timeout(20):
+            while b"ready" not in screen or b"shown" not in screen:
+                screen += await asyncio.to_thread(os.read, main, 65536)
+        assert b"\x1b[" in screen  # drawn for a terminal: colour and cursor moves
+        top.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(top.wait, 10) == 0
+    finally:
+        top.kill()
+        top.wait()
+        os.close(main)

@@ -113,3 +113,17 @@ async def test_a_killed_brokers_grandchildren_are_ended_by_the_next_broker(
     gone, alive = await asyncio.to_thread(psutil.wait_procs, grandchildren, 5)
     assert not alive, f"still running after the restart: {alive}\n{again.describe()}"
     assert "left running by a previous broker" in again.stderr_path.read_text()
+
+
+async def test_a_plugin_gives_up_on_a_broker_gone_too_long_with_a_failure(
+        processes: Processes) -> None:
+    """Status 75 (EX_TEMPFAIL), so its agent restarts it rather than leaving it exited."""
+    broker = processes.broker()
+    plugin = processes.plugin("misbehave.py", "quitter", broker,
+                              PLUGBOARD_GIVE_UP_AFTER="0.5")
+    async with Client(broker.ipc) as client:
+        alive = await client.subscribe("quitter/alive")
+        await processes.until(alive, lambda e: isinstance(e, Change))
+    broker.signal(signal.SIGKILL)
+    broker.wait(5)
+    assert await asyncio.to_thread(plugin.wait, 15) == 75, plugin.describe()
