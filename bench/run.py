@@ -334,6 +334,7 @@ async def _slow_subscriber(endpoint: str, broker: psutil.Process, writes: int) -
     """A client subscribed to ``#`` under policy ``all`` that never reads, while a
     plugin makes ``writes`` sets of 1 KB: what does the broker's memory do?"""
     import msgpack
+
     from plugboard.sdk import Client
 
     ctx = zmq.Context()

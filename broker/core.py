@@ -93,6 +93,8 @@ class Deferred:
 
 
 DEFERRED = Deferred()
+FIRE_AND_FORGET = ("set", "set_many")
+"""Methods a peer may also send as notifications: applied, never answered."""
 MethodHandler = Callable[["Session", dict[str, Any], int], Any]
 
 _MISSING = object()
@@ -186,9 +188,13 @@ class BrokerCore:
             self._on_request(peer, session, message)
         elif isinstance(message, Response):
             self._on_response(peer, session, message)
+        elif message.method in FIRE_AND_FORGET and session is not None:
+            self._write_unanswered(session, message.method, message.params)
         else:
             self._error_to(peer, None, ProtocolError(
-                "unknown_method", f"no notification {message.method!r} is sent to the broker"))
+                "unknown_method", f"no notification {message.method!r} is sent to the broker"
+                + ("; say hello first" if session is None else ""),
+                method=message.method))
 
     @property
     def drops(self) -> int:
@@ -726,6 +732,24 @@ class BrokerCore:
         self._may_write(session, prop)
         self._write(prop, prop.check(params["value"]))
         return {"handle": prop.handle, "revision": prop.revision}
+
+    def _write_unanswered(self, session: Session, method: str, params: dict[str, Any]) -> None:
+        """A write sent as a notification: applied as the request would be, with no
+        reply; a refusal comes back as an ``error`` notification naming the write."""
+        try:
+            if method == "set":
+                self._set(session, params)
+            else:
+                self._set_many(session, params)
+        except ProtocolError as exc:
+            target = params.get("target")
+            self._notify(session.peer, "error", {
+                **exc.to_wire(), "method": method,
+                **({"target": target} if isinstance(target, str | int) else {})})
+        except Exception as exc:  # a bug here must not take every peer down
+            log.exception("internal error applying %s", method)
+            self._notify(session.peer, "error", {"code": "internal", "method": method,
+                                                 "message": f"{type(exc).__name__}"})
 
     def _set_many(self, session: Session, params: dict[str, Any]) -> Any:
         """All or nothing: every item is checked before any is written."""

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.utils import z85
+
 from plugboard.protocol.errors import ConfigError
 from plugboard.sdk._keys import is_z85_key, read_key_pair
-from zmq.utils import z85
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 
 import zmq
+
 from plugboard.protocol.errors import ConfigError
 
 from .core import BrokerCore, CoreConfig

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import psutil
+
 from plugboard.sdk._keys import ENV_KEY_FILE, ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER_KEY
 
 from .contract import Contract

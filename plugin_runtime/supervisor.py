@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from plugboard.protocol.errors import ProtocolError
 from plugboard.protocol.names import PLUGINS_PREFIX
 from plugboard.protocol.values import Duration, Timestamp

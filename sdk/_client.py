@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
+
 from plugboard.protocol._version import SUPPORTED_VERSIONS
 from plugboard.protocol.codec import Notification, Request, Response, decode, encode
 from plugboard.protocol.discovery import default_endpoint, default_state_dir
@@ -35,7 +37,6 @@ from plugboard.protocol.errors import (
     RequestTimeout,
 )
 from plugboard.protocol.limits import MAX_FRAME_BYTES, MAX_MSGID
-from zmq.utils.monitor import parse_monitor_message
 
 from ._events import Message, PropertyInfo, Reconnected
 from ._keys import CurveKeys, curve_keys
@@ -147,6 +148,9 @@ class Client:
         # A bare Client in the plugin role is ready at once; Plugin installs its own.
         self._handlers: dict[str, RequestHandler] = {"init": _acknowledge, "end": _acknowledge}
         self._message_callbacks: list[MessageCallback] = []
+        self._error_callbacks: list[Callable[[RemoteError], Any]] = []
+        self.write_errors = 0
+        """Writes sent with set_nowait/set_many_nowait that the broker refused."""
         self._notification_handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.extra_hello: Callable[[], Mapping[str, Any]] | None = None
         """More ``hello`` parameters, asked for at every (re)connect: an agent's
@@ -492,7 +496,14 @@ class Client:
         elif note.method == "shutdown":
             self._connection_lost("the broker is stopping")
         elif note.method == "error":
-            log.warning("broker reported: %s: %s", params.get("code"), params.get("message"))
+            error = RemoteError.from_wire(params)
+            if params.get("method") in ("set", "set_many"):
+                self.write_errors += 1
+            if self._error_callbacks:
+                for on_error in self._error_callbacks:
+                    self._run_callback(on_error, error)
+            else:
+                log.warning("broker reported: %s", error)
         elif note.method in self._notification_handlers:
             self._run_callback(self._notification_handlers[note.method], params)
 
@@ -633,6 +644,38 @@ class Client:
             return int(result["revision"])
 
         return self._then(self._start("set", {"target": target, "value": value}), written)
+
+    def set_nowait(self, target: str | int, value: Any) -> None:
+        """Write without waiting for (or getting) a reply: one frame, the broker's
+        ``set`` notification. A refusal arrives later as an error (``on_error``,
+        ``write_errors``); writes on one connection are applied in order."""
+        self._notify("set", {"target": target, "value": value})
+        self._remember(target, value)
+
+    def set_many_nowait(self, items: Mapping[str | int, Any]
+                        | Iterable[tuple[str | int, Any]]) -> None:
+        """``set_many`` as a notification: all or nothing, no reply (see set_nowait)."""
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        self._notify("set_many", {"items": [list(p) for p in pairs]})
+        for target, value in pairs:
+            self._remember(target, value)
+
+    def on_error(self, callback: Callable[[RemoteError], Any]) -> None:
+        """Call ``callback(error)`` for each error the broker reports outside a reply
+        (a refused set_nowait names its ``method`` and ``target`` in ``details``)."""
+        self._error_callbacks.append(callback)
+
+    def _notify(self, method: str, params: dict[str, Any]) -> None:
+        if self._sock is None:
+            raise ConnectionFailed("not connected to the broker")
+        frame = encode(Notification(method, params))
+        if len(frame) > self.max_frame:
+            raise ProtocolError("too_large", f"{method} of {len(frame)} bytes exceeds the "
+                                f"broker's max_frame of {self.max_frame}")
+        try:
+            self._send(frame)
+        except zmq.Again:
+            raise ConnectionFailed(f"cannot reach the broker at {self.endpoint}") from None
 
     def set_many(self, items: Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
                  ) -> asyncio.Future[builtins.list[int]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+
 from plugboard.protocol.errors import ConfigError
 
 ENV_SERVER_KEY = "PLUGBOARD_SERVER_KEY"

@@ -13,6 +13,7 @@ from typing import Any
 
 import argcomplete
 from argcomplete import shell_integration
+
 from plugboard.protocol.discovery import default_endpoint, default_state_dir
 from plugboard.sdk import Client
 

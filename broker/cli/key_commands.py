@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq.auth
+
 from plugboard.protocol.errors import ConfigError, ConnectionFailed
 from plugboard.sdk._keys import read_public_key
 

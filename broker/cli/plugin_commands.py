@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.live import Live
+
 from plugboard.protocol.errors import ConfigError, ConnectionFailed, NotFound
 from plugboard.protocol.names import LOG_TOPIC
 from plugboard.protocol.values import ValueType
 from plugboard.runtime.contract import Contract, check_contracts
 from plugboard.sdk import Client
-from rich.live import Live
 
 from .client_commands import add_connection_arguments, connect, print_json
 from .tables import on_terminal, print_table, rich_table

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+
 from plugboard.protocol.codec import decode_value, encode_value
 from plugboard.protocol.errors import ConfigError
 from plugboard.protocol.values import ValueType

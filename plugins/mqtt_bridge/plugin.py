@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
 from plugboard.protocol.codec import decode_value, encode_value
 from plugboard.protocol.errors import ProtocolError
 from plugboard.protocol.json_values import from_json, to_json

@@ -24,11 +24,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from live_state import Shown, shown
+from prometheus_export import Exporter
+
 from plugboard.protocol.discovery import read_admin_token
 from plugboard.protocol.json_values import from_text, to_json
 from plugboard.protocol.names import LOG_TOPIC
 from plugboard.sdk import Change, Client, PlugboardError, Plugin, Removed
-from prometheus_export import Exporter
 
 log = logging.getLogger("web")
 PAGE = Path(__file__).with_name("page.html")

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from live_state import Shown, numeric
-from plugboard.protocol.names import matches
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from plugboard.protocol.names import matches
 
 BROKER_GAUGES = {"sessions": "connected peers", "properties": "declared properties",
                  "uptime": "seconds since the broker started"}

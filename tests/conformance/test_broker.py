@@ -598,3 +598,26 @@ def test_zz_every_row_of_the_error_table_is_covered() -> None:
     assert not unlisted, f"errors the broker sent that the table does not list: {unlisted}"
     missing = table - COVERED - set(UNREACHABLE) - SKIPPED
     assert not missing, f"rows no conformance test provoked: {sorted(missing)}"
+
+
+def test_writes_sent_as_notifications(peer: Peers) -> None:
+    """PROTOCOL.md "Writes that do not wait": applied in order, never answered, a
+    refusal as an `error` notification naming the method and target."""
+    owner, name = plugin(peer)
+    owner.call("declare", name=f"{name}/n", type="int", value=0, max=100)
+    watcher = peer()
+    watcher.hello()
+    watcher.call("subscribe", pattern=f"{name}/n", current=False, policy="all")
+    for value in range(1, 6):
+        owner.send(msgpack.packb([2, "set", {"target": f"{name}/n", "value": value}]))
+    owner.send(msgpack.packb([2, "set_many", {"items": [[f"{name}/n", 6]]}]))
+    seen: list[int] = []
+    while len(seen) < 6:
+        seen += [item[1] for item in watcher.take(2, "changes")[2]["items"]]
+    assert seen == [1, 2, 3, 4, 5, 6]
+    owner.send(msgpack.packb([2, "set", {"target": f"{name}/n", "value": 101}]))
+    refused = owner.take(2, "error")[2]
+    assert refused["method"] == "set" and refused["target"] == f"{name}/n"
+    expect({**refused, "_method": "set"}, "out_of_range")
+    assert owner.call("ping")["instance"]  # and no response came for the notifications
+    assert not [m for m in owner.other if m[0] == 1]

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from plugboard.sdk import Subscription
 
 from .processes import AgentProcess, BrokerProcess, ManagedProcess, PluginProcess

@@ -10,6 +10,7 @@ import subprocess
 
 import psutil
 import pytest
+
 from plugboard.sdk import Change, Client, Removed
 
 from .conftest import Processes

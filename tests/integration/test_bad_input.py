@@ -9,9 +9,9 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+
 from plugboard.protocol.errors import ProtocolError
 from plugboard.sdk import Client
-
 from tests.conformance.raw import RawPeer
 
 from .conftest import Processes

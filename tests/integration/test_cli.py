@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from plugboard.broker.cli import build_parser
 from plugboard.protocol import Timestamp
 from plugboard.sdk import Change, Client

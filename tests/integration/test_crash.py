@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from plugboard.sdk import Change, Client
 
 from .conftest import Processes

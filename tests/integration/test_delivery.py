@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 import zmq
+
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
 from plugboard.sdk import Change, Client, Message, RequestTimeout, Subscription
 
@@ -139,3 +140,23 @@ async def test_publish_reaches_listeners_of_matching_topics(
         assert (message.topic, message.payload) == ("alerts/fire/kitchen", b"\x01")
         await alerts.close()
         assert await publisher.publish("alerts/fire/kitchen", b"\x03") == 0
+
+
+async def test_writes_that_do_not_wait_arrive_in_order_and_refusals_come_back(
+        processes: Processes) -> None:
+    broker = processes.broker()
+    async with Client(broker.ipc, role="plugin", name="fast") as writer, \
+            Client(broker.ipc) as reader:
+        await writer.declare("fast/n", "int", 0, max=5000)
+        changes = await reader.subscribe("fast/n", current=False, policy="all")
+        refused: list[object] = []
+        writer.on_error(refused.append)
+        for value in range(1, 2001):
+            writer.set_nowait("fast/n", value)
+        writer.set_many_nowait({"fast/n": 9999})
+        seen = await processes.until(changes, lambda e: isinstance(e, Change) and e.value == 2000)
+        values = [e.value for e in seen if isinstance(e, Change)]
+        assert values == list(range(1, 2001))  # every one, in order
+        await writer.request("ping")  # answered after the refusal was sent
+        assert writer.write_errors == 1 and "above the maximum 5000" in str(refused[0])
+        assert (await reader.get("fast/n")).value == 2000

@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 import pytest
+
 from plugboard.protocol import Duration, Timestamp
 from plugboard.sdk import (
     Change,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-from plugboard.sdk import Change, Client
 
+from plugboard.sdk import Change, Client
 from tests.conformance.raw import RawPeer
 
 from .conftest import Processes

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
 from plugboard.runtime.supervisor import PluginState, Supervisor
 from plugboard.sdk import CallFailed, Client, InvalidRequest, InvalidValue, NotAllowed, NotFound

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+
 from plugboard.sdk import Change, Client
 
 from .conftest import Processes

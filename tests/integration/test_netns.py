@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
+
 from plugboard.sdk import Client
 from plugboard.sdk._keys import CurveKeys, read_key_pair, read_public_key
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 
 import pytest
+
 from plugboard.sdk import Change, Client
 
 from .conftest import Processes

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
 from plugboard.runtime.process import StopStep
 from plugboard.runtime.supervisor import PluginState, Supervisor

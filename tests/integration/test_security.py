@@ -21,6 +21,7 @@ import msgpack
 import psutil
 import pytest
 import zmq
+
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
 from plugboard.broker.security import Grant, KeyRing, write_authorized
 from plugboard.runtime.supervisor import PluginState

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from plugboard.sdk import Change, Client
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+
+from plugboard.sdk import Change, Client
 
 from .conftest import Processes
 from .processes import ROOT, BrokerProcess, ManagedProcess, bundled_plugin, free_port, short_tmpdir

@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+
 from plugboard.protocol import RemoteError
 from plugboard.protocol.codec import Request, Response, encode
 

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from plugboard.runtime.contract import (
     check_contracts,
     dependents,

@@ -3,6 +3,7 @@
 
 import msgpack
 import pytest
+
 from plugboard.broker.subscriptions import BATCH_BYTES
 from plugboard.protocol import Duration, RemoteError, Timestamp
 from plugboard.protocol.codec import Notification, Request, Response, encode, encode_value
@@ -423,3 +424,24 @@ def test_a_congested_peer_gets_its_backlog_first_and_its_changes_held_in_budget(
     assert delivered + sum(n.get("gap", 0) for n in notes) == 10 and delivered < 10
     assert h.core.drops == 10 - delivered == session.describe()["drops"]
     assert session.budget.used == 0
+
+
+def test_a_set_sent_as_a_notification_is_applied_without_a_reply(h: Harness) -> None:
+    h.call(P, "declare", name="p/x", type="int", value=0, max=10)
+    h.call(C, "subscribe", pattern="p/x", current=False)
+    for value in (1, 2, 3):
+        h.core.receive(P, [encode(Notification("set", {"target": "p/x", "value": value}))])
+    h.pump()
+    assert [v for _, v in h.changes(C)][-1] == 3
+    assert not [m for m in h.inbox[P] if isinstance(m, Response)]  # nothing answered
+    h.core.receive(P, [encode(Notification("set", {"target": "p/x", "value": 11}))])
+    h.core.receive(P, [encode(Notification("set_many", {"items": [["p/x", "a"]]}))])
+    h.pump()
+    errors = h.notes(P, "error")
+    assert [(e["code"], e["method"]) for e in errors] == [("out_of_range", "set"),
+                                                          ("type_mismatch", "set_many")]
+    assert errors[0]["target"] == "p/x"
+    assert h.call(C, "get", target="p/x")["value"] == 3
+    h.core.receive(b"nobody", [encode(Notification("set", {"target": "p/x", "value": 1}))])
+    h.pump()
+    assert h.notes(b"nobody", "error")[0]["code"] == "unknown_method"

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from plugboard.broker.store import Store
 from plugboard.protocol import RemoteError
 

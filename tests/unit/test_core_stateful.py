@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+
 from plugboard.protocol import RemoteError
 from plugboard.protocol.codec import Request, encode
 from plugboard.protocol.names import matches

@@ -1,6 +1,7 @@
 """Property values as JSON, for the dashboard and the MQTT bridge."""
 
 import pytest
+
 from plugboard.protocol import Duration, ProtocolError, Timestamp
 from plugboard.protocol.json_values import from_json, from_text, to_json
 

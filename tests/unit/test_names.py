@@ -1,4 +1,5 @@
 import pytest
+
 from plugboard.broker.subscriptions import PatternIndex
 from plugboard.protocol import ProtocolError, matches, validate_name, validate_pattern
 from plugboard.protocol.names import validate_plugin_name

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from plugboard.broker.store import Durability, Record, Store
 from plugboard.protocol import ConfigError, Duration, Timestamp, ValueType
 

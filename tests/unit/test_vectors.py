@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from plugboard.broker.cli.values import from_json
 from plugboard.protocol import (
     ProtocolError,
