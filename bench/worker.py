@@ -142,6 +142,12 @@ async def pb_write(endpoint: str, mode: str, count: int) -> None:
             for first in range(0, count, window):
                 await asyncio.gather(*(client.set("bench/x", time.monotonic_ns())
                                        for _ in range(min(window, count - first))))
+        elif mode == "nowait":  # sets as notifications; a ping per window keeps pace
+            window = 2000
+            for first in range(0, count, window):
+                for _ in range(min(window, count - first)):
+                    client.set_nowait("bench/x", time.monotonic_ns())
+                await client.request("ping")
         else:  # batched: set_many of 100 properties' worth of values on one property
             for first in range(0, count, 100):
                 await client.set_many([("bench/x", time.monotonic_ns())
