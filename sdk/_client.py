@@ -648,7 +648,9 @@ class Client:
     def set_nowait(self, target: str | int, value: Any) -> None:
         """Write without waiting for (or getting) a reply: one frame, the broker's
         ``set`` notification. A refusal arrives later as an error (``on_error``,
-        ``write_errors``); writes on one connection are applied in order."""
+        ``write_errors``); writes on one connection are applied in order. Nothing paces
+        these writes: await any request every few thousand (``ping``) to keep pace with
+        the broker; if 10,000 frames wait unsent, ConnectionFailed says so."""
         self._notify("set", {"target": target, "value": value})
         self._remember(target, value)
 
@@ -675,7 +677,9 @@ class Client:
         try:
             self._send(frame)
         except zmq.Again:
-            raise ConnectionFailed(f"cannot reach the broker at {self.endpoint}") from None
+            raise ConnectionFailed(f"the broker at {self.endpoint} takes no more frames "
+                                   "(10,000 wait unsent): await a request to keep pace"
+                                   ) from None
 
     def set_many(self, items: Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
                  ) -> asyncio.Future[builtins.list[int]]:
