@@ -46,7 +46,7 @@ clean:
 	rm -rf $(VENV) *.egg-info
 
 ## bench: measure and write docs/BENCHMARKS*.md (reports only; never part of make test).
-## Redis and MQTT columns need Debian's redis-server and mosquitto installed.
+## Redis, MQTT and NATS columns need Debian's redis-server, mosquitto and nats-server.
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/persistence.py

@@ -1,9 +1,10 @@
-"""``make bench``: Plugboard side by side with raw pyzmq, Redis and MQTT, in one run.
+"""``make bench``: Plugboard side by side with raw pyzmq, Redis, MQTT and NATS, in one run.
 
 Writes docs/BENCHMARKS.md and bench/results/bench.json. Absolute figures drift
 10-30 % between runs on a 2-core machine; the ratios within one run are what to read.
-Benchmarks report: a missed target is said plainly, never an error. Redis and MQTT
-columns need ``redis-server`` and ``mosquitto`` on the PATH (Debian packages of those
+Benchmarks report: a missed target is said plainly, never an error. The Redis, MQTT
+and NATS columns need ``redis-server``, ``mosquitto`` and ``nats-server`` on the PATH
+(Debian packages of those
 names); without them those columns say "not installed".
 """
 
@@ -129,7 +130,8 @@ class Broker:
 
 
 class Reference:
-    """A raw relay, redis-server or mosquitto, started for this run only."""
+    """A raw relay, redis-server, mosquitto or nats-server (JetStream on, for the KV
+    bucket), started for this run only."""
 
     def __init__(self, kind: str, transport: str = "tcp") -> None:
         self.kind = kind
@@ -147,6 +149,13 @@ class Reference:
                                          stdout=subprocess.DEVNULL, text=True)
             wait_port(port)
             self.address = str(port)
+        elif kind in ("nats", "natskv"):
+            port = free_port()
+            self.proc = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port),
+                                          "-js", "-sd", str(self.dir)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(port)
+            self.address = str(port)
         else:
             port = free_port()
             conf = self.dir / "mosquitto.conf"
@@ -159,8 +168,9 @@ class Reference:
 
     @staticmethod
     def available(kind: str) -> bool:
-        return kind == "raw" or shutil.which({"redis": "redis-server",
-                                              "mqtt": "mosquitto"}[kind]) is not None
+        return kind == "raw" or shutil.which({"redis": "redis-server", "mqtt": "mosquitto",
+                                              "nats": "nats-server",
+                                              "natskv": "nats-server"}[kind]) is not None
 
     def stop(self) -> None:
         if self.peer is not None:
@@ -205,21 +215,23 @@ def run_system(kind: str, transport: str, mode: str, count: int) -> dict[str, An
             broker.stop()
     ref = Reference(kind, transport)
     try:
-        role = {"raw": "raw", "redis": "redis", "mqtt": "mqtt"}[kind]
+        role = kind
         return pair(f"{role}-sub", f"{role}-write", ref.address, mode, count)
     finally:
         ref.stop()
 
 
 CURVE = "plugboard+curve"
-SYSTEMS = ["plugboard", CURVE, "raw", "redis", "mqtt"]
+SYSTEMS = ["plugboard", CURVE, "raw", "redis", "mqtt", "nats", "natskv"]
+"""natskv: NATS JetStream KV put -> watch, the nearest thing to a property store with
+push a user would pick instead."""
 
 
 def scenario_latency() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for transport in ("ipc", "tcp"):
         for kind in SYSTEMS:
-            if transport == "ipc" and kind in ("redis", "mqtt", CURVE):
+            if transport == "ipc" and kind in ("redis", "mqtt", "nats", "natskv", CURVE):
                 continue
             if not Reference.available(kind if not kind.startswith("plugboard") else "raw"):
                 out[f"{kind}/{transport}"] = None
@@ -241,8 +253,8 @@ def scenario_throughput() -> dict[str, Any]:
             if not kind.startswith("plugboard") and not Reference.available(kind):
                 out[f"{kind}/{mode}"] = None
                 continue
-            if mode == "batched" and kind == "mqtt":
-                continue  # MQTT has no batch of updates in one message
+            if mode == "batched" and kind in ("mqtt", "nats", "natskv"):
+                continue  # no batch of updates in one message
             figures = run_system(kind, "tcp", mode, count if kind != "mqtt" else THROUGHPUT_N)
             figures.pop("latencies", None)
             out[f"{kind}/{mode}"] = {"rate": figures["rate"], "lost": figures["lost"]}
@@ -573,7 +585,9 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
               "reply), a `ping` after every 2,000; its ratio is to the raw relay's `single`.",
               "`single`: one set per message, 200 requests in flight (Plugboard), "
               "fire-and-forget sends (raw relay), SET+PUBLISH pipelined by 100 (Redis), "
-              "QoS 0 retained publishes (MQTT). `batched`: `set_many` of 100 (Plugboard), "
+              "QoS 0 retained publishes (MQTT), core publishes (`nats`), JetStream KV `put`s "
+              "each acknowledged, seen by a KV watch (`natskv`). `batched`: `set_many` of "
+              "100 (Plugboard), "
               "100 updates per frame (raw relay).", "",
               "## 3. Fan-out (one writer, N subscribers to the same property)", "",
               "| subscribers | notifications delivered/s | lost |", "|---|---|---|"]
@@ -651,7 +665,7 @@ def targets(results: dict[str, Any]) -> list[str]:
     if pb and raw:
         line(pb["p50_us"] <= 1.25 * raw["p50_us"], f"latency p50 ≤ 1.25× raw relay "
              f"(tcp: {pb['p50_us'] / raw['p50_us']:.2f}×)")
-        for ref in ("redis", "mqtt"):
+        for ref in ("redis", "mqtt", "nats"):
             other = lat.get(f"{ref}/tcp")
             line(other and pb["p50_us"] < other["p50_us"], f"latency p50 below {ref}")
     for mode, goal in (("single", 1.0), ("batched", 0.7)):

@@ -342,6 +342,78 @@ def mqtt_write(port: str, mode: str, count: int) -> None:
     client.loop_stop()
 
 
+# -- NATS: core publish/subscribe, and JetStream KV put -> watch ------------------------------
+
+async def _nats(port: str) -> Any:
+    import nats
+
+    return await nats.connect(f"nats://127.0.0.1:{port}")
+
+
+async def _kv(nc: Any) -> Any:
+    """The bucket both sides use: a property store with push, as NATS offers one."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value("bench")
+    except Exception:
+        return await js.create_key_value(bucket="bench", history=1)
+
+
+async def nats_sub(port: str, kv: bool, expected: int) -> None:
+    nc = await _nats(port)
+    receipts = Receipts(expected)
+    if kv:
+        watcher = await (await _kv(nc)).watch("x", ignore_deletes=True)
+        await watcher.updates(timeout=5)  # the current value (or the end-of-initial marker)
+
+        async def next_value() -> int | None:
+            entry = await watcher.updates(timeout=IDLE_END_S if receipts.count else 120)
+            return int(entry.value) if entry is not None and entry.value else None
+    else:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+
+        async def received(msg: Any) -> None:
+            queue.put_nowait(int(msg.data))
+
+        await nc.subscribe("bench.x", cb=received)
+        await nc.flush()
+
+        async def next_value() -> int | None:
+            return await queue.get()
+    ready()
+    while True:
+        try:
+            value = await asyncio.wait_for(next_value(),
+                                           IDLE_END_S if receipts.count else 120)
+        except TimeoutError:
+            break
+        except Exception:  # nats-py signals a watcher timeout with its own error
+            break
+        if value is not None and receipts.got(value):
+            break
+    receipts.report()
+    await nc.close()
+
+
+async def nats_write(port: str, kv: bool, mode: str, count: int) -> None:
+    nc = await _nats(port)
+    bucket = await _kv(nc) if kv else None
+    ready()
+    await asyncio.get_running_loop().run_in_executor(None, go)
+    start = time.monotonic()
+    for _ in range(count):
+        value = str(time.monotonic_ns()).encode()
+        if bucket is not None:
+            await bucket.put("x", value)  # acknowledged by JetStream, as a set is
+        else:
+            await nc.publish("bench.x", value)
+        if mode == "latency":
+            await asyncio.sleep(PACE_S)
+    await nc.flush()
+    report(seconds=time.monotonic() - start)
+    await nc.close()
+
+
 ROLES = {
     "pb-sub": lambda a: asyncio.run(pb_sub(a[0], a[1], int(a[2]), a[3])),
     "pb-subs": lambda a: asyncio.run(pb_subs(a[0], int(a[1]), int(a[2]))),
@@ -355,6 +427,10 @@ ROLES = {
     "redis-write": lambda a: redis_write(a[0], a[1], int(a[2])),
     "mqtt-sub": lambda a: mqtt_sub(a[0], int(a[1])),
     "mqtt-write": lambda a: mqtt_write(a[0], a[1], int(a[2])),
+    "nats-sub": lambda a: asyncio.run(nats_sub(a[0], False, int(a[1]))),
+    "nats-write": lambda a: asyncio.run(nats_write(a[0], False, a[1], int(a[2]))),
+    "natskv-sub": lambda a: asyncio.run(nats_sub(a[0], True, int(a[1]))),
+    "natskv-write": lambda a: asyncio.run(nats_write(a[0], True, a[1], int(a[2]))),
 }
 
 if __name__ == "__main__":
