@@ -22,7 +22,7 @@ from plugboard.protocol.discovery import default_endpoint, read_admin_token
 from plugboard.protocol.errors import ConfigError
 from plugboard.protocol.json_values import to_json
 from plugboard.protocol.values import ValueType
-from plugboard.sdk import Change, Client, Gap, Reconnected, Removed, Synced
+from plugboard.sdk import Change, Client, Gap, PropertyInfo, Reconnected, Removed, Synced
 from plugboard.sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeys, curve_keys
 
 from ..security import CURVE_DIR
@@ -89,8 +89,8 @@ def curve_for(args: argparse.Namespace) -> CurveKeys | None:
 def get(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with connect(args) as client:
-            info = await client.get(args.name)
-            live = (await client.request("get", {"target": args.name})).get("live", True)
+            reply = await client.request("get", {"target": args.name})  # one round trip
+        info, live = PropertyInfo.from_wire(reply), reply.get("live", True)
         described = {"name": info.name, "value": info.value, "type": info.type,
                      "unit": info.meta.get("unit"), "revision": info.revision,
                      "timestamp": info.timestamp, "owner": info.owner, "live": live,

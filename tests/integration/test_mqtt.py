@@ -8,7 +8,7 @@ import json
 import re
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -29,12 +29,16 @@ class Bridged:
     mosquitto: ManagedProcess
     panel: Client
     """Plugin ``panel`` (started by hand): panel/level, 0..10, writable by anyone."""
+    subs: list[subprocess.Popen[str]] = field(default_factory=list)
+    """Every mosquitto_sub started, killed at teardown whatever the test did."""
 
     def sub(self, *args: str) -> subprocess.Popen[str]:
         """mosquitto_sub, printing ``topic payload`` lines."""
-        return subprocess.Popen([needs("mosquitto_sub", "mosquitto-clients"), "-p",
-                                 str(self.port), "-v", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen([needs("mosquitto_sub", "mosquitto-clients"), "-p",
+                                    str(self.port), "-v", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        self.subs.append(process)
+        return process
 
     def pub(self, topic: str, payload: str) -> None:
         subprocess.run([needs("mosquitto_pub", "mosquitto-clients"), "-p", str(self.port),
@@ -74,7 +78,13 @@ async def bridged(processes: Processes) -> AsyncIterator[Bridged]:
         await panel.declare("panel/level", "int", 1, min=0, max=10, writable_by=["*"])
         async with Client(broker.ipc) as client:
             await until_value(client, "mqtt_bridge/connected", lambda v: v is True, processes)
-        yield Bridged(broker, port, server, panel)
+        bridged = Bridged(broker, port, server, panel)
+        try:
+            yield bridged
+        finally:
+            for process in bridged.subs:
+                process.kill()
+                process.communicate()
 
 
 def lines_of(process: subprocess.Popen[str], timeout: float) -> list[str]:
