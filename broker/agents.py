@@ -45,6 +45,8 @@ HOST_ACTIONS = ("reread", "add")
 CONTROL_TIMEOUT_S = 300.0
 """How long a routed ``plugins.*`` request may take at the agent (a start waits for
 the plugin to be ready; a forced reload restarts its dependents too)."""
+REGISTERED = "registered"
+"""A plugin's state from its registration until its agent reports the first one."""
 LIST_FIGURES = ("state", "restarts", "exit_code", "reason", "pid", "uptime",
                 "cpu_percent", "memory_rss")
 
@@ -135,6 +137,8 @@ class AgentDesk:
     def _publish_contract(self, managed: Managed) -> None:
         base = f"{PREFIX}{managed.spec.name}/"
         self.core.set_system(base + "host", ValueType.STR, managed.agent.name or "")
+        if base + "state" not in self.core.store.by_name:  # until its agent reports one
+            self.core.set_system(base + "state", ValueType.STR, REGISTERED)
         for key, value in managed.spec.as_properties().items():
             vtype = ValueType.LIST if isinstance(value, list) else ValueType.ANY \
                 if not isinstance(value, str) else ValueType.STR
@@ -272,7 +276,7 @@ class AgentDesk:
                 prop = by_name.get(f"{PREFIX}{name}/{key}")
                 row[key] = prop.value if prop is not None else None
             row["restarts"] = row["restarts"] or 0
-            row["state"] = row["state"] or "registered"
+            row["state"] = row["state"] or REGISTERED
             row["reason"] = row["reason"] or ""
             rows.append(row)
         return rows

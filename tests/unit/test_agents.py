@@ -138,3 +138,9 @@ def test_plugin_output_reaches_admin_listeners_only(h: Harness) -> None:
         "delivered": 1}
     assert [m["payload"] for m in h.notes(ADMIN, "message")] == [b"secret\n"]
     assert h.notes(WATCHER, "message") == []
+
+
+def test_a_registered_plugin_has_a_state_before_its_agent_reports_one(h: Harness) -> None:
+    assert h.call(ADMIN, "get", target="system/plugins/m/state")["value"] == "registered"
+    h.call(AGENT, "agent.status", name="m", figures={"state": "starting"})
+    assert h.call(ADMIN, "get", target="system/plugins/m/state")["value"] == "starting"
