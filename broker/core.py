@@ -228,8 +228,8 @@ class BrokerCore:
                 batches = sub.take(now)
                 if batches:
                     del self._dirty[sub]
-                    for params in batches:
-                        self._notify(sub.peer, "changes", params)
+                    for batch in batches:
+                        self._notify(sub.peer, "changes", batch.to_params())
         out, self._outbox = self._outbox, []
         if retry:
             out = retry + out
@@ -801,7 +801,7 @@ class BrokerCore:
 
         def send_snapshot() -> None:
             for batch in sub.snapshot(props):
-                self._notify(session.peer, "changes", batch)
+                self._notify(session.peer, "changes", batch.to_params())
 
         result = {"sub": sub.sid, "matched": len(props)}
         return _ReplyThen(result, send_snapshot) if current else result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from plugboard.protocol.changes import ChangesBatch, Item
 from plugboard.protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
 from plugboard.protocol.values import Duration, Timestamp
 
@@ -98,12 +99,12 @@ def approx_size(value: Any) -> int:
     return 9
 
 
-def _batches(items: list[list[Any]], sizes: list[int],
-             max_items: int = BATCH_ITEMS) -> list[list[list[Any]]]:
+def _batches(items: list[Item], sizes: list[int],
+             max_items: int = BATCH_ITEMS) -> list[list[Item]]:
     """Items cut into batches of at most ``max_items`` and about BATCH_BYTES each."""
     if len(items) <= 1:
         return [items]
-    batches: list[list[list[Any]]] = []
+    batches: list[list[Item]] = []
     start = total = 0
     for index, size in enumerate(sizes):
         if index > start and (index - start >= max_items or total + size > BATCH_BYTES):
@@ -163,7 +164,7 @@ class Subscription:
         self.properties: dict[Property, None] = {}
         self.seq = 0
         self._latest: dict[Property, None] = {}
-        self._all: list[list[Any]] = []
+        self._all: list[Item] = []
         self._all_sizes: list[int] = []
         self._all_bytes = 0
         self.budget = budget or QueueBudget(2**62)
@@ -231,7 +232,7 @@ class Subscription:
         self._last_value.pop(prop.handle, None)
         self._removed.append([prop.handle, prop.name])
 
-    def snapshot(self, props: list[Property]) -> list[dict[str, Any]]:
+    def snapshot(self, props: list[Property]) -> list[ChangesBatch]:
         """Batches of current values, the last one marked ``synced``."""
         items, sizes = [], []
         for prop in props:
@@ -241,13 +242,12 @@ class Subscription:
         batches = []
         for chunk in _batches(items, sizes, SNAPSHOT_CHUNK):
             self.seq += 1
-            batches.append({"sub": self.sid, "seq": self.seq, "snapshot": True,
-                            "items": chunk})
-        batches[-1]["synced"] = True
+            batches.append(ChangesBatch(self.sid, self.seq, chunk, snapshot=True))
+        batches[-1].synced = True
         return batches
 
-    def take(self, now: float) -> list[dict[str, Any]]:
-        """The pending changes as ``changes`` params, in batches; empties the queue."""
+    def take(self, now: float) -> list[ChangesBatch]:
+        """The pending changes in batches; empties the queue."""
         if now < self.due_at:
             return []
         if self.policy == POLICY_LATEST:
@@ -262,14 +262,11 @@ class Subscription:
         batches = []
         for chunk in _batches(items, sizes):
             self.seq += 1
-            batches.append({"sub": self.sid, "seq": self.seq, "items": chunk})
+            batches.append(ChangesBatch(self.sid, self.seq, chunk))
         last = batches[-1]
-        if self._removed:
-            last["removed"], self._removed = self._removed, []
-        if self.gap:
-            last["gap"], self.gap = self.gap, 0
-        if self.coalesced:
-            last["coalesced"], self.coalesced = self.coalesced, 0
+        last.removed, self._removed = self._removed, []
+        last.gap, self.gap = self.gap, 0
+        last.coalesced, self.coalesced = self.coalesced, 0
         if self.min_interval:
             self.due_at = now + self.min_interval
         return batches

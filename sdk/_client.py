@@ -1,9 +1,12 @@
 """The asyncio client: one DEALER socket, requests with timeouts, pushed notifications.
 
-The socket is a plain zmq socket whose descriptor the event loop watches; frames are
-received with NOBLOCK in a callback, so no receive is ever awaited or cancelled (a
-cancelled receive can lose a message, pyzmq #1925). Replies are matched through a
-msgid→Future map, cleaned up when each future completes.
+The protocol itself (numbering, reply matching, batch sequences, what to re-declare)
+is the socket-free :class:`~plugboard.protocol.connection.ClientConnection`; this
+module only moves its frames and waits. The socket is a plain zmq socket whose
+descriptor the event loop watches; frames are received with NOBLOCK in a callback, so
+no receive is ever awaited or cancelled (a cancelled receive can lose a message,
+pyzmq #1925). Replies are matched through a msgid→Future map, cleaned up when each
+future completes.
 
 If the broker goes away (pings unanswered, a ``shutdown`` notice, ``hello_required``)
 the client reconnects with a fresh socket, says ``hello`` again, re-declares what it
@@ -18,28 +21,38 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import os
-import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
-from plugboard.protocol._version import SUPPORTED_VERSIONS
-from plugboard.protocol.codec import Notification, Request, Response, decode, encode
-from plugboard.protocol.discovery import default_endpoint, default_state_dir
+from plugboard.protocol.connection import (
+    BrokerRequest,
+    Changes,
+    ClientConnection,
+    Failure,
+    Malformed,
+    Notified,
+    Reply,
+)
 from plugboard.protocol.errors import (
     ConnectionFailed,
-    KeyRefused,
     ProtocolError,
     RemoteError,
     RequestTimeout,
 )
-from plugboard.protocol.limits import MAX_FRAME_BYTES, MAX_MSGID
 
-from ._events import Message, PropertyInfo, Reconnected
+from . import _operations as ops
+from ._events import Message, PropertyInfo, Reconnected, events_of
 from ._keys import CurveKeys, curve_keys
+from ._socket import (
+    HANDSHAKE_FAILED,
+    SEND_HWM,
+    endpoint_from_env,
+    handshake_error,
+    handshake_failures,
+    open_socket,
+)
 from ._subscription import Listener, Subscription
 
 log = logging.getLogger(__name__)
@@ -49,6 +62,8 @@ RequestHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 MessageCallback = Callable[[Message], Any]
 ReconnectCallback = Callable[[Reconnected], Any]
 
+__all__ = ["Client", "endpoint_from_env"]
+
 
 def _expire(future: asyncio.Future[Any], method: str, wait: float) -> None:
     if not future.done():
@@ -57,49 +72,6 @@ def _expire(future: asyncio.Future[Any], method: str, wait: float) -> None:
 
 async def _acknowledge(params: dict[str, Any]) -> dict[str, Any]:
     return {}
-
-
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_HANDSHAKE_REASONS: dict[zmq.Event, str] = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the broker refused this key (not authorized, or "
-                                     "revoked)",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the peer does not speak CURVE with this server "
-                                         "key (wrong server key, or a broker without CURVE)",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
-}
-
-
-def _handshake_error(endpoint: str, why: str) -> ConnectionFailed:
-    kind = KeyRefused if why.startswith(_HANDSHAKE_REASONS[zmq.EVENT_HANDSHAKE_FAILED_AUTH]) \
-        else ConnectionFailed
-    return kind(f"the CURVE handshake with {endpoint} failed: {why}")
-
-
-def _ipc_absence(path: str) -> str | None:
-    """Why nothing can answer at an ipc path, or None when something listens. A socket
-    file left by a broker that crashed refuses the connection at once: say so now
-    rather than after a hello timeout."""
-    if not os.path.exists(path):
-        return "socket file missing"
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return "a stale socket file: the broker that made it is gone"
-    except OSError:
-        return None  # let ZeroMQ try and report
-    finally:
-        probe.close()
-    return None
-
-
-def endpoint_from_env() -> str:
-    """``$PLUGBOARD_ENDPOINT``, else the default broker's ipc socket."""
-    explicit = os.environ.get("PLUGBOARD_ENDPOINT")
-    if explicit:
-        return explicit
-    return default_endpoint(default_state_dir())
 
 
 class Client:
@@ -118,19 +90,12 @@ class Client:
             else curve_keys()
         """CURVE keys for tcp: given, else from the environment (``PLUGBOARD_SERVER_KEY``
         and the peer's pair), else None: plain tcp, for a broker run with --insecure."""
-        self.role = role
-        self.name = name
-        self.token = token
+        self._conn = ClientConnection(role, name, token)
         self.timeout = timeout
         """Default timeout of every request, in seconds."""
         self.reconnect = reconnect
         self.give_up_after = give_up_after
         """Stop reconnecting after this many seconds without a broker (None: never)."""
-        self.instance: str | None = None
-        self.session: str | None = None
-        self.heartbeat = 2.0
-        self.max_frame = MAX_FRAME_BYTES
-        """The largest frame the broker accepts (from hello); larger requests fail here."""
         self.closed = asyncio.Event()
         """Set when the client is closed for good (by close() or after giving up)."""
         self.end_requested = asyncio.Event()
@@ -142,7 +107,6 @@ class Client:
         self._read_scheduled = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._on_result: dict[int, Callable[[Any], None]] = {}
-        self._msgid = 0
         self._pinger: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         # A bare Client in the plugin role is ready at once; Plugin installs its own.
@@ -156,13 +120,46 @@ class Client:
         """More ``hello`` parameters, asked for at every (re)connect: an agent's
         registrations, a token that may have changed."""
         self._reconnect_callbacks: list[ReconnectCallback] = []
-        self._declared: dict[str, dict[str, Any]] = {}
         self._subs: dict[int, Subscription] = {}
         self._all_subs: list[Subscription] = []
         self._listeners: dict[int, Listener] = {}
         self._all_listeners: list[Listener] = []
         self._closing = False
         self._monitors: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes], int]] = []
+
+    @property
+    def role(self) -> str:
+        return self._conn.role
+
+    @property
+    def name(self) -> str | None:
+        return self._conn.name
+
+    @property
+    def token(self) -> str | None:
+        return self._conn.token
+
+    @token.setter
+    def token(self, token: str | None) -> None:
+        self._conn.token = token
+
+    @property
+    def instance(self) -> str | None:
+        """The broker's instance id (a new one after a broker restart)."""
+        return self._conn.instance
+
+    @property
+    def session(self) -> str | None:
+        return self._conn.session
+
+    @property
+    def heartbeat(self) -> float:
+        return self._conn.heartbeat
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame the broker accepts (from hello); larger requests fail here."""
+        return self._conn.max_frame
 
     @property
     def connected(self) -> bool:
@@ -206,7 +203,7 @@ class Client:
                 await self.request("bye", {}, timeout=min(self.timeout, 1.0))
             except Exception:
                 pass
-            self.session = None
+            self._conn.session = None
 
     async def _teardown(self) -> None:
         self._close_socket(ConnectionFailed("the client was closed"))
@@ -227,6 +224,7 @@ class Client:
             asyncio.get_running_loop().remove_reader(int(self._sock.getsockopt(zmq.FD)))
             self._sock.close(linger=0)
             self._sock = None
+        self._conn.reset()
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -234,74 +232,50 @@ class Client:
 
     async def _open_and_hello(self) -> bool:
         """New socket, hello; True if the broker instance changed."""
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        if self.endpoint.startswith("ipc://"):
-            why = _ipc_absence(self.endpoint[len("ipc://"):])
-            if why is not None:
-                sock.close(linger=0)
-                raise ConnectionFailed(f"no broker is running at {self.endpoint} ({why})")
-        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock = open_socket(self._ctx, self.endpoint, self.curve, self.timeout)
         handshake_failed: list[str] = []
         if self.curve is not None:
-            self.curve.apply(sock)
-            sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.timeout * 1000))
             self._watch_handshake(sock, handshake_failed)
-        sock.connect(self.endpoint)
         self._sock = sock
         asyncio.get_running_loop().add_reader(int(sock.getsockopt(zmq.FD)), self._on_readable)
         self._poke()
-        params: dict[str, Any] = {"versions": list(SUPPORTED_VERSIONS), "role": self.role,
-                                  "client": "plugboard-sdk-python"}
-        if self.name is not None:
-            params["name"] = self.name
-        if self.token is not None:
-            params["token"] = self.token
-        if self.extra_hello is not None:
-            params.update(self.extra_hello())
         try:
-            result = await self.request("hello", params)
+            await self._hello()
         except RequestTimeout:
             if handshake_failed:
-                raise _handshake_error(self.endpoint, handshake_failed[-1]) from None
+                raise handshake_error(self.endpoint, handshake_failed[-1]) from None
             raise ConnectionFailed(f"no broker answered at {self.endpoint} within "
                                    f"{self.timeout:g} s") from None
         except ConnectionFailed:
             if handshake_failed:
-                raise _handshake_error(self.endpoint, handshake_failed[-1]) from None
+                raise handshake_error(self.endpoint, handshake_failed[-1]) from None
             raise
-        changed = self.instance is not None and result["instance"] != self.instance
-        self.instance = result["instance"]
-        self.session = result["session"]
-        self.heartbeat = result.get("heartbeat_ms", 2000) / 1000
-        self.max_frame = int(result.get("max_frame", MAX_FRAME_BYTES))
-        return changed
+        return self._conn.restarted
+
+    def _hello(self) -> asyncio.Future[Any]:
+        try:
+            msgid, frame = self._conn.hello(self.extra_hello() if self.extra_hello else None)
+        except ProtocolError as exc:
+            return self._failed(exc)
+        return self._sent(msgid, frame, "hello", None, None)
 
     def _watch_handshake(self, sock: zmq.Socket[bytes], failed: list[str]) -> None:
         """Fail hello at once, with the reason, when ZeroMQ reports a failed handshake
         (a refused key, a wrong server key), instead of waiting out its timeout."""
-        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
         loop = asyncio.get_running_loop()
         fd = int(monitor.getsockopt(zmq.FD))
 
         def readable() -> None:
-            while True:
-                try:
-                    event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    return
-                except zmq.ZMQError:
-                    return
-                kind = zmq.Event(int(event["event"]))
-                why = _HANDSHAKE_REASONS.get(kind, "rejected")
-                failed.append(f"{why} (ZeroMQ event {kind.name}, value {int(event['value'])})")
-                for future in list(self._pending.values()):
-                    if not future.done():
-                        future.set_exception(ConnectionFailed(failed[-1]))
-                if self.session is not None:  # a live session: the broker revoked us
-                    self._connection_lost(f"CURVE handshake failed: {failed[-1]}")
+            reasons = handshake_failures(monitor)
+            if not reasons:
+                return
+            failed.extend(reasons)
+            for future in list(self._pending.values()):
+                if not future.done():
+                    future.set_exception(ConnectionFailed(failed[-1]))
+            if self.session is not None:  # a live session: the broker revoked us
+                self._connection_lost(f"CURVE handshake failed: {failed[-1]}")
 
         loop.add_reader(fd, readable)
         readable()  # the descriptor is edge-triggered: drain once to arm it
@@ -327,26 +301,29 @@ class Client:
         No coroutine and no task per request: many can be in flight cheaply. The
         timeout is a timer, not wait_for (which costs a task per request).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         if self._sock is None:
-            future.set_exception(ConnectionFailed("not connected to the broker"))
-            return future
-        self._msgid = (self._msgid + 1) % (MAX_MSGID + 1)
-        msgid = self._msgid
+            return self._failed(ConnectionFailed("not connected to the broker"))
         try:
-            frame = encode(Request(msgid, method, dict(params or {})))
-            if len(frame) > self.max_frame:
-                # The broker would drop the connection, so it is never sent.
-                raise ProtocolError("too_large", f"{method} request of {len(frame)} bytes "
-                                    f"exceeds the broker's max_frame of {self.max_frame}")
+            msgid, frame = self._conn.request(method, params)
+        except ProtocolError as exc:  # too large: the broker would drop the connection
+            return self._failed(exc)
+        return self._sent(msgid, frame, method, timeout, on_result)
+
+    def _failed(self, exc: Exception) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_exception(exc)
+        return future
+
+    def _sent(self, msgid: int, frame: bytes, method: str, timeout: float | None,
+              on_result: Callable[[Any], None] | None) -> asyncio.Future[Any]:
+        """Send a request frame and return the future of its reply."""
+        try:
             self._send(frame)
         except zmq.Again:
-            future.set_exception(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
-            return future
-        except ProtocolError as exc:
-            future.set_exception(exc)
-            return future
+            self._conn.forget(msgid)
+            return self._failed(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending[msgid] = future
         if on_result is not None:
             self._on_result[msgid] = on_result
@@ -360,11 +337,7 @@ class Client:
         timer.cancel()
         self._pending.pop(msgid, None)
         self._on_result.pop(msgid, None)
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if isinstance(exc, RemoteError) and exc.code == "hello_required" and method != "hello":
-            self._connection_lost("the broker no longer knows this session")
+        self._conn.forget(msgid)
 
     def _then(self, future: asyncio.Future[Any], transform: Callable[[Any], T]
               ) -> asyncio.Future[T]:
@@ -416,28 +389,34 @@ class Client:
             self._poke()
 
     def _dispatch(self, frame: bytes) -> None:
-        """Route one frame: a reply to its future, a notification, a broker request."""
-        try:
-            message = decode(frame)
-        except ProtocolError as exc:
-            log.warning("undecodable frame from the broker: %s", exc)
-            return
-        if isinstance(message, Response):
-            future = self._pending.get(message.msgid)
+        """Route what one frame means: a reply to its future, changes to their
+        subscription, a broker request to its handler."""
+        event = self._conn.receive(frame)
+        if type(event) is Changes:
+            sub = self._subs.get(event.batch.sub)
+            if sub is not None:
+                sub._put_many(events_of(event))
+        elif type(event) is Reply:
+            future = self._pending.get(event.msgid)
             if future is not None and not future.done():
-                if message.error is None:
-                    on_result = self._on_result.pop(message.msgid, None)
-                    if on_result is not None:
-                        on_result(message.result)
-                    future.set_result(message.result)
-                else:
-                    future.set_exception(RemoteError.from_wire(message.error))
-        elif isinstance(message, Notification):
-            self._on_notification(message)
-        else:
-            asyncio.create_task(self._answer(self._sock, message))
+                on_result = self._on_result.pop(event.msgid, None)
+                if on_result is not None:
+                    on_result(event.result)
+                future.set_result(event.result)
+        elif type(event) is Failure:
+            future = self._pending.get(event.msgid)
+            if future is not None and not future.done():
+                future.set_exception(event.error)
+            if event.session_lost:
+                self._connection_lost("the broker no longer knows this session")
+        elif type(event) is Notified:
+            self._on_notification(event.method, event.params)
+        elif type(event) is BrokerRequest:
+            asyncio.create_task(self._answer(self._sock, event.request))
+        elif type(event) is Malformed:
+            log.warning("undecodable frame from the broker: %s", event.error)
 
-    async def _answer(self, sock: zmq.Socket[bytes] | None, request: Request) -> None:
+    async def _answer(self, sock: zmq.Socket[bytes] | None, request: Any) -> None:
         """Answer a request the broker sent (init, end, ...)."""
         handler = self._handlers.get(request.method)
         error: dict[str, Any] | None = None
@@ -455,12 +434,12 @@ class Client:
                 error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}
         if sock is not None and sock is self._sock:  # not to a connection since replaced
             try:
-                self._send(encode(Response(request.msgid, error, result)))
+                self._send(self._conn.answer(request, result, error))
             except zmq.Again:
                 log.warning("could not answer %s: the broker is not reading", request.method)
         if request.method == "end":
             # The broker ends the session on this reply; nothing more to say to it.
-            self.session = None
+            self._conn.session = None
             self.end_requested.set()
 
     def _run_callback(self, callback: Callable[[Any], Any], arg: Any) -> None:
@@ -479,13 +458,8 @@ class Client:
             self.callback_errors += 1
             log.error("callback task raised", exc_info=task.exception())
 
-    def _on_notification(self, note: Notification) -> None:
-        params = note.params
-        if note.method == "changes":
-            sub = self._subs.get(params.get("sub"))  # type: ignore[arg-type]
-            if sub is not None:
-                sub._on_changes(params)
-        elif note.method == "message":
+    def _on_notification(self, method: str, params: dict[str, Any]) -> None:
+        if method == "message":
             message = Message(params.get("from", ""), params.get("payload", b""),
                               params.get("topic"))
             listener = self._listeners.get(params.get("listen"))  # type: ignore[arg-type]
@@ -493,9 +467,9 @@ class Client:
                 listener._put(message)
             for callback in self._message_callbacks:
                 self._run_callback(callback, message)
-        elif note.method == "shutdown":
+        elif method == "shutdown":
             self._connection_lost("the broker is stopping")
-        elif note.method == "error":
+        elif method == "error":
             error = RemoteError.from_wire(params)
             if params.get("method") in ("set", "set_many"):
                 self.write_errors += 1
@@ -504,8 +478,8 @@ class Client:
                     self._run_callback(on_error, error)
             else:
                 log.warning("broker reported: %s", error)
-        elif note.method in self._notification_handlers:
-            self._run_callback(self._notification_handlers[note.method], params)
+        elif method in self._notification_handlers:
+            self._run_callback(self._notification_handlers[method], params)
 
     # -- reconnecting ---------------------------------------------------------------------
 
@@ -561,8 +535,8 @@ class Client:
             self._run_callback(callback, event)
 
     async def _restore(self) -> None:
-        for params in self._declared.values():
-            await self.request("declare", params)
+        for method, params in self._conn.restore():
+            await self.request(method, params)
         self._subs = {}
         for sub in self._all_subs:
             sub._put(Reconnected(self.instance or "", True))
@@ -596,42 +570,32 @@ class Client:
         """Call ``callback(Reconnected)`` after each successful reconnect."""
         self._reconnect_callbacks.append(callback)
 
+    async def _run(self, operation: ops.Operation[T]) -> T:
+        """Drive an operation: each request it yields is awaited and its result sent."""
+        try:
+            method, params, timeout = next(operation)
+            while True:
+                result = await self.request(method, params, timeout=timeout)
+                method, params, timeout = operation.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     async def declare(self, name: str, type: str, value: Any = ..., **meta: Any) -> int:
         """Declare a property below this plugin's name; returns its handle.
 
         ``meta``: unit, description, min, max, enum, writable_by, persist.
         """
-        params: dict[str, Any] = {"name": name, "type": type, **meta}
-        if value is not ...:
-            params["value"] = value
-        result = await self.request("declare", params)
-        if result["value"] is not None:
-            params["value"] = result["value"]
-        self._declared[name] = params
-        return result["handle"]  # type: ignore[no-any-return]
+        return await self._run(ops.declare(self._conn, name, type, value, meta))
 
     async def delete(self, target: str | int) -> None:
-        info = await self.get(target)
-        await self.request("delete", {"target": info.handle})
-        self._declared.pop(info.name, None)
+        await self._run(ops.delete(self._conn, target))
 
     async def get(self, target: str | int) -> PropertyInfo:
-        return PropertyInfo.from_wire(await self.request("get", {"target": target}))
+        return await self._run(ops.get(target))
 
     async def list(self, pattern: str = "#") -> builtins.list[PropertyInfo]:
         """Every property matching ``pattern``, by name, fetched page by page."""
-        items: builtins.list[PropertyInfo] = []
-        after = ""
-        while True:
-            result = await self.request("list", {"pattern": pattern, "after": after})
-            items.extend(PropertyInfo.from_wire(i) for i in result["items"])
-            if not result.get("more") or not result["items"]:
-                return items
-            after = items[-1].name
-
-    def _remember(self, target: str | int, value: Any) -> None:
-        if isinstance(target, str) and target in self._declared:
-            self._declared[target]["value"] = value
+        return await self._run(ops.list_properties(pattern))
 
     def set(self, target: str | int, value: Any) -> asyncio.Future[int]:
         """Write a value; ``await`` it for the property's new revision.
@@ -640,7 +604,7 @@ class Client:
         flight (``asyncio.gather``) without a task each.
         """
         def written(result: Any) -> int:
-            self._remember(target, value)
+            self._conn.wrote(target, value)
             return int(result["revision"])
 
         return self._then(self._start("set", {"target": target, "value": value}), written)
@@ -652,15 +616,14 @@ class Client:
         these writes: await any request every few thousand (``ping``) to keep pace with
         the broker; if 10,000 frames wait unsent, ConnectionFailed says so."""
         self._notify("set", {"target": target, "value": value})
-        self._remember(target, value)
+        self._conn.wrote(target, value)
 
-    def set_many_nowait(self, items: Mapping[str | int, Any]
-                        | Iterable[tuple[str | int, Any]]) -> None:
+    def set_many_nowait(self, items: ops.Pairs) -> None:
         """``set_many`` as a notification: all or nothing, no reply (see set_nowait)."""
-        pairs = list(items.items() if isinstance(items, Mapping) else items)
-        self._notify("set_many", {"items": [list(p) for p in pairs]})
+        pairs, params = ops.set_many_params(items)
+        self._notify("set_many", params)
         for target, value in pairs:
-            self._remember(target, value)
+            self._conn.wrote(target, value)
 
     def on_error(self, callback: Callable[[RemoteError], Any]) -> None:
         """Call ``callback(error)`` for each error the broker reports outside a reply
@@ -670,29 +633,23 @@ class Client:
     def _notify(self, method: str, params: dict[str, Any]) -> None:
         if self._sock is None:
             raise ConnectionFailed("not connected to the broker")
-        frame = encode(Notification(method, params))
-        if len(frame) > self.max_frame:
-            raise ProtocolError("too_large", f"{method} of {len(frame)} bytes exceeds the "
-                                f"broker's max_frame of {self.max_frame}")
         try:
-            self._send(frame)
+            self._send(self._conn.notification(method, params))
         except zmq.Again:
             raise ConnectionFailed(f"the broker at {self.endpoint} takes no more frames "
-                                   "(10,000 wait unsent): await a request to keep pace"
-                                   ) from None
+                                   f"({SEND_HWM:,} wait unsent): await a request to keep "
+                                   "pace") from None
 
-    def set_many(self, items: Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
-                 ) -> asyncio.Future[builtins.list[int]]:
+    def set_many(self, items: ops.Pairs) -> asyncio.Future[builtins.list[int]]:
         """Write several values at once, all or nothing; ``await`` it for the revisions."""
-        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        pairs, params = ops.set_many_params(items)
 
         def written(result: Any) -> builtins.list[int]:
             for target, value in pairs:
-                self._remember(target, value)
+                self._conn.wrote(target, value)
             return list(result["revisions"])
 
-        return self._then(self._start("set_many", {"items": [list(p) for p in pairs]}),
-                          written)
+        return self._then(self._start("set_many", params), written)
 
     async def subscribe(
         self, pattern: str, *, current: bool = True, policy: str = "latest",
@@ -700,13 +657,7 @@ class Client:
         deadband: float | None = None,
     ) -> Subscription:
         """Subscribe; when this returns the subscription is live (no change is missed)."""
-        options: dict[str, Any] = {"current": current, "policy": policy}
-        if queue_limit is not None:
-            options["queue_limit"] = queue_limit
-        if min_interval is not None:
-            options["min_interval_ms"] = round(min_interval * 1000)
-        if deadband is not None:
-            options["deadband"] = deadband
+        options = ops.subscribe_options(current, policy, queue_limit, min_interval, deadband)
         sub = Subscription(self, pattern, options)
         await self._do_subscribe(sub)
         self._all_subs.append(sub)
@@ -714,7 +665,7 @@ class Client:
 
     async def _do_subscribe(self, sub: Subscription) -> None:
         def route(result: Any) -> None:
-            sub._reset(result["sub"])
+            sub.sid = result["sub"]
             self._subs[result["sub"]] = sub
 
         await self.request("subscribe", {"pattern": sub.pattern, **sub.options}, on_result=route)
@@ -723,6 +674,7 @@ class Client:
         if sub in self._all_subs:
             self._all_subs.remove(sub)
         if sub.sid is not None and self._subs.pop(sub.sid, None) is not None:
+            self._conn.unsubscribed(sub.sid)
             try:
                 await self.request("unsubscribe", {"sub": sub.sid})
             except ConnectionFailed:
@@ -735,23 +687,15 @@ class Client:
         parameters against the contract and waits ``timeout`` (default: this client's)
         for the plugin; CallFailed when it is not connected, too slow, or it failed."""
         wait = self.timeout if timeout is None else timeout
-        reply = await self.request("call", {"plugin": plugin, "method": method,
-                                            "params": params,
-                                            "timeout_ms": max(1, int(wait * 1000))},
-                                   timeout=wait + 1.0)
-        return reply["result"]
+        return await self._run(ops.call(plugin, method, wait, params))
 
     async def send(self, to: str, payload: bytes, topic: str | None = None) -> None:
         """Send a binary payload to the plugin named ``to``."""
-        params: dict[str, Any] = {"to": to, "payload": payload}
-        if topic is not None:
-            params["topic"] = topic
-        await self.request("send", params)
+        await self._run(ops.send(to, payload, topic))
 
     async def publish(self, topic: str, payload: bytes) -> int:
         """Publish on a topic; returns how many listeners it was delivered to."""
-        result = await self.request("publish", {"topic": topic, "payload": payload})
-        return result["delivered"]  # type: ignore[no-any-return]
+        return await self._run(ops.publish(topic, payload))
 
     async def listen(self, pattern: str) -> Listener:
         """Messages published on topics matching ``pattern``, as an async iterator."""

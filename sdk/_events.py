@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from plugboard.protocol.changes import HANDLE, REVISION, TIMESTAMP, VALUE, Item
+from plugboard.protocol.connection import Changes
 from plugboard.protocol.values import Timestamp
 
 
@@ -82,4 +85,58 @@ class PropertyInfo:
                    meta=item.get("meta") or {})
 
 
+class Batch:
+    """The changes of one notification as they came: ``items`` stay the wire's arrays
+    (``[handle, value, revision, timestamp, ...]``), so reading a batch of a thousand
+    builds nothing per item. Iterating it yields :class:`Change` records for those who
+    want them."""
+
+    __slots__ = ("items", "names", "snapshot")
+
+    def __init__(self, items: list[Item], names: list[str], snapshot: bool) -> None:
+        self.items = items
+        self.names = names
+        """The property name of each item, in order."""
+        self.snapshot = snapshot
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Change]:
+        snapshot = self.snapshot
+        for name, item in zip(self.names, self.items, strict=True):
+            yield Change(name, item[HANDLE], item[VALUE], item[REVISION], item[TIMESTAMP],
+                         snapshot)
+
+    def values(self) -> Iterator[tuple[str, Any]]:
+        """``(name, value)`` of each item, in order."""
+        return zip(self.names, (item[VALUE] for item in self.items), strict=True)
+
+    def __getitem__(self, index: int) -> Change:
+        item = self.items[index]
+        return Change(self.names[index], item[HANDLE], item[VALUE], item[REVISION],
+                      item[TIMESTAMP], self.snapshot)
+
+    def __repr__(self) -> str:
+        return f"Batch({len(self.items)} items, snapshot={self.snapshot})"
+
+
 Event = Change | Removed | Synced | Gap | Reconnected
+BatchEvent = Batch | Removed | Synced | Gap | Reconnected
+"""What a subscription's ``batches()`` yields: changes a notification at a time."""
+
+
+def events_of(changes: Changes) -> list[BatchEvent]:
+    """One notification as events, in the order a reader must see them."""
+    batch = changes.batch
+    events: list[BatchEvent] = []
+    if changes.lost > 0:
+        events.append(Gap(changes.lost, "notification batches lost on the way"))
+    if batch.items:
+        events.append(Batch(batch.items, changes.names, batch.snapshot))
+    events.extend(Removed(name, handle) for handle, name in batch.removed)
+    if batch.gap:
+        events.append(Gap(batch.gap, "dropped at the subscription's queue limit"))
+    if batch.synced:
+        events.append(Synced())
+    return events

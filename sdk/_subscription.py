@@ -3,61 +3,63 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from plugboard.protocol.errors import RequestTimeout
 
-from ._events import Change, Event, Gap, Message, Removed, Synced
+from ._events import BatchEvent, Event, Message
+from ._queue import CLOSED, EventQueue
 
 if TYPE_CHECKING:
     from ._client import Client
 
-_CLOSED = object()
 T = TypeVar("T")
 
 
 class _Stream(Generic[T]):
     """An async iterator over what the connection received; ends after ``_finish``.
 
-    A deque plus one waiter future, not an asyncio.Queue: a batch of a thousand changes
-    costs one wake-up, and reading what is already here does not suspend.
+    An :class:`EventQueue` plus one waiter future, not an asyncio.Queue: a batch of a
+    thousand changes costs one wake-up, and reading what is already here does not
+    suspend.
     """
 
     def __init__(self, client: Client, pattern: str) -> None:
         self.pattern = pattern
         self._client = client
-        self._items: deque[Any] = deque()
+        self._queue = EventQueue()
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
 
     def _put(self, item: Any) -> None:
-        self._items.append(item)
+        self._queue.put(item)
         self._wake()
 
     def _put_many(self, items: list[Any]) -> None:
-        self._items.extend(items)
+        self._queue.put_many(items)
         self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        while not self._items:
+    async def _wait(self) -> None:
+        while not self._queue:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        item = self._items[0]
-        if item is _CLOSED:
+        if self._queue.ended:
             raise StopAsyncIteration
-        return self._items.popleft()  # type: ignore[no-any-return]
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        await self._wait()
+        return self._queue.take_one()  # type: ignore[return-value]
 
     async def next(self, timeout: float | None = None) -> T:
         """The next item, waiting at most ``timeout`` seconds (RequestTimeout after)."""
@@ -68,14 +70,16 @@ class _Stream(Generic[T]):
 
     def _finish(self) -> None:
         self.closed = True
-        self._put(_CLOSED)
+        self._put(CLOSED)
 
 
 class Subscription(_Stream[Event]):
-    """Changes to the properties matching ``pattern``; iterate with ``async for``.
+    """Changes to the properties matching ``pattern``.
 
-    The broker bounds what it queues for a subscriber (see ``policy``); this side keeps
-    what arrived until it is read.
+    ``async for event in sub`` yields a :class:`Change` per property change;
+    ``async for event in sub.batches()`` yields each notification's changes as one
+    :class:`Batch` (cheaper when many arrive at once). The broker bounds what it queues
+    for a subscriber (see ``policy``); this side keeps what arrived until it is read.
     """
 
     def __init__(self, client: Client, pattern: str, options: dict[str, Any]) -> None:
@@ -83,37 +87,23 @@ class Subscription(_Stream[Event]):
         self.options = options
         self.sid: int | None = None
         """The broker's id for this subscription; changes after a reconnect."""
-        self._names: dict[int, str] = {}
-        self._seq = 0
 
-    def _reset(self, sid: int) -> None:
-        self.sid = sid
-        self._names.clear()
-        self._seq = 0
+    async def batches(self) -> AsyncIterator[BatchEvent]:
+        """Each notification's changes as one :class:`Batch`; other events as they are."""
+        while True:
+            try:
+                await self._wait()
+            except StopAsyncIteration:
+                return
+            yield self._queue.take_batch()
 
-    def _on_changes(self, params: dict[str, Any]) -> None:
-        seq = params.get("seq")
-        if isinstance(seq, int):
-            if seq != self._seq + 1:
-                self._put(Gap(seq - self._seq - 1, "notification batches lost on the way"))
-            self._seq = seq
-        snapshot = bool(params.get("snapshot"))
-        names = self._names
-        events: list[Any] = []
-        for item in params.get("items") or ():
-            handle = item[0]
-            if len(item) > 4:
-                names[handle] = item[4]
-            events.append(Change(names.get(handle, ""), handle, item[1], item[2], item[3],
-                                 snapshot))
-        self._put_many(events)
-        for handle, name in params.get("removed") or ():
-            self._names.pop(handle, None)
-            self._put(Removed(name, handle))
-        if params.get("gap"):
-            self._put(Gap(params["gap"], "dropped at the subscription's queue limit"))
-        if params.get("synced"):
-            self._put(Synced())
+    async def next_batch(self, timeout: float | None = None) -> BatchEvent:
+        """The next batch or event, waiting at most ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._wait(), timeout)
+        except TimeoutError:
+            raise RequestTimeout(f"nothing on {self.pattern!r} within {timeout} s") from None
+        return self._queue.take_batch()
 
     async def close(self) -> None:
         """Unsubscribe; iteration ends after what was already received."""

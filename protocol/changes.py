@@ -1,0 +1,88 @@
+"""The ``changes`` notification: one typed shape, built by the broker, read by clients.
+
+On the wire (PROTOCOL.md "changes") a batch is the notification
+``[2, "changes", {"sub", "seq", "items", "snapshot"?, "synced"?, "removed"?, "gap"?,
+"coalesced"?}]``. Each item is the array ``[handle, value, revision, timestamp]``,
+with the property's name as a fifth element the first time this subscription carries
+that handle. Items stay plain arrays on both sides: a batch of a thousand changes costs
+one object, not a thousand; readers index them with ``HANDLE``, ``VALUE``, ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ProtocolError
+
+__all__ = ["HANDLE", "NAME", "REVISION", "TIMESTAMP", "VALUE", "ChangesBatch", "Item"]
+
+HANDLE, VALUE, REVISION, TIMESTAMP, NAME = range(5)
+"""Positions in an item array."""
+
+Item = list[Any]
+"""``[handle, value, revision, timestamp]`` or ``[handle, value, revision, timestamp,
+name]``."""
+
+
+@dataclass(slots=True)
+class ChangesBatch:
+    """One ``changes`` notification of one subscription."""
+
+    sub: int
+    seq: int
+    """1, 2, 3, ... per subscription: a jump means batches were lost on the way."""
+    items: list[Item]
+    snapshot: bool = False
+    """The items are current values sent at subscribe time, not new writes."""
+    synced: bool = False
+    """The last batch of the snapshot: what follows are live changes."""
+    removed: list[list[Any]] = field(default_factory=list)
+    """``[handle, name]`` of each property gone since the last batch."""
+    gap: int = 0
+    """Changes dropped at the subscription's queue limit (policy ``all``)."""
+    coalesced: int = 0
+    """Changes replaced by a later one before they were sent (policy ``latest``)."""
+
+    def to_params(self) -> dict[str, Any]:
+        """The notification's params: optional keys only when they say something."""
+        params: dict[str, Any] = {"sub": self.sub, "seq": self.seq, "items": self.items}
+        if self.snapshot:
+            params["snapshot"] = True
+        if self.synced:
+            params["synced"] = True
+        if self.removed:
+            params["removed"] = self.removed
+        if self.gap:
+            params["gap"] = self.gap
+        if self.coalesced:
+            params["coalesced"] = self.coalesced
+        return params
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ChangesBatch:
+        """Check the shape a reader relies on; ProtocolError names what is wrong.
+
+        Each item's length and handle are checked; values are taken as they came (the
+        broker checked them against the property's type when they were written).
+        """
+        sub, seq = params.get("sub"), params.get("seq")
+        if type(sub) is not int or type(seq) is not int:
+            raise ProtocolError("invalid_message", "changes: 'sub' and 'seq' must be integers")
+        items = params.get("items") or []
+        removed = params.get("removed") or []
+        if type(items) is not list or type(removed) is not list:
+            raise ProtocolError("invalid_message", "changes: 'items' and 'removed' are arrays")
+        for item in items:
+            if type(item) is not list or not 4 <= len(item) <= 5 or type(item[0]) is not int:
+                raise ProtocolError("invalid_message", "changes: an item is [handle, value, "
+                                    f"revision, timestamp, name?], got {item!r:.80}")
+        for entry in removed:
+            if type(entry) is not list or len(entry) != 2:
+                raise ProtocolError("invalid_message", "changes: a removal is [handle, name]")
+        gap, coalesced = params.get("gap") or 0, params.get("coalesced") or 0
+        if type(gap) is not int or type(coalesced) is not int:
+            raise ProtocolError("invalid_message", "changes: 'gap' and 'coalesced' are counts")
+        return cls(sub, seq, items, bool(params.get("snapshot")), bool(params.get("synced")),
+                   removed, gap, coalesced)
+

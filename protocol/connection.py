@@ -1,0 +1,258 @@
+"""The client half of the protocol with no socket: frames in, events out.
+
+:class:`ClientConnection` is to a Plugboard peer what h11's ``Connection`` is to HTTP:
+it numbers requests, matches replies to them, keeps the session's state from
+``hello``, follows each subscription's batch sequence and names, and remembers what to
+re-declare after a reconnect. It never touches a socket or a clock, so the asyncio
+``Client``, the blocking ``SyncClient`` and the tests drive the very same object, each
+with its own way of waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._version import SUPPORTED_VERSIONS
+from .changes import HANDLE, NAME, ChangesBatch
+from .codec import Notification, Request, Response, decode, encode
+from .errors import ProtocolError, RemoteError
+from .limits import MAX_FRAME_BYTES, MAX_MSGID
+
+__all__ = [
+    "BrokerRequest", "Changes", "ClientConnection", "Event", "Failure", "Malformed",
+    "Notified", "Reply",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The result of request ``msgid``."""
+
+    msgid: int
+    method: str
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The broker answered request ``msgid`` with an error."""
+
+    msgid: int
+    method: str
+    error: RemoteError
+
+    @property
+    def session_lost(self) -> bool:
+        """The broker no longer knows this session (a new ``hello`` is needed)."""
+        return self.error.code == "hello_required" and self.method != "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """A ``changes`` batch of a subscription this connection made."""
+
+    batch: ChangesBatch
+    names: list[str]
+    """The property name of each item, in order (items carry a name only once)."""
+    lost: int
+    """Batches missing before this one (a jump in ``seq``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notified:
+    """Any other notification: ``message``, ``error``, ``shutdown``, ``plugin.ready``..."""
+
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerRequest:
+    """The broker asks this peer something (``init``, ``end``, ``call``); answer it with
+    :meth:`ClientConnection.answer`."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A frame that could not be read; the connection carries on."""
+
+    error: ProtocolError
+
+
+Event = Reply | Failure | Changes | Notified | BrokerRequest | Malformed
+
+
+@dataclass(slots=True)
+class _Route:
+    seq: int = 0
+    names: dict[int, str] = field(default_factory=dict)
+
+
+class ClientConnection:
+    """One peer's protocol state. Build frames with :meth:`request`,
+    :meth:`notification` and :meth:`answer`; feed every received frame to
+    :meth:`receive`; call :meth:`reset` when the socket is replaced."""
+
+    def __init__(self, role: str = "client", name: str | None = None,
+                 token: str | None = None, software: str = "plugboard-sdk-python") -> None:
+        self.role = role
+        self.name = name
+        self.token = token
+        self.software = software
+        self.instance: str | None = None
+        """The broker's instance id from the last hello: a new one means it restarted."""
+        self.session: str | None = None
+        """The session id while the broker knows this peer."""
+        self.heartbeat = 2.0
+        """Seconds between the pings an idle peer sends (from hello)."""
+        self.session_timeout = 6.0
+        """Seconds of silence after which the broker ends the session (from hello)."""
+        self.max_frame = MAX_FRAME_BYTES
+        """The largest frame the broker accepts (from hello); larger ones fail here."""
+        self.restarted = False
+        """The last hello found a different broker instance than the one before."""
+        self.declared: dict[str, dict[str, Any]] = {}
+        """Declarations to repeat after a reconnect, with the last value written."""
+        self._msgid = 0
+        self._pending: dict[int, str] = {}
+        self._routes: dict[int, _Route] = {}
+
+    # -- frames out -----------------------------------------------------------------------
+
+    def hello(self, extra: Mapping[str, Any] | None = None) -> tuple[int, bytes]:
+        """The ``hello`` request: versions, role, name and token, plus ``extra``."""
+        params: dict[str, Any] = {"versions": list(SUPPORTED_VERSIONS), "role": self.role,
+                                  "client": self.software}
+        if self.name is not None:
+            params["name"] = self.name
+        if self.token is not None:
+            params["token"] = self.token
+        params.update(extra or {})
+        return self.request("hello", params)
+
+    def request(self, method: str, params: Mapping[str, Any] | None = None
+                ) -> tuple[int, bytes]:
+        """A numbered request frame; ProtocolError ``too_large`` instead of a frame the
+        broker would refuse (it would drop the connection)."""
+        self._msgid = (self._msgid + 1) % (MAX_MSGID + 1)
+        frame = encode(Request(self._msgid, method, dict(params or {})))
+        self._check_size(method, frame)
+        self._pending[self._msgid] = method
+        return self._msgid, frame
+
+    def notification(self, method: str, params: Mapping[str, Any]) -> bytes:
+        """A notification frame (``set`` that wants no reply, ``bye``...)."""
+        frame = encode(Notification(method, dict(params)))
+        self._check_size(method, frame)
+        return frame
+
+    def answer(self, request: Request, result: Any = None,
+               error: dict[str, Any] | None = None) -> bytes:
+        """The reply to a request the broker sent."""
+        if request.method == "end" and error is None:
+            self.session = None  # the broker ends the session on this reply
+        return encode(Response(request.msgid, error, result))
+
+    def forget(self, msgid: int) -> None:
+        """Stop waiting for ``msgid`` (it timed out); a late reply is then ignored."""
+        self._pending.pop(msgid, None)
+
+    def _check_size(self, method: str, frame: bytes) -> None:
+        if len(frame) > self.max_frame:
+            raise ProtocolError("too_large", f"{method} of {len(frame)} bytes exceeds the "
+                                f"broker's max_frame of {self.max_frame}")
+
+    # -- frames in ------------------------------------------------------------------------
+
+    def receive(self, frame: bytes) -> Event | None:
+        """What one frame from the broker means; None for what needs no action (a
+        reply nobody waits for, a batch of a subscription since dropped)."""
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            return Malformed(exc)
+        if isinstance(message, Response):
+            method = self._pending.pop(message.msgid, None)
+            if method is None:
+                return None
+            if message.error is not None:
+                failure = Failure(message.msgid, method, RemoteError.from_wire(message.error))
+                if failure.session_lost:
+                    self.session = None
+                return failure
+            self._on_result(method, message.result)
+            return Reply(message.msgid, method, message.result)
+        if isinstance(message, Request):
+            return BrokerRequest(message)
+        if message.method == "changes":
+            return self._on_changes(message.params)
+        if message.method == "shutdown":
+            self.session = None
+        return Notified(message.method, message.params)
+
+    def _on_result(self, method: str, result: Any) -> None:
+        if method == "hello":
+            self.restarted = self.instance is not None and result["instance"] != self.instance
+            self.instance = result["instance"]
+            self.session = result["session"]
+            self.heartbeat = result.get("heartbeat_ms", 2000) / 1000
+            self.session_timeout = result.get("timeout_ms", 6000) / 1000
+            self.max_frame = int(result.get("max_frame", MAX_FRAME_BYTES))
+        elif method == "subscribe":
+            self._routes[result["sub"]] = _Route()
+        elif method == "bye":
+            self.session = None
+
+    def _on_changes(self, params: dict[str, Any]) -> Event | None:
+        try:
+            batch = ChangesBatch.from_params(params)
+        except ProtocolError as exc:
+            return Malformed(exc)
+        route = self._routes.get(batch.sub)
+        if route is None:
+            return None
+        lost = batch.seq - route.seq - 1
+        route.seq = batch.seq
+        known = route.names
+        names = []
+        for item in batch.items:
+            if len(item) > NAME:
+                known[item[HANDLE]] = item[NAME]
+            names.append(known.get(item[HANDLE], ""))
+        for handle, _name in batch.removed:
+            known.pop(handle, None)
+        return Changes(batch, names, lost)
+
+    # -- session state --------------------------------------------------------------------
+
+    def unsubscribed(self, sub: int) -> None:
+        """Drop a subscription's route: its late batches are ignored."""
+        self._routes.pop(sub, None)
+
+    def reset(self) -> list[int]:
+        """The socket is gone: the requests that will never be answered, and no session
+        or subscription any more (declarations are kept for :meth:`restore`)."""
+        lost, self._pending = list(self._pending), {}
+        self._routes.clear()
+        self.session = None
+        return lost
+
+    def declaring(self, name: str, params: dict[str, Any], result: Any) -> None:
+        """Remember a declaration the broker accepted (with the value it holds)."""
+        if result.get("value") is not None:
+            params = {**params, "value": result["value"]}
+        self.declared[name] = params
+
+    def wrote(self, target: str | int, value: Any) -> None:
+        """A write was sent: a re-declaration carries the newest value."""
+        if isinstance(target, str) and target in self.declared:
+            self.declared[target]["value"] = value
+
+    def restore(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The requests that re-create this peer's declarations after a new hello."""
+        for params in list(self.declared.values()):
+            yield "declare", params

@@ -1,0 +1,95 @@
+"""Each API call once, as a generator of requests that a client drives.
+
+An operation yields ``(method, params, timeout)`` and is sent each reply's result; its
+return value is the call's. The asyncio Client awaits each request, the SyncClient
+blocks on it: the same steps, written once, with no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping
+from typing import Any, TypeVar
+
+from plugboard.protocol.connection import ClientConnection
+
+from ._events import PropertyInfo
+
+T = TypeVar("T")
+Step = tuple[str, dict[str, Any], float | None]
+Operation = Generator[Step, Any, T]
+"""Yields requests, is sent their results, returns the call's value."""
+
+Pairs = Mapping[str | int, Any] | Iterable[tuple[str | int, Any]]
+"""What set_many takes: a mapping of target to value, or pairs."""
+
+
+def declare(conn: ClientConnection, name: str, type: str, value: Any, meta: dict[str, Any]
+            ) -> Operation[int]:
+    """Declare a property (``value`` ... for none); remembered for re-declaring."""
+    params: dict[str, Any] = {"name": name, "type": type, **meta}
+    if value is not ...:
+        params["value"] = value
+    result = yield "declare", params, None
+    conn.declaring(name, params, result)
+    return int(result["handle"])
+
+
+def delete(conn: ClientConnection, target: str | int) -> Operation[None]:
+    info = PropertyInfo.from_wire((yield "get", {"target": target}, None))
+    yield "delete", {"target": info.handle}, None
+    conn.declared.pop(info.name, None)
+
+
+def get(target: str | int) -> Operation[PropertyInfo]:
+    return PropertyInfo.from_wire((yield "get", {"target": target}, None))
+
+
+def list_properties(pattern: str) -> Operation[list[PropertyInfo]]:
+    """Every property matching ``pattern``, by name, fetched page by page."""
+    items: list[PropertyInfo] = []
+    after = ""
+    while True:
+        result = yield "list", {"pattern": pattern, "after": after}, None
+        items.extend(PropertyInfo.from_wire(i) for i in result["items"])
+        if not result.get("more") or not result["items"]:
+            return items
+        after = items[-1].name
+
+
+def call(plugin: str, method: str, wait: float, params: dict[str, Any]) -> Operation[Any]:
+    """Call an exported method; the broker waits ``wait`` s for the plugin, we a second
+    longer for the broker."""
+    reply = yield "call", {"plugin": plugin, "method": method, "params": params,
+                           "timeout_ms": max(1, int(wait * 1000))}, wait + 1.0
+    return reply["result"]
+
+
+def send(to: str, payload: bytes, topic: str | None) -> Operation[None]:
+    params: dict[str, Any] = {"to": to, "payload": payload}
+    if topic is not None:
+        params["topic"] = topic
+    yield "send", params, None
+
+
+def publish(topic: str, payload: bytes) -> Operation[int]:
+    result = yield "publish", {"topic": topic, "payload": payload}, None
+    return int(result["delivered"])
+
+
+def set_many_params(items: Pairs) -> tuple[list[tuple[str | int, Any]], dict[str, Any]]:
+    """The pairs (to remember them) and the ``set_many`` params."""
+    pairs = list(items.items() if isinstance(items, Mapping) else items)
+    return pairs, {"items": [list(p) for p in pairs]}
+
+
+def subscribe_options(current: bool, policy: str, queue_limit: int | None,
+                      min_interval: float | None, deadband: float | None) -> dict[str, Any]:
+    """The ``subscribe`` params beyond the pattern."""
+    options: dict[str, Any] = {"current": current, "policy": policy}
+    if queue_limit is not None:
+        options["queue_limit"] = queue_limit
+    if min_interval is not None:
+        options["min_interval_ms"] = round(min_interval * 1000)
+    if deadband is not None:
+        options["deadband"] = deadband
+    return options

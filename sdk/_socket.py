@@ -1,0 +1,97 @@
+"""The DEALER socket both clients talk through, and what its failures mean.
+
+Both the asyncio Client and the blocking SyncClient open their socket here, so they
+connect, authenticate and explain failures the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from plugboard.protocol.discovery import default_endpoint, default_state_dir
+from plugboard.protocol.errors import ConnectionFailed, KeyRefused
+
+from ._keys import CurveKeys
+
+SEND_HWM = 10_000
+"""Frames a client queues for the broker before a send fails (zmq.Again)."""
+
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_HANDSHAKE_REASONS: dict[zmq.Event, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the broker refused this key (not authorized, or "
+                                     "revoked)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the peer does not speak CURVE with this server "
+                                         "key (wrong server key, or a broker without CURVE)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
+}
+
+
+def endpoint_from_env() -> str:
+    """``$PLUGBOARD_ENDPOINT``, else the default broker's ipc socket."""
+    explicit = os.environ.get("PLUGBOARD_ENDPOINT")
+    if explicit:
+        return explicit
+    return default_endpoint(default_state_dir())
+
+
+def _ipc_absence(path: str) -> str | None:
+    """Why nothing can answer at an ipc path, or None when something listens. A socket
+    file left by a broker that crashed refuses the connection at once: say so now
+    rather than after a hello timeout."""
+    if not os.path.exists(path):
+        return "socket file missing"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return "a stale socket file: the broker that made it is gone"
+    except OSError:
+        return None  # let ZeroMQ try and report
+    finally:
+        probe.close()
+    return None
+
+
+def open_socket(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, curve: CurveKeys | None,
+                timeout: float) -> zmq.Socket[bytes]:
+    """A DEALER connected to ``endpoint``; ConnectionFailed at once when an ipc endpoint
+    has no broker behind it."""
+    if endpoint.startswith("ipc://"):
+        why = _ipc_absence(endpoint[len("ipc://"):])
+        if why is not None:
+            raise ConnectionFailed(f"no broker is running at {endpoint} ({why})")
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+    if curve is not None:
+        curve.apply(sock)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(timeout * 1000))
+    sock.connect(endpoint)
+    return sock
+
+
+def handshake_failures(monitor: zmq.Socket[bytes]) -> list[str]:
+    """Drain a socket monitor; why each failed CURVE handshake it reported failed."""
+    reasons: list[str] = []
+    while True:
+        try:
+            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+        except zmq.ZMQError:  # Again: drained; anything else: the monitor is gone
+            return reasons
+        kind = zmq.Event(int(event["event"]))
+        why = _HANDSHAKE_REASONS.get(kind, "rejected")
+        reasons.append(f"{why} (ZeroMQ event {kind.name}, value {int(event['value'])})")
+
+
+def handshake_error(endpoint: str, why: str) -> ConnectionFailed:
+    """The error to raise for a failed handshake: KeyRefused when the key was refused."""
+    refused = why.startswith(_HANDSHAKE_REASONS[zmq.EVENT_HANDSHAKE_FAILED_AUTH])
+    kind = KeyRefused if refused else ConnectionFailed
+    return kind(f"the CURVE handshake with {endpoint} failed: {why}")
