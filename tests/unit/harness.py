@@ -1,4 +1,8 @@
-"""Drive a BrokerCore with no socket: a fake clock, frames in, decoded messages out."""
+"""Drive a BrokerCore with no socket: a fake clock, frames in, decoded messages out.
+
+Each peer speaks through its own :class:`ClientConnection`, the same protocol core the
+SDK's clients drive: requests are numbered and replies matched by it, and changes
+batches are read by it (sequence and names)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 from plugboard.broker.core import BrokerCore, CoreConfig
 from plugboard.protocol import Notification, Request, Response, decode, encode
-from plugboard.protocol.errors import RemoteError
+from plugboard.protocol.connection import Changes, ClientConnection, Failure, Reply
 
 
 class FakeClock:
@@ -33,14 +37,27 @@ class Harness:
         self.core = BrokerCore(CoreConfig(admin_token="secret", **config), clock=self.clock,
                                wallclock=self.clock.wall)
         self.inbox: dict[bytes, list[Any]] = defaultdict(list)
-        self._msgid = 0
+        """Each peer's messages, decoded, in the order received."""
+        self._frames: dict[bytes, list[bytes]] = defaultdict(list)
+        """The same messages as frames, for the peer's connection to read."""
+        self.conns: dict[bytes, ClientConnection] = defaultdict(ClientConnection)
         self.names: dict[int, str] = {}
-        """Handle → name, learned from the first item that carried the name."""
+        """Handle → name, as the connections learned them."""
 
     def pump(self) -> None:
         self.core.tick()
         for peer, frame in self.core.flush():
             self.inbox[peer].append(decode(frame))
+            self._frames[peer].append(frame)
+
+    def clear(self, peer: bytes) -> None:
+        """Forget what ``peer`` received and has not read."""
+        self.inbox[peer].clear()
+        self._frames[peer].clear()
+
+    def _take(self, peer: bytes, index: int) -> bytes:
+        del self.inbox[peer][index]
+        return self._frames[peer].pop(index)
 
     def raw(self, peer: bytes, frame: bytes) -> None:
         self.core.receive(peer, [frame])
@@ -48,16 +65,17 @@ class Harness:
 
     def call(self, peer: bytes, method: str, **params: Any) -> Any:
         """Send a request; return its result or raise the RemoteError of its error."""
-        self._msgid += 1
-        msgid = self._msgid
-        self.core.receive(peer, [encode(Request(msgid, method, params))])
+        conn = self.conns[peer]
+        msgid, frame = conn.request(method, params)
+        self.core.receive(peer, [frame])
         self.pump()
-        for message in self.inbox[peer]:
+        for index, message in enumerate(self.inbox[peer]):
             if isinstance(message, Response) and message.msgid == msgid:
-                self.inbox[peer].remove(message)
-                if message.error is not None:
-                    raise RemoteError.from_wire(message.error)
-                return message.result
+                event = conn.receive(self._take(peer, index))
+                if isinstance(event, Failure):
+                    raise event.error
+                assert isinstance(event, Reply)
+                return event.result
         raise AssertionError(f"no reply to {method}")
 
     def plugin(self, peer: bytes, name: str) -> None:
@@ -70,21 +88,26 @@ class Harness:
         return self.call(peer, "hello", versions=[1], role=role, **extra)
 
     def take_requests(self, peer: bytes, method: str) -> list[Request]:
-        found = [m for m in self.inbox[peer] if isinstance(m, Request) and m.method == method]
-        for m in found:
-            self.inbox[peer].remove(m)
-        return found
+        found = [i for i, m in enumerate(self.inbox[peer])
+                 if isinstance(m, Request) and m.method == method]
+        requests = [self.inbox[peer][i] for i in found]
+        for index in reversed(found):
+            self._take(peer, index)
+        return requests
 
     def notes(self, peer: bytes, method: str = "changes") -> list[dict[str, Any]]:
         """Take the notifications of ``method`` received by ``peer``."""
-        found = [m for m in self.inbox[peer]
+        found = [i for i, m in enumerate(self.inbox[peer])
                  if isinstance(m, Notification) and m.method == method]
-        for m in found:
-            self.inbox[peer].remove(m)
-            for item in m.params.get("items", ()) if method == "changes" else ():
-                if len(item) > 4:
-                    self.names[item[0]] = item[4]
-        return [m.params for m in found]
+        params = [self.inbox[peer][i].params for i in found]
+        for index in found:  # in order: the connection follows each batch's seq
+            event = self.conns[peer].receive(self._frames[peer][index])
+            if isinstance(event, Changes):
+                self.names.update(zip((i[0] for i in event.batch.items), event.names,
+                                      strict=True))
+        for index in reversed(found):
+            self._take(peer, index)
+        return params
 
     def changes(self, peer: bytes) -> list[tuple[str, Any]]:
         """(name, value) of every change, and (name, REMOVED) of removals, in order."""

@@ -98,7 +98,7 @@ class BrokerModel(RuleBasedStateMachine):
             self.h.core.receive(PLUGINS[plugin], [encode(Request(msgid, "set", {
                 "target": name, "value": value}))])
         self.h.pump()
-        self.h.inbox[PLUGINS[plugin]].clear()
+        self.h.clear(PLUGINS[plugin])
         self.model[name] = 1001
         self._notify(name, 1001, coalesced_from=1000)
 

@@ -1,0 +1,111 @@
+"""The blocking SyncClient (no thread: it works inside its calls) and batch delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from plugboard.sdk import (
+    Batch,
+    Change,
+    Client,
+    InvalidValue,
+    Reconnected,
+    Removed,
+    SyncClient,
+    Synced,
+)
+from plugboard.sdk import SyncSubscription as SyncSub
+
+from .conftest import Processes
+from .processes import BrokerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def until(sub: SyncSub, predicate: Callable[[Any], bool], timeout: float = 10) -> list[Any]:
+    """Events up to and including the first that satisfies ``predicate``."""
+    seen = []
+    while True:
+        seen.append(sub.next(timeout))
+        if predicate(seen[-1]):
+            return seen
+
+
+def test_sync_client_keeps_waiting_sessions_renews_lapsed_ones(broker: BrokerProcess,
+                                                                processes: Processes) -> None:
+    """The test broker ends a session after 1.5 s of silence. A client waiting in
+    next() pings and keeps its session; one left untouched loses it, and its next call
+    says hello again, re-declares and is applied."""
+    with SyncClient(broker.ipc, role="plugin", name="lapsing") as plugin, \
+            SyncClient(broker.ipc) as monitor:
+        plugin.declare("lapsing/x", "int", 1)
+        sub = monitor.subscribe("lapsing/#")
+        until(sub, lambda e: isinstance(e, Synced))
+        first_session = plugin.session
+        # The plugin makes no call: the broker ends its session, its property goes.
+        until(sub, lambda e: isinstance(e, Removed) and e.name == "lapsing/x")
+        plugin.set("lapsing/x", 5)
+        assert plugin.session not in (None, first_session)
+        until(sub, lambda e: isinstance(e, Change) and e.name == "lapsing/x" and e.value == 5)
+        assert monitor.get("lapsing/x").value == 5
+
+
+def test_sync_client_follows_a_broker_restart(processes: Processes,
+                                              broker: BrokerProcess) -> None:
+    with SyncClient(broker.ipc) as monitor:
+        sub = monitor.subscribe("system/broker/#")
+        until(sub, lambda e: isinstance(e, Synced))
+        old = monitor.instance
+        broker.signal(signal.SIGKILL)
+        broker.wait(5)
+        restarted = processes.broker(broker.state_dir)
+        seen = until(sub, lambda e: isinstance(e, Synced), timeout=20)
+        reconnects = [e for e in seen if isinstance(e, Reconnected)]
+        assert reconnects and reconnects[0].instance_changed
+        assert monitor.instance == restarted.instance != old
+
+
+def test_sync_batches_and_writes_that_do_not_wait(broker: BrokerProcess) -> None:
+    with SyncClient(broker.ipc, role="plugin", name="batchy") as plugin, \
+            SyncClient(broker.ipc) as monitor:
+        for i in range(3):
+            plugin.declare(f"batchy/v{i}", "int", i)
+        sub = monitor.subscribe("batchy/#", policy="all")
+        snapshot = sub.next_batch(5)
+        assert isinstance(snapshot, Batch) and snapshot.snapshot
+        assert sorted(snapshot.values()) == [("batchy/v0", 0), ("batchy/v1", 1),
+                                             ("batchy/v2", 2)]
+        assert isinstance(sub.next_batch(5), Synced)
+        refused: list[Exception] = []
+        plugin.on_error(refused.append)
+        plugin.set_many_nowait({"batchy/v0": 10, "batchy/v1": 11, "batchy/v2": 12})
+        plugin.set_nowait("batchy/v0", "not an int")
+        plugin.ping()  # the refusal arrives before the ping's reply
+        assert plugin.write_errors == 1 and isinstance(refused[0], InvalidValue)
+        batch = sub.next_batch(5)
+        assert isinstance(batch, Batch) and not batch.snapshot
+        assert list(batch.values()) == [("batchy/v0", 10), ("batchy/v1", 11),
+                                        ("batchy/v2", 12)]
+        assert [c.revision for c in batch] == [2, 2, 2]
+
+
+async def test_async_batches_and_per_item_view_share_one_queue(broker: BrokerProcess) -> None:
+    async with Client(broker.ipc, role="plugin", name="abatch") as plugin, \
+            Client(broker.ipc) as monitor:
+        await plugin.declare("abatch/a", "int", 0)
+        await plugin.declare("abatch/b", "int", 0)
+        sub = await monitor.subscribe("abatch/#", policy="all", current=False)
+        await plugin.set_many({"abatch/a": 1, "abatch/b": 2})
+        await plugin.set_many({"abatch/a": 3, "abatch/b": 4})
+        first = await sub.next(5)  # one change taken from the first batch...
+        assert isinstance(first, Change) and (first.name, first.value) == ("abatch/a", 1)
+        rest = await sub.next_batch(5)  # ...the batch hands over what is left of it
+        assert isinstance(rest, Batch) and list(rest.values()) == [("abatch/b", 2)]
+        whole = await asyncio.wait_for(anext(aiter(sub.batches())), 5)
+        assert isinstance(whole, Batch)
+        assert [(c.name, c.value) for c in whole] == [("abatch/a", 3), ("abatch/b", 4)]
