@@ -56,6 +56,15 @@ class Receipts:
             self.latencies.append(time.monotonic_ns() - sent_ns)
         return self.count >= self.expected
 
+    def got_many(self, count: int) -> bool:
+        """``count`` updates arrived at once (a batch): one clock reading for all."""
+        now = time.monotonic()
+        if self.count == 0:
+            self.first = now
+        self.last = now
+        self.count += count
+        return self.count >= self.expected
+
     def report(self) -> None:
         span = max(self.last - self.first, 1e-9)
         report(received=self.count, rate=(self.count - 1) / span if self.count > 1 else 0,
@@ -65,7 +74,8 @@ class Receipts:
 # -- Plugboard ------------------------------------------------------------------------------
 
 async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> None:
-    from plugboard.sdk import Change, Client, Gap, Synced
+    """Changes taken a batch at a time, items read as the arrays they came as."""
+    from plugboard.sdk import Batch, Client, Gap, Synced
 
     async with Client(endpoint, timeout=30) as client:
         sub = await client.subscribe(pattern, policy="all", current=current == "current",
@@ -78,12 +88,15 @@ async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> No
         try:
             # One timeout rescheduled per event: no task per receive on the measured path.
             async with asyncio.timeout(120) as idle:
-                async for event in sub:
+                async for event in sub.batches():
                     idle.reschedule(loop.time() + IDLE_END_S)
-                    if isinstance(event, Change) and (event.snapshot or event.revision > 0):
-                        value = event.value
-                        sent = value if isinstance(value, int) and value > 10**9 else None
-                        if receipts.got(None if event.snapshot else sent):
+                    if isinstance(event, Batch):
+                        done = False
+                        for item in event.items:
+                            value = item[1]
+                            sent = value if type(value) is int and value > 10**9 else None
+                            done = receipts.got(None if event.snapshot else sent)
+                        if done:
                             break
                     elif isinstance(event, Gap):
                         print(f"gap {event.count}", file=sys.stderr)
@@ -98,8 +111,9 @@ async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> No
 
 
 async def pb_subs(endpoint: str, clients: int, expected: int) -> None:
-    """Several subscribers in one process (fan-out): total notifications per second."""
-    from plugboard.sdk import Change, Client
+    """Several subscribers in one process (fan-out): total updates per second, read a
+    batch at a time."""
+    from plugboard.sdk import Batch, Client
 
     async def one() -> Receipts:
         async with Client(endpoint, timeout=30) as client:
@@ -111,10 +125,10 @@ async def pb_subs(endpoint: str, clients: int, expected: int) -> None:
             receipts = Receipts(expected)
             while True:
                 try:
-                    event = await sub.next(IDLE_END_S if receipts.count else 120)
+                    event = await sub.next_batch(IDLE_END_S if receipts.count else 120)
                 except Exception:
                     return receipts
-                if isinstance(event, Change) and receipts.got():
+                if isinstance(event, Batch) and receipts.got_many(len(event.items)):
                     return receipts
 
     started: list[int] = []
@@ -244,6 +258,238 @@ def raw_write(endpoint: str, mode: str, count: int) -> None:
                                      for _ in range(min(100, count - first))]))
     report(seconds=time.monotonic() - start)
     sock.close(linger=5000)
+
+
+def direct_sub(bind: str, expected: int) -> None:
+    """The writer's frames straight to this process: one libzmq hop, no relay."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(bind)
+    print(f"ready {router.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
+    receipts = Receipts(expected)
+    while router.poll(int(IDLE_END_S * 1000) if receipts.count else 120_000):
+        _peer, frame = router.recv_multipart()
+        message = msgpack.unpackb(frame)
+        done = False
+        for _name, value in message if isinstance(message[0], list) else [message]:
+            done = receipts.got(value)
+        if done:
+            break
+    receipts.report()
+
+
+# -- raw protocol clients: Plugboard's wire by hand (pyzmq + msgpack, no SDK) ---------------
+
+class RawPeer:
+    """A blocking DEALER speaking PROTOCOL.md by hand: what the broker costs when
+    nothing of the SDK runs at either end."""
+
+    def __init__(self, endpoint: str, role: str, name: str | None = None) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+        self.msgid = 0
+        self.last_ping = time.monotonic()
+        hello: dict[str, Any] = {"versions": [1], "role": role}
+        if name is not None:
+            hello["name"] = name
+        self.call("hello", hello)
+
+    def send(self, method: str, params: dict[str, Any]) -> int:
+        self.msgid += 1
+        self.sock.send(msgpack.packb([0, self.msgid, method, params]))
+        return self.msgid
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        self.sock.send(msgpack.packb([2, method, params]))
+
+    def receive(self) -> list[Any]:
+        """The next message; a request of the broker's (``init``) is answered here."""
+        while True:
+            message = msgpack.unpackb(self.sock.recv())
+            if message[0] != 0:
+                return message  # type: ignore[no-any-return]
+            self.sock.send(msgpack.packb([1, message[1], None, {}]))
+
+    def replies(self, count: int) -> None:
+        """Read until ``count`` replies came (changes and the like are skipped)."""
+        while count:
+            message = self.receive()
+            if message[0] == 1:
+                if message[2] is not None:
+                    raise RuntimeError(f"refused: {message[2]}")
+                count -= 1
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        msgid = self.send(method, params)
+        while True:
+            message = self.receive()
+            if message[0] == 1 and message[1] == msgid:
+                if message[2] is not None:
+                    raise RuntimeError(f"{method} refused: {message[2]}")
+                return message[3]
+
+    def keep_alive(self) -> None:
+        """A ping now and then: a session that sends nothing for 6 s is ended."""
+        if time.monotonic() - self.last_ping > 1.0:
+            self.send("ping", {})
+            self.last_ping = time.monotonic()
+
+
+def pbraw_sub(endpoint: str, expected: int) -> None:
+    peer = RawPeer(endpoint, "client")
+    peer.call("subscribe", {"pattern": "bench/x", "policy": "all", "current": False,
+                            "queue_limit": 1_000_000})
+    ready()
+    receipts = Receipts(expected)
+    done = False
+    while not done and peer.sock.poll(int(IDLE_END_S * 1000) if receipts.count else 120_000):
+        message = peer.receive()
+        if message[0] == 2 and message[1] == "changes":
+            for item in message[2]["items"]:
+                done = receipts.got(item[1])
+        peer.keep_alive()
+    receipts.report()
+
+
+def pbraw_write(endpoint: str, mode: str, count: int) -> None:
+    peer = RawPeer(endpoint, "plugin", "bench")
+    peer.call("declare", {"name": "bench/x", "type": "int", "value": 0})
+    ready()
+    go()
+    start = time.monotonic()
+    if mode == "latency":
+        for _ in range(count):
+            peer.call("set", {"target": "bench/x", "value": time.monotonic_ns()})
+            time.sleep(PACE_S)
+    elif mode == "single":  # 200 requests in flight, then their replies
+        for first in range(0, count, 200):
+            window = min(200, count - first)
+            for _ in range(window):
+                peer.send("set", {"target": "bench/x", "value": time.monotonic_ns()})
+            peer.replies(window)
+    elif mode == "nowait":
+        for first in range(0, count, 2000):
+            for _ in range(min(2000, count - first)):
+                peer.notify("set", {"target": "bench/x", "value": time.monotonic_ns()})
+            peer.call("ping", {})
+    else:  # batched: set_many of 100, one at a time like the SDK writer
+        for first in range(0, count, 100):
+            peer.call("set_many", {"items": [["bench/x", time.monotonic_ns()]
+                                             for _ in range(min(100, count - first))]})
+    report(seconds=time.monotonic() - start)
+
+
+def pbsync_write(endpoint: str, mode: str, count: int) -> None:
+    """The SDK's blocking SyncClient as the writer (no event loop at all)."""
+    from plugboard.sdk import SyncClient
+
+    with SyncClient(endpoint, role="plugin", name="bench", timeout=60) as client:
+        client.declare("bench/x", "int", 0)
+        ready()
+        go()
+        start = time.monotonic()
+        if mode == "latency":
+            for _ in range(count):
+                client.set("bench/x", time.monotonic_ns())
+                time.sleep(PACE_S)
+        elif mode == "single":
+            for _ in range(count):
+                client.set("bench/x", time.monotonic_ns())
+        elif mode == "nowait":
+            for first in range(0, count, 2000):
+                for _ in range(min(2000, count - first)):
+                    client.set_nowait("bench/x", time.monotonic_ns())
+                client.ping()
+        else:
+            for first in range(0, count, 100):
+                client.set_many([("bench/x", time.monotonic_ns())
+                                 for _ in range(min(100, count - first))])
+        report(seconds=time.monotonic() - start)
+
+
+def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
+                pattern: str) -> None:
+    """Hold ``count`` sessions open (one DEALER each) until ``go``, pinging each every
+    2 s as the SDK does and reading what arrives. Plugins (``p<first+i>``) declare
+    ``each`` properties; clients make ``each`` subscriptions to ``pattern`` (``{i}``:
+    the session's number, ``{k}``: the subscription's). Prints ``ready SECONDS`` once
+    all are set up: how long the broker took to admit them."""
+    import resource
+    import select
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.LINGER, 0)
+    ctx.set(zmq.MAX_SOCKETS, count + 16)
+    socks = []
+    for _ in range(count):
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(endpoint)
+        socks.append(sock)
+    pack = msgpack.packb
+    received = 0
+
+    def drain(sock: zmq.Socket[bytes]) -> None:
+        nonlocal received
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            received += 1
+
+    def exchange(requests: list[bytes]) -> None:
+        """Send one frame per socket, then read until each got its reply (answering
+        the broker's init on the way)."""
+        for sock, frame in zip(socks, requests, strict=True):
+            sock.send(frame)
+        waiting = set(range(count))
+        while waiting:
+            before = len(waiting)
+            for index in list(waiting):
+                try:
+                    message = msgpack.unpackb(socks[index].recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    continue
+                if message[0] == 0:  # init: ready at once
+                    socks[index].send(pack([1, message[1], None, {}]))
+                elif message[0] == 1:
+                    if message[2] is not None:
+                        raise RuntimeError(f"session {first + index}: {message[2]}")
+                    waiting.discard(index)
+            if len(waiting) == before:
+                time.sleep(0.001)  # a pass over thousands of sockets found nothing yet
+
+    started = time.monotonic()
+    if role == "plugin":
+        exchange([pack([0, 1, "hello", {"versions": [1], "role": "plugin",
+                                         "name": f"p{first + i}"}]) for i in range(count)])
+        for k in range(each):
+            exchange([pack([0, 2 + k, "declare", {"name": f"p{first + i}/v{k}",
+                                                   "type": "float", "value": 0.0,
+                                                   "unit": "C"}])
+                      for i in range(count)])
+    else:
+        exchange([pack([0, 1, "hello", {"versions": [1], "role": "client"}])
+                  for _ in range(count)])
+        for k in range(each):
+            exchange([pack([0, 2 + k, "subscribe", {
+                "pattern": pattern.format(i=first + i, k=k), "current": False,
+                "policy": "all"}]) for i in range(count)])
+    print(f"ready {time.monotonic() - started:.3f}", flush=True)
+    ping = pack([0, 0, "ping", {}])  # its reply is read and dropped
+    pinged = time.monotonic()
+    while not select.select([sys.stdin], [], [], 0.2)[0]:
+        due = time.monotonic() - pinged >= 2.0
+        for sock in socks:
+            if due:
+                sock.send(ping)
+            drain(sock)
+        if due:
+            pinged = time.monotonic()
+    sys.stdin.readline()
+    report(sessions=count, received=received)
 
 
 # -- Redis: SET + PUBLISH ----------------------------------------------------------------------
@@ -423,6 +669,11 @@ ROLES = {
     "raw-relay": lambda a: raw_relay(a[0]),
     "raw-sub": lambda a: raw_sub(a[0], int(a[1])),
     "raw-write": lambda a: raw_write(a[0], a[1], int(a[2])),
+    "direct-sub": lambda a: direct_sub(a[0], int(a[1])),
+    "pbraw-sub": lambda a: pbraw_sub(a[0], int(a[1])),
+    "pbraw-write": lambda a: pbraw_write(a[0], a[1], int(a[2])),
+    "pbsync-write": lambda a: pbsync_write(a[0], a[1], int(a[2])),
+    "pb-sessions": lambda a: pb_sessions(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), a[5]),
     "redis-sub": lambda a: redis_sub(a[0], int(a[1])),
     "redis-write": lambda a: redis_write(a[0], a[1], int(a[2])),
     "mqtt-sub": lambda a: mqtt_sub(a[0], int(a[1])),

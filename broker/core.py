@@ -40,7 +40,7 @@ from .datastore import Datastore, Property
 from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
 from .store import Record, Store
-from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription
+from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription, Written
 from .system import SystemProperties
 
 log = logging.getLogger(__name__)
@@ -692,8 +692,10 @@ class BrokerCore:
                                 f"{prop.owner!r}" + (f" and {list(allowed)}" if allowed else "")
                                 + f", not by {_who(session)}", name=prop.name)
 
-    def _write(self, prop: Property, value: Any) -> None:
-        self.store.write(prop, value, Timestamp.from_unix_nano(self.wallclock()))
+    def _write(self, prop: Property, value: Any, at: Timestamp | None = None) -> None:
+        """Store a checked value at time ``at`` (now by default: the items of one
+        set_many share one timestamp, like one atomic write)."""
+        self.store.write(prop, value, at or Timestamp.from_unix_nano(self.wallclock()))
         if prop.meta.persist and self.persistence is not None:
             self._persist(prop)
         self._changed(prop)
@@ -721,8 +723,11 @@ class BrokerCore:
             prop.watch(sub)
 
     def _changed(self, prop: Property) -> None:
+        if not prop.subscriptions:
+            return
+        written = Written(prop)  # built once, shared by every subscriber's queue
         for sub in prop.subscriptions:
-            if sub.offer(prop):
+            if sub.offer(prop, written):
                 self._dirty[sub] = None
 
     def _set(self, session: Session, params: dict[str, Any]) -> Any:
@@ -765,8 +770,9 @@ class BrokerCore:
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, f"item {index}: {exc.message}; nothing was "
                                     "written", index=index, **exc.details) from None
+        at = Timestamp.from_unix_nano(self.wallclock())
         for prop, value in checked:
-            self._write(prop, value)
+            self._write(prop, value, at)
         return {"revisions": [prop.revision for prop, _ in checked]}
 
     # -- subscriptions ------------------------------------------------------------------

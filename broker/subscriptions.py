@@ -99,6 +99,17 @@ def approx_size(value: Any) -> int:
     return 9
 
 
+class Written:
+    """One write as every subscriber under policy ``all`` queues it: the item array and
+    its size are made once per write, however many subscribers there are."""
+
+    __slots__ = ("item", "size")
+
+    def __init__(self, prop: Property) -> None:
+        self.item: Item = [prop.handle, prop.value, prop.revision, prop.changed_at]
+        self.size = approx_size(prop.value) + _ITEM_OVERHEAD
+
+
 def _batches(items: list[Item], sizes: list[int],
              max_items: int = BATCH_ITEMS) -> list[list[Item]]:
     """Items cut into batches of at most ``max_items`` and about BATCH_BYTES each."""
@@ -204,7 +215,7 @@ class Subscription:
         self._last_value[prop.handle] = number
         return True
 
-    def offer(self, prop: Property) -> bool:
+    def offer(self, prop: Property, written: Written) -> bool:
         """Queue the property's current value; True if something is now pending."""
         if not self._passes_deadband(prop):
             return False
@@ -214,9 +225,13 @@ class Subscription:
             else:
                 self._latest[prop] = None
         else:
-            size = approx_size(prop.value) + _ITEM_OVERHEAD
+            size = written.size
             if len(self._all) < self.queue_limit and self.budget.fits_change(size):
-                self._all.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
+                if prop.handle in self._named:
+                    self._all.append(written.item)
+                else:
+                    self._named.add(prop.handle)
+                    self._all.append([*written.item, prop.name])
                 self._all_sizes.append(size)
                 self._all_bytes += size
                 self.budget.used += size
