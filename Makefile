@@ -9,11 +9,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# The install compiles the broker's hot modules with mypyc (setup.py) in place, next to
+# their sources: after an edit below protocol/ or broker/ the next `make run` or
+# `make test` compiles again (PLUGBOARD_PURE_PYTHON=1: no compiling, pure Python).
+HOT := $(wildcard protocol/*.py broker/*.py)
+
+$(VENV)/.installed: pyproject.toml setup.py $(HOT) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[plugins]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml setup.py $(HOT) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -94,7 +94,8 @@ class Broker:
     """A broker for one scenario; with ``curve`` its tcp endpoint speaks CurveZMQ and
     ``env`` holds the keys a worker needs (one pair, granted plugin ``bench``)."""
 
-    def __init__(self, *extra: str, profile: Path | None = None, curve: bool = False) -> None:
+    def __init__(self, *extra: str, profile: Path | None = None, curve: bool = False,
+                 pure: bool = False) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="pbb-"))
         self.env: dict[str, str] = {}
         if curve:
@@ -106,6 +107,8 @@ class Broker:
                 "names": ["bench"]}]}))
             self.env = {"PLUGBOARD_KEY_FILE": str(secret)}
         profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        if pure:  # the hot modules as Python even though compiled ones are installed
+            profiler = [str(ROOT / "bench" / "pure.py")]
         self.proc = subprocess.Popen(
             [sys.executable, *profiler, "-m", "plugboard.broker.cli", "--state-dir",
              str(self.state), "--log-level", "WARNING", "broker", "--durability", "off",
@@ -317,6 +320,29 @@ def scenario_hops() -> dict[str, Any]:
 
 
 FANOUT_WRITES = 5_000 if QUICK else 20_000
+
+
+def scenario_compiled() -> dict[str, Any]:
+    """The hot modules compiled by mypyc against the same modules as pure Python, in
+    the same run: the core in-process, and the broker between raw protocol clients."""
+    out: dict[str, Any] = {}
+    for build in ("compiled", "pure"):
+        via = [str(ROOT / "bench" / "pure.py")] if build == "pure" else []
+        line = subprocess.run([sys.executable, *via, str(ROOT / "bench" / "core_speed.py")],
+                              capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        figures: dict[str, Any] = json.loads(line)
+        for mode, count in (("latency", LATENCY_N), ("single", THROUGHPUT_N),
+                            ("batched", BATCHED_N)):
+            broker = Broker(pure=build == "pure")
+            try:
+                got = pair("pbraw-sub", "pbraw-write", broker.tcp, mode, count)
+            finally:
+                broker.stop()
+            figures[mode] = (percentiles(got["latencies"])["p50_us"] if mode == "latency"
+                             else 1e6 / got["rate"])
+        out[build] = figures
+        print(f"compiled or pure: {build} {figures}", flush=True)
+    return out
 
 
 def scenario_fanout() -> dict[str, Any]:
@@ -784,7 +810,7 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
               f"20 Python plugins {start['20_plugins_s']:.2f} s.", "",
               "## 8. Persistence", "", "See [BENCHMARKS-persistence.md]"
               "(BENCHMARKS-persistence.md) (`bench/persistence.py`).", ""]
-    lines += hops_section(results.get("hops"))
+    lines += hops_section(results.get("hops")) + compiled_section(results.get("compiled"))
     lines += ["## Targets", ""] + targets(results)
     prof = results["profile"]
     lines += ["", "## Where the broker's time goes", "",
@@ -883,6 +909,24 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     return lines + [""]
 
 
+def compiled_section(fig: dict[str, Any] | None) -> list[str]:
+    if not fig:
+        return []
+    rows = [("core in-process: set_many, µs per item", "set_many_us_per_item"),
+            ("core in-process: one set, µs", "set_us"),
+            ("broker, raw clients: latency p50 µs", "latency"),
+            ("broker, raw clients: single, µs per update", "single"),
+            ("broker, raw clients: set_many of 100, µs per update", "batched")]
+    lines = ["## 10. Compiled or pure", "",
+             "The hot modules (setup.py) compiled by mypyc, against the very same modules "
+             "run as Python (`bench/pure.py`), in the same run:", "",
+             "| figure | compiled | pure Python | pure / compiled |", "|---|---|---|---|"]
+    for label, key in rows:
+        compiled, pure = fig["compiled"][key], fig["pure"][key]
+        lines.append(f"| {label} | {compiled:.1f} | {pure:.1f} | {ratio(pure, compiled)} |")
+    return lines + [""]
+
+
 def targets(results: dict[str, Any]) -> list[str]:
     lat, thr = results["latency"], results["throughput"]
     out = []
@@ -925,6 +969,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "latency": scenario_latency,
     "throughput": scenario_throughput,
     "hops": scenario_hops,
+    "compiled": scenario_compiled,
     "fanout": scenario_fanout,
     "scale": scenario_snapshot_and_memory,
     "set_cost": scenario_set_cost,

@@ -113,8 +113,6 @@ class ClientConnection:
         """Seconds of silence after which the broker ends the session (from hello)."""
         self.max_frame = MAX_FRAME_BYTES
         """The largest frame the broker accepts (from hello); larger ones fail here."""
-        self.restarted = False
-        """The last hello found a different broker instance than the one before."""
         self.declared: dict[str, dict[str, Any]] = {}
         """Declarations to repeat after a reconnect, with the last value written."""
         self._msgid = 0
@@ -196,7 +194,6 @@ class ClientConnection:
 
     def _on_result(self, method: str, result: Any) -> None:
         if method == "hello":
-            self.restarted = self.instance is not None and result["instance"] != self.instance
             self.instance = result["instance"]
             self.session = result["session"]
             self.heartbeat = result.get("heartbeat_ms", 2000) / 1000

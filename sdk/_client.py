@@ -230,8 +230,8 @@ class Client:
             if not future.done():
                 future.set_exception(reason)
 
-    async def _open_and_hello(self) -> bool:
-        """New socket, hello; True if the broker instance changed."""
+    async def _open_and_hello(self) -> None:
+        """New socket, hello."""
         sock = open_socket(self._ctx, self.endpoint, self.curve, self.timeout)
         handshake_failed: list[str] = []
         if self.curve is not None:
@@ -250,7 +250,6 @@ class Client:
             if handshake_failed:
                 raise handshake_error(self.endpoint, handshake_failed[-1]) from None
             raise
-        return self._conn.restarted
 
     def _hello(self) -> asyncio.Future[Any]:
         try:
@@ -509,11 +508,13 @@ class Client:
         loop = asyncio.get_running_loop()
         started = loop.time()
         delay = 0.05
+        before = self.instance  # attempts may meet the new broker and still fail
         try:
             while True:
                 try:
-                    changed = await self._open_and_hello()
-                    await self._restore()
+                    await self._open_and_hello()
+                    await self._restore(Reconnected(self.instance or "",
+                                                    self.instance != before))
                     break
                 except (ConnectionFailed, RequestTimeout, RemoteError) as exc:
                     log.info("reconnect attempt failed: %s", exc)
@@ -529,17 +530,19 @@ class Client:
                     delay = min(delay * 2, 2.0)
         finally:
             self._reconnecting = None
+        changed = self.instance != before
         event = Reconnected(self.instance or "", changed)
         log.info("reconnected to broker %s (restarted: %s)", self.instance, changed)
         for callback in self._reconnect_callbacks:
             self._run_callback(callback, event)
 
-    async def _restore(self) -> None:
+    async def _restore(self, event: Reconnected) -> None:
+        """Declare, subscribe and listen again; each subscription is told ``event``."""
         for method, params in self._conn.restore():
             await self.request(method, params)
         self._subs = {}
         for sub in self._all_subs:
-            sub._put(Reconnected(self.instance or "", True))
+            sub._put(event)
             await self._do_subscribe(sub)
         self._listeners = {}
         for listener in self._all_listeners:

@@ -129,8 +129,11 @@ class SyncClient:
         """The request a call waits for, and where its answer goes."""
         self._ping: tuple[int, float] | None = None
         """The ping not answered yet, and when it was sent."""
+        self._restored: str | None = None
+        """The broker instance this client last set everything up with."""
         try:
             self._open_and_hello()
+            self._restored = self._conn.instance
         except BaseException:
             self._close_socket()
             self._ctx.term()
@@ -181,7 +184,8 @@ class SyncClient:
         for method, params in self._conn.restore():
             self.request(method, params)
         self._subs = {}
-        event = Reconnected(self._conn.instance or "", self._conn.restarted)
+        event = Reconnected(self._conn.instance or "", self._conn.instance != self._restored)
+        self._restored = self._conn.instance
         for sub in self._all_subs:
             sub._queue.put(event)
             self._do_subscribe(sub)

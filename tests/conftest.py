@@ -1,4 +1,5 @@
-"""Suite-wide guards: no child process may outlive the suite."""
+"""Suite-wide guards: the code under test is the code in the tree, and no child process
+may outlive the suite."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from plugboard.protocol import build
+
 from .integration.processes import MADE_DIRS
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    stale = build.stale()
+    if stale:
+        pytest.exit(f"compiled modules are older than their sources ({', '.join(stale)}): "
+                    "`make test` rebuilds them (or `make install-test`)", returncode=4)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from plugboard.protocol import build
 from plugboard.protocol._version import SUPPORTED_VERSIONS
 from plugboard.protocol.discovery import default_state_dir
 from plugboard.protocol.errors import PlugboardError
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version",
                         version=f"plugboard {BROKER_VERSION} (protocol versions "
-                                f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+                                f"{', '.join(map(str, SUPPORTED_VERSIONS))}; "
+                                f"{build.describe()})")
     parser.add_argument("--log-level", default=None,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log verbosity on stderr (default: INFO for broker and agent, "

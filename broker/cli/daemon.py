@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from plugboard.protocol import build
 from plugboard.protocol.discovery import default_endpoint
 from plugboard.protocol.errors import PlugboardError
 from plugboard.runtime.contract import BUNDLED, Contract
@@ -164,6 +165,7 @@ async def _serve(server: BrokerServer, contracts: list[Contract], plugin_paths: 
     print(f"plugboard broker ready: instance {server.core.instance}, listening on "
           + " ".join(server.endpoints), flush=True)
     systemd.notify(f"READY=1\nSTATUS=serving on {' '.join(server.endpoints)}")
+    (log.warning if build.stale() else log.info)("broker core: %s", build.describe())
     agent = asyncio.create_task(_local_agent(server, contracts, plugin_paths, state,
                                              agent_name, stopping))
     await asyncio.wait([asyncio.create_task(stopping.wait()), serving],

@@ -1,0 +1,56 @@
+"""The broker core alone, in-process: µs per item of ``set_many`` (checked, applied,
+queued for one subscriber, encoded), and per single ``set``. Prints one JSON line.
+
+Run as is for the modules as installed (compiled where they were), or through
+``bench/pure.py`` for pure Python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from plugboard.broker.core import BrokerCore, CoreConfig
+from plugboard.protocol.connection import BrokerRequest, ClientConnection
+
+WRITER, WATCHER = b"w", b"c"
+
+
+def main() -> None:
+    core = BrokerCore(CoreConfig(allow_unmanaged_plugins=True))
+    writer, watcher = ClientConnection("plugin", "w"), ClientConnection()
+
+    def call(peer: bytes, frame: bytes) -> None:
+        """Hand the core a frame; read what it sends back (answering its ``init``)."""
+        core.receive(peer, [frame])
+        for to, out in core.flush():
+            event = (writer if to == WRITER else watcher).receive(out)
+            if isinstance(event, BrokerRequest):
+                call(to, writer.answer(event.request, {}))
+
+    call(WRITER, writer.hello()[1])
+    for i in range(100):
+        call(WRITER, writer.request("declare", {"name": f"w/v{i}", "type": "int",
+                                                        "value": 0})[1])
+    call(WATCHER, watcher.hello()[1])
+    call(WATCHER, watcher.request("subscribe", {
+        "pattern": "w/#", "policy": "all", "current": False, "queue_limit": 1_000_000})[1])
+    batches = [writer.notification("set_many", {"items": [[f"w/v{i}", n * 100 + i]
+                                                          for i in range(100)]})
+               for n in range(2000)]
+    singles = [writer.notification("set", {"target": "w/v0", "value": n})
+               for n in range(20000)]
+    out = {}
+    for label, frames, items in (("set_many_us_per_item", batches, 100),
+                                 ("set_us", singles, 1)):
+        started = time.perf_counter()
+        for first in range(0, len(frames), 100):  # 100 frames per loop turn, then a flush
+            for frame in frames[first:first + 100]:
+                core.receive(WRITER, [frame])
+            core.flush()
+        out[label] = (time.perf_counter() - started) / (len(frames) * items) * 1e6
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
