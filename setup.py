@@ -18,6 +18,7 @@ from setuptools import setup
 HOT_MODULES = [
     "protocol/codec.py", "protocol/values.py", "protocol/changes.py", "protocol/names.py",
     "protocol/limits.py", "protocol/declaration.py", "protocol/errors.py",
+    "protocol/connection.py",
     "broker/core.py", "broker/subscriptions.py", "broker/datastore.py", "broker/sessions.py",
 ]
 """Paths below .typecheck/plugboard/, whose links give each its installed module name

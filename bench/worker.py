@@ -155,6 +155,11 @@ async def pb_write(endpoint: str, mode: str, count: int) -> None:
             for _ in range(count):
                 await client.set("bench/x", time.monotonic_ns())
                 await asyncio.sleep(PACE_S)
+        elif mode == "latency-nowait":  # the writer gets no reply to wake up for
+            for _ in range(count):
+                client.set_nowait("bench/x", time.monotonic_ns())
+                await asyncio.sleep(PACE_S)
+            await client.request("ping")
         elif mode == "single":
             window = 200
             for first in range(0, count, window):
@@ -368,6 +373,11 @@ def pbraw_write(endpoint: str, mode: str, count: int) -> None:
         for _ in range(count):
             peer.call("set", {"target": "bench/x", "value": time.monotonic_ns()})
             time.sleep(PACE_S)
+    elif mode == "latency-nowait":
+        for _ in range(count):
+            peer.notify("set", {"target": "bench/x", "value": time.monotonic_ns()})
+            time.sleep(PACE_S)
+        peer.call("ping", {})
     elif mode == "single":  # 200 requests in flight, then their replies
         for first in range(0, count, 200):
             window = min(200, count - first)

@@ -12,6 +12,7 @@ from pathlib import Path
 HOT = ("plugboard.protocol.codec", "plugboard.protocol.values", "plugboard.protocol.changes",
        "plugboard.protocol.names", "plugboard.protocol.limits",
        "plugboard.protocol.declaration", "plugboard.protocol.errors",
+       "plugboard.protocol.connection",
        "plugboard.broker.core", "plugboard.broker.subscriptions",
        "plugboard.broker.datastore", "plugboard.broker.sessions")
 """The modules setup.py compiles (the same list, as module names)."""
