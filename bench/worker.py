@@ -78,12 +78,12 @@ async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> No
     from plugboard.sdk import Batch, Client, Gap, Synced
 
     async with Client(endpoint, timeout=30) as client:
+        start = time.monotonic()  # a snapshot is timed from the subscribe request
         sub = await client.subscribe(pattern, policy="all", current=current == "current",
                                      queue_limit=1_000_000)
         receipts = Receipts(expected)
         if current != "current":
             ready()
-        start = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
             # One timeout rescheduled per event: no task per receive on the measured path.
@@ -459,46 +459,55 @@ def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
                 return
             received += 1
 
-    def exchange(requests: list[bytes]) -> None:
-        """Send one frame per socket, then read until each got its reply (answering
-        the broker's init on the way)."""
-        for sock, frame in zip(socks, requests, strict=True):
-            sock.send(frame)
-        waiting = set(range(count))
-        while waiting:
-            before = len(waiting)
-            for index in list(waiting):
-                try:
-                    message = msgpack.unpackb(socks[index].recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    continue
+    ping = pack([0, 0, "ping", {}])  # its reply is read and dropped
+
+    def wait_replies(chunk: range, replies: int) -> None:
+        """Wait in zmq_poll, not spinning, until each socket of ``chunk`` got
+        ``replies`` replies, answering the broker's init on the way."""
+        poller = zmq.Poller()
+        left = {}
+        for index in chunk:
+            poller.register(socks[index], zmq.POLLIN)
+            left[socks[index]] = replies
+        while left:
+            for sock, _ in poller.poll(60_000):
+                message = msgpack.unpackb(sock.recv())
                 if message[0] == 0:  # init: ready at once
-                    socks[index].send(pack([1, message[1], None, {}]))
+                    sock.send(pack([1, message[1], None, {}]))
                 elif message[0] == 1:
                     if message[2] is not None:
-                        raise RuntimeError(f"session {first + index}: {message[2]}")
-                    waiting.discard(index)
-            if len(waiting) == before:
-                time.sleep(0.001)  # a pass over thousands of sockets found nothing yet
+                        raise RuntimeError(f"session: {message[2]}")
+                    left[sock] -= 1
+                    if not left[sock]:
+                        poller.unregister(sock)
+                        del left[sock]
 
     started = time.monotonic()
-    if role == "plugin":
-        exchange([pack([0, 1, "hello", {"versions": [1], "role": "plugin",
-                                         "name": f"p{first + i}"}]) for i in range(count)])
-        for k in range(each):
-            exchange([pack([0, 2 + k, "declare", {"name": f"p{first + i}/v{k}",
-                                                   "type": "float", "value": 0.0,
-                                                   "unit": "C"}])
-                      for i in range(count)])
-    else:
-        exchange([pack([0, 1, "hello", {"versions": [1], "role": "client"}])
-                  for _ in range(count)])
-        for k in range(each):
-            exchange([pack([0, 2 + k, "subscribe", {
-                "pattern": pattern.format(i=first + i, k=k), "current": False,
-                "policy": "all"}]) for i in range(count)])
+    pinged = started
+    for start in range(0, count, 200):  # 200 sessions at a time, each fully set up
+        chunk = range(start, min(start + 200, count))
+        for index in chunk:
+            i = first + index
+            if role == "plugin":
+                steps = [pack([0, 1, "hello", {"versions": [1], "role": "plugin",
+                                               "name": f"p{i}"}])]
+                steps += [pack([0, 2 + k, "declare", {"name": f"p{i}/v{k}", "type": "float",
+                                                      "value": 0.0, "unit": "C"}])
+                          for k in range(each)]
+            else:
+                steps = [pack([0, 1, "hello", {"versions": [1], "role": "client"}])]
+                steps += [pack([0, 2 + k, "subscribe", {
+                    "pattern": pattern.format(i=i, k=k), "current": False,
+                    "policy": "all"}]) for k in range(each)]
+            for frame in steps:  # queued at once: the broker answers them in order
+                socks[index].send(frame)
+        wait_replies(chunk, 1 + each)
+        if time.monotonic() - pinged > 1.0:  # those admitted already must not time out
+            for sock in socks[:start]:
+                sock.send(ping)
+                drain(sock)
+            pinged = time.monotonic()
     print(f"ready {time.monotonic() - started:.3f}", flush=True)
-    ping = pack([0, 0, "ping", {}])  # its reply is read and dropped
     tick = 0
     while not select.select([sys.stdin], [], [], 0.2)[0]:
         # A tenth of the sessions every 0.2 s: each pings every 2 s, spread out as

@@ -125,6 +125,9 @@ class BrokerCore:
         self.instance = secrets.token_hex(8)
         self.store = Datastore()
         self.sessions: dict[bytes, Session] = {}
+        """By peer, least recently heard from first: expiry looks at the oldest only."""
+        self._awaiting: dict[Session, None] = {}
+        """Sessions with requests of the broker's not answered yet."""
         self.plugins: dict[str, Session] = {}
         self.subscriptions = PatternIndex[Subscription]()
         self.listeners = PatternIndex[tuple[Session, int]]()
@@ -171,9 +174,11 @@ class BrokerCore:
     def receive(self, peer: bytes, frames: list[bytes]) -> None:
         """Apply one incoming ZeroMQ message from ``peer``."""
         self.messages_in += 1
-        session = self.sessions.get(peer)
+        sessions = self.sessions
+        session = sessions.get(peer)
         if session is not None:
             session.last_seen = self.clock()
+            sessions[peer] = sessions.pop(peer)  # now the most recently heard from
         if len(frames) != 1:
             self._error_to(peer, None, ProtocolError(
                 "invalid_message", f"a message is exactly one frame, got {len(frames)}"))
@@ -321,6 +326,7 @@ class BrokerCore:
         self._next_msgid = (self._next_msgid + 1) % (limits.MAX_MSGID + 1)
         msgid = self._next_msgid
         session.requests[msgid] = PendingRequest(method, self.clock() + timeout, on_reply)
+        self._awaiting[session] = None
         self._outbox.append((session.peer, encode(Request(msgid, method, params))))
 
     def register_method(self, name: str, handler: MethodHandler, *,
@@ -346,6 +352,7 @@ class BrokerCore:
         log.info("session %s (%s %s) ended: %s", session.sid, session.role.value,
                  session.name or "-", reason)
         del self.sessions[session.peer]
+        self._awaiting.pop(session, None)
         self._drops_of_ended += session.budget.dropped
         self._congested.pop(session, None)
         if session.name is not None and self.plugins.get(session.name) is session:
@@ -429,11 +436,18 @@ class BrokerCore:
         pending.on_reply(response)
 
     def _expire(self, now: float) -> None:
+        """End silent sessions and fail late requests, looking only at the sessions
+        that may be due: ten thousand quiet clients cost nothing here."""
         timeout = self.config.session_timeout_ms / 1000
-        for session in list(self.sessions.values()):
-            if now - session.last_seen > timeout:
-                self.end_session(session, f"no message for {timeout:g} s (heartbeat lost)")
-                continue
+        sessions = self.sessions
+        while sessions:
+            oldest = next(iter(sessions.values()))
+            if now - oldest.last_seen <= timeout:
+                break
+            self.end_session(oldest, f"no message for {timeout:g} s (heartbeat lost)")
+        for session in list(self._awaiting):
+            if not session.requests:
+                del self._awaiting[session]
             for msgid, pending in list(session.requests.items()):
                 if now >= pending.deadline:
                     del session.requests[msgid]

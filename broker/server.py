@@ -137,6 +137,9 @@ class BrokerServer:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, core_config.session_timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, core_config.session_timeout_ms)
         sock.setsockopt(zmq.HANDSHAKE_IVL, self.config.handshake_ms)
+        # Thousands of peers reconnecting at once (a broker restart): libzmq's listen
+        # backlog of 100 would leave most waiting on TCP's SYN retries (1 s, 3 s, 7 s...).
+        sock.setsockopt(zmq.BACKLOG, 4096)
         if curve:
             assert self.config.curve_secret_key is not None
             sock.curve_server = True

@@ -53,6 +53,7 @@ from ._socket import (
     handshake_failures,
     open_socket,
 )
+from ._state import SessionState
 from ._subscription import Listener, Subscription
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ async def _acknowledge(params: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-class Client:
+class Client(SessionState):
     """A connection to the broker as a ``client``, ``plugin`` or ``admin``.
 
     Use ``async with Client(...) as client`` or ``await Client(...).connect()``.
@@ -126,40 +127,6 @@ class Client:
         self._all_listeners: list[Listener] = []
         self._closing = False
         self._monitors: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes], int]] = []
-
-    @property
-    def role(self) -> str:
-        return self._conn.role
-
-    @property
-    def name(self) -> str | None:
-        return self._conn.name
-
-    @property
-    def token(self) -> str | None:
-        return self._conn.token
-
-    @token.setter
-    def token(self, token: str | None) -> None:
-        self._conn.token = token
-
-    @property
-    def instance(self) -> str | None:
-        """The broker's instance id (a new one after a broker restart)."""
-        return self._conn.instance
-
-    @property
-    def session(self) -> str | None:
-        return self._conn.session
-
-    @property
-    def heartbeat(self) -> float:
-        return self._conn.heartbeat
-
-    @property
-    def max_frame(self) -> int:
-        """The largest frame the broker accepts (from hello); larger requests fail here."""
-        return self._conn.max_frame
 
     @property
     def connected(self) -> bool:

@@ -46,6 +46,7 @@ from ._socket import (
     handshake_failures,
     open_socket,
 )
+from ._state import SessionState
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class SyncSubscription:
         self._queue.put(CLOSED)
 
 
-class SyncClient:
+class SyncClient(SessionState):
     """The Client's API as blocking calls; ``with SyncClient() as client: ...``."""
 
     def __init__(
@@ -140,15 +141,6 @@ class SyncClient:
             raise
 
     # -- life cycle -----------------------------------------------------------------------
-
-    @property
-    def instance(self) -> str | None:
-        """The broker's instance id (a new one after a broker restart)."""
-        return self._conn.instance
-
-    @property
-    def session(self) -> str | None:
-        return self._conn.session
 
     def _open_and_hello(self) -> None:
         self._close_socket()
