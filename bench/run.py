@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -49,6 +50,9 @@ class Peer:
 
     def ready(self, timeout: float = 300) -> str:
         assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            self.proc.kill()
+            raise RuntimeError(f"{self.proc.args[2]} not ready within {timeout:g} s")
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):
             self.proc.kill()
@@ -416,8 +420,14 @@ class Sessions:
         self.peers = [Peer("pb-sessions", broker.tcp, role, str(first),
                            str(min(per_process, count - first)), str(each), pattern)
                       for first in range(0, count, per_process)]
-        self.seconds = max(float(peer.ready(timeout=900).split()[1]) for peer in self.peers)
-        """How long the slowest holder waited for the broker to admit its sessions."""
+        try:
+            self.seconds = max(float(peer.ready(timeout=300).split()[1])
+                               for peer in self.peers)
+            """How long the slowest holder waited for the broker to admit its sessions."""
+        except RuntimeError:
+            for peer in self.peers:
+                peer.stop()
+            raise
 
     def stop(self) -> None:
         for peer in self.peers:

@@ -442,11 +442,7 @@ def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     ctx.set(zmq.MAX_SOCKETS, count + 16)
-    socks = []
-    for _ in range(count):
-        sock = ctx.socket(zmq.DEALER)
-        sock.connect(endpoint)
-        socks.append(sock)
+    socks = [ctx.socket(zmq.DEALER) for _ in range(count)]  # connected chunk by chunk
     pack = msgpack.packb
     received = 0
 
@@ -487,6 +483,7 @@ def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
     for start in range(0, count, 200):  # 200 sessions at a time, each fully set up
         chunk = range(start, min(start + 200, count))
         for index in chunk:
+            socks[index].connect(endpoint)
             i = first + index
             if role == "plugin":
                 steps = [pack([0, 1, "hello", {"versions": [1], "role": "plugin",
