@@ -25,7 +25,6 @@ from plugboard.protocol.errors import ProtocolError
 from plugboard.protocol.names import (
     LOG_TOPIC,
     SYSTEM_NAMESPACE,
-    matches,
     namespace,
     validate_agent_name,
     validate_name,
@@ -688,7 +687,7 @@ class BrokerCore:
         after = _param(params, "after", str, "")
         if not 1 <= limit <= 10_000:
             raise ProtocolError("invalid_params", "limit must be 1..10000")
-        names = sorted(n for n in self.store.by_name if n > after and matches(pattern, n))
+        names = sorted(p.name for p in self.store.matching(pattern) if p.name > after)
         page = names[:limit]
         return {"items": [self.store.by_name[n].describe() for n in page],
                 "more": len(names) > limit}
@@ -812,7 +811,7 @@ class BrokerCore:
                            queue_limit=queue_limit, min_interval=min_interval_ms / 1000,
                            deadband=deadband, budget=session.budget)
         # Index once here so a later set costs only its own subscribers.
-        props = [p for p in self.store if matches(pattern, p.name)]
+        props = self.store.matching(pattern)
         for prop in props:
             sub.properties[prop] = None
             prop.watch(sub)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugboard.protocol.declaration import Meta
 from plugboard.protocol.errors import ProtocolError
-from plugboard.protocol.names import validate_name
+from plugboard.protocol.names import matches, namespace, validate_name
 from plugboard.protocol.values import Timestamp, ValueType, check_value
 
 if TYPE_CHECKING:
@@ -79,6 +79,9 @@ class Datastore:
         self.by_name: dict[str, Property] = {}
         self.revision = 0
         """Bumped on every write to any property."""
+        self._namespaces: dict[str, dict[str, Property]] = {}
+        """Properties by the first segment of their name: a pattern that names its
+        namespace looks at that namespace only."""
 
     def __len__(self) -> int:
         return len(self.by_name)
@@ -100,6 +103,7 @@ class Datastore:
         prop = Property(handle=handle, name=name, type=vtype, meta=meta, owner=owner)
         self._slots[slot] = prop
         self.by_name[name] = prop
+        self._namespaces.setdefault(namespace(name), {})[name] = prop
         return prop
 
     def remove(self, prop: Property) -> None:
@@ -108,6 +112,20 @@ class Datastore:
         self._generations[slot] += 1
         self._free.append(slot)
         del self.by_name[prop.name]
+        siblings = self._namespaces[namespace(prop.name)]
+        del siblings[prop.name]
+        if not siblings:
+            del self._namespaces[namespace(prop.name)]
+
+    def matching(self, pattern: str) -> list[Property]:
+        """The properties whose names match ``pattern`` (checked by the caller): a
+        subscribe to ``clock/#`` among a million properties reads clock's only."""
+        first = pattern.split("/", 1)[0]
+        if first in ("+", "#"):
+            candidates: Any = self.by_name.values()
+        else:
+            candidates = self._namespaces.get(first, {}).values()
+        return [prop for prop in candidates if matches(pattern, prop.name)]
 
     def resolve(self, target: Any) -> Property:
         """The property a request names by handle or by name."""
