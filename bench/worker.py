@@ -508,12 +508,12 @@ def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
     tick = 0
     while not select.select([sys.stdin], [], [], 0.2)[0]:
         # A tenth of the sessions every 0.2 s: each pings every 2 s, spread out as
-        # independent clients' pings would be.
+        # independent clients' pings would be; the tenth pinged before is read.
         for index in range(tick % 10, count, 10):
             socks[index].send(ping)
         tick += 1
-        for sock in socks:
-            drain(sock)
+        for index in range(tick % 10, count, 10):
+            drain(socks[index])
     sys.stdin.readline()
     report(sessions=count, received=received)
 
