@@ -39,6 +39,12 @@ from .store import Durability, Store
 
 log = logging.getLogger(__name__)
 
+# Plain ints: pyzmq's flags are enum members, and every | and & on them builds a new
+# member in Python, which the per-message path would pay several times.
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
@@ -260,9 +266,9 @@ class BrokerServer:
         for listener in self._listeners:
             sock, prefix = listener.sock, listener.prefix
             for _ in range(self.config.receive_batch):
-                if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                if not int(sock.getsockopt(zmq.EVENTS)) & _POLLIN:
                     break
-                peer = prefix + sock.recv(zmq.NOBLOCK)
+                peer = prefix + sock.recv(_NOBLOCK)
                 core.receive(peer, self._rest_of_message(listener, peer, gone))
         for peer in gone:
             core.peer_gone(peer, "connection closed")
@@ -274,7 +280,7 @@ class BrokerServer:
         if core.shutting_down and core.shutdown_complete:
             self._plugins_gone.set()
         if not self._pump_scheduled and any(
-                int(listener.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+                int(listener.sock.getsockopt(zmq.EVENTS)) & _POLLIN
                 for listener in self._listeners):
             # More is waiting: yield to the loop first so other tasks are not starved.
             self._pump_scheduled = True
@@ -367,7 +373,11 @@ class BrokerServer:
                     held.append(frame)
                     continue
                 try:
-                    socks[peer[0]].send_multipart((peer[1:], frame), zmq.NOBLOCK)
+                    # Two sends, not send_multipart (whose wrapper costs more than
+                    # both): a refusal comes at the routing frame, before any is queued.
+                    sock = socks[peer[0]]
+                    sock.send(peer[1:], _MORE_NOBLOCK)
+                    sock.send(frame, _NOBLOCK)
                 except zmq.Again:
                     # ROUTER would drop silently at the peer's HWM: the core keeps it.
                     stuck[peer] = [frame]

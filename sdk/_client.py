@@ -47,6 +47,8 @@ from ._events import Message, PropertyInfo, Reconnected, events_of
 from ._keys import CurveKeys, curve_keys
 from ._socket import (
     HANDSHAKE_FAILED,
+    NOBLOCK,
+    POLLIN,
     SEND_HWM,
     endpoint_from_env,
     handshake_error,
@@ -330,7 +332,7 @@ class Client(SessionState):
 
     def _send(self, frame: bytes) -> None:
         assert self._sock is not None
-        self._sock.send(frame, zmq.NOBLOCK)
+        self._sock.send(frame, NOBLOCK)
         self._poke()
 
     def _poke(self) -> None:
@@ -345,13 +347,13 @@ class Client(SessionState):
             return
         for _ in range(1000):
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
             self._dispatch(frame)
             if self._sock is not sock:  # closed by what the frame triggered
                 return
-        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
             self._poke()
 
     def _dispatch(self, frame: bytes) -> None:

@@ -17,6 +17,10 @@ from plugboard.protocol.errors import ConnectionFailed, KeyRefused
 
 from ._keys import CurveKeys
 
+POLLIN = int(zmq.POLLIN)
+NOBLOCK = int(zmq.NOBLOCK)
+"""Plain ints: pyzmq's flags are enum members, and each operation on them builds one."""
+
 SEND_HWM = 10_000
 """Frames a client queues for the broker before a send fails (zmq.Again)."""
 

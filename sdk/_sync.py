@@ -40,6 +40,7 @@ from ._keys import CurveKeys, curve_keys
 from ._queue import CLOSED, EventQueue
 from ._socket import (
     HANDSHAKE_FAILED,
+    NOBLOCK,
     SEND_HWM,
     endpoint_from_env,
     handshake_error,
@@ -210,7 +211,7 @@ class SyncClient(SessionState):
         if self._sock is None:
             raise ConnectionFailed("the client was closed")
         try:
-            self._sock.send(frame, zmq.NOBLOCK)
+            self._sock.send(frame, NOBLOCK)
         except zmq.Again:
             raise ConnectionFailed(f"the broker at {self.endpoint} takes no more frames "
                                    f"({SEND_HWM:,} wait unsent)") from None
@@ -257,7 +258,7 @@ class SyncClient(SessionState):
         answer = self._waiting[1]
         while not answer:
             try:
-                frame = self._sock.recv(zmq.NOBLOCK)
+                frame = self._sock.recv(NOBLOCK)
             except zmq.Again:
                 return
             self._route(self._conn.receive(frame))
