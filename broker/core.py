@@ -266,6 +266,12 @@ class BrokerCore:
             self._expire(now)
             self._next_expiry_check = now + min(self.config.heartbeat_ms / 1000, 0.5)
         self.system.refresh(now)
+        return self.next_deadline()
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` is due next. Ask after :meth:`flush`: before it, a change
+        waiting to be flushed makes the deadline "now" and the driver would run a
+        second, empty pass for it."""
         deadline = min(self._next_expiry_check, self.system.next_refresh)
         congested = self._congested
         for sub in self._dirty:

@@ -272,11 +272,11 @@ class BrokerServer:
                 core.receive(peer, self._rest_of_message(listener, peer, gone))
         for peer in gone:
             core.peer_gone(peer, "connection closed")
-        deadline = core.tick()
+        core.tick()
         outgoing = core.flush()
         self._persist()
         self._send(outgoing)
-        self._arm_timer(min(deadline, core.retry_deadline()))
+        self._arm_timer(min(core.next_deadline(), core.retry_deadline()))
         if core.shutting_down and core.shutdown_complete:
             self._plugins_gone.set()
         if not self._pump_scheduled and any(

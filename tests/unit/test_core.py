@@ -445,3 +445,16 @@ def test_a_set_sent_as_a_notification_is_applied_without_a_reply(h: Harness) -> 
     h.core.receive(b"nobody", [encode(Notification("set", {"target": "p/x", "value": 1}))])
     h.pump()
     assert h.notes(b"nobody", "error")[0]["code"] == "unknown_method"
+
+
+def test_once_flushed_nothing_is_due_until_a_timer(h: Harness) -> None:
+    """The driver arms its timer from next_deadline() after flushing: a change that
+    was waiting must not leave the deadline at "now" (an empty second pass)."""
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    h.call(C, "subscribe", pattern="p/a", current=False)
+    _, frame = h.conns[P].request("set", {"target": "p/a", "value": 1})
+    h.core.receive(P, [frame])
+    assert h.core.next_deadline() <= h.clock.now  # a batch waits to be flushed
+    h.pump()
+    assert h.core.next_deadline() > h.clock.now
+    assert [n["items"][0][1] for n in h.notes(C)] == [1]
