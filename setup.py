@@ -1,7 +1,8 @@
 """Compile the broker's hot path with mypyc when possible; pure Python otherwise.
 
 The modules below are plain, mypy-strict Python. mypyc turns them into C extensions
-that apply a write about four times faster (docs/BENCHMARKS.md, "Compiled or pure").
+that apply a batch of writes about three times faster (docs/BENCHMARKS.md, section 10,
+"Compiled or pure").
 Each extension is optional: without mypy or a C compiler, or with
 ``PLUGBOARD_PURE_PYTHON=1``, the same modules run as Python and behave the same.
 Everything else about the package is in pyproject.toml.
