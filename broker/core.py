@@ -3,7 +3,7 @@
 The socket loop hands it frames with :meth:`BrokerCore.receive`, then takes the
 frames to send with :meth:`BrokerCore.flush` (replies first, then one notification
 batch per subscription with pending changes) and calls :meth:`BrokerCore.tick` when
-the deadline it returned has passed. Time comes from injected clocks, so tests drive
+:meth:`BrokerCore.next_deadline` (asked after the flush) has passed. Time comes from injected clocks, so tests drive
 the core with no socket and a fake clock.
 """
 
@@ -259,14 +259,14 @@ class BrokerCore:
         if session.backlog:
             self._congested[session] = None
 
-    def tick(self) -> float:
-        """Run timers (session expiry, request deadlines, stats); return the next deadline."""
+    def tick(self) -> None:
+        """Run timers (session expiry, request deadlines, stats); :meth:`next_deadline`
+        says when to call it again."""
         now = self.clock()
         if now >= self._next_expiry_check:
             self._expire(now)
             self._next_expiry_check = now + min(self.config.heartbeat_ms / 1000, 0.5)
         self.system.refresh(now)
-        return self.next_deadline()
 
     def next_deadline(self) -> float:
         """When :meth:`tick` is due next. Ask after :meth:`flush`: before it, a change
@@ -714,7 +714,8 @@ class BrokerCore:
     def _write(self, prop: Property, value: Any, at: Timestamp | None = None) -> None:
         """Store a checked value at time ``at`` (now by default: the items of one
         set_many share one timestamp, like one atomic write)."""
-        self.store.write(prop, value, at or Timestamp.from_unix_nano(self.wallclock()))
+        self.store.write(prop, value,
+                         Timestamp.from_unix_nano(self.wallclock()) if at is None else at)
         if prop.meta.persist and self.persistence is not None:
             self._persist(prop)
         self._changed(prop)

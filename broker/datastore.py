@@ -120,7 +120,7 @@ class Datastore:
     def matching(self, pattern: str) -> list[Property]:
         """The properties whose names match ``pattern`` (checked by the caller): a
         subscribe to ``clock/#`` among a million properties reads clock's only."""
-        first = pattern.split("/", 1)[0]
+        first = namespace(pattern)
         if first in ("+", "#"):
             candidates: Any = self.by_name.values()
         else:

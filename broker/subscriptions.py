@@ -101,13 +101,28 @@ def approx_size(value: Any) -> int:
 
 class Written:
     """One write as every subscriber under policy ``all`` queues it: the item array and
-    its size are made once per write, however many subscribers there are."""
+    its size are made once per write, however many subscribers there are, and not at
+    all when none keeps every change (``latest`` builds its items when it flushes)."""
 
-    __slots__ = ("item", "size")
+    __slots__ = ("_item", "_prop", "_size")
 
     def __init__(self, prop: Property) -> None:
-        self.item: Item = [prop.handle, prop.value, prop.revision, prop.changed_at]
-        self.size = approx_size(prop.value) + _ITEM_OVERHEAD
+        self._prop = prop
+        self._item: Item | None = None
+        self._size = -1
+
+    @property
+    def item(self) -> Item:
+        if self._item is None:
+            prop = self._prop
+            self._item = [prop.handle, prop.value, prop.revision, prop.changed_at]
+        return self._item
+
+    @property
+    def size(self) -> int:
+        if self._size < 0:
+            self._size = approx_size(self._prop.value) + _ITEM_OVERHEAD
+        return self._size
 
 
 def _batches(items: list[Item], sizes: list[int],
