@@ -35,8 +35,13 @@ def compiled_extensions() -> list[Any]:
         print("plugboard: mypy is not installed; the broker runs as pure Python",
               file=sys.stderr)
         return []
-    extensions = mypycify([f".typecheck/plugboard/{path}" for path in HOT_MODULES],
-                          opt_level="3", group_name="plugboard.protocol.compiled")
+    try:
+        extensions = mypycify([f".typecheck/plugboard/{path}" for path in HOT_MODULES],
+                              opt_level="3", group_name="plugboard.protocol.compiled")
+    except (SystemExit, Exception) as error:  # mypyc exits when its type check fails
+        print(f"plugboard: mypyc could not compile the hot modules ({error!r}); the broker "
+              "runs as pure Python", file=sys.stderr)
+        return []
     for extension in extensions:
         extension.optional = True  # no C compiler: the pure-Python modules are used
     return list(extensions)
