@@ -1,10 +1,10 @@
 """The broker's sans-IO core: sessions, datastore, subscriptions and ACL, with no I/O.
 
 The socket loop hands it frames with :meth:`BrokerCore.receive`, then takes the
-frames to send with :meth:`BrokerCore.flush` (replies first, then one notification
-batch per subscription with pending changes) and calls :meth:`BrokerCore.tick` when
-:meth:`BrokerCore.next_deadline` (asked after the flush) has passed. Time comes from injected clocks, so tests drive
-the core with no socket and a fake clock.
+frames to send with :meth:`BrokerCore.flush` (one notification batch per subscription
+with pending changes, and the replies) and calls :meth:`BrokerCore.tick` when
+:meth:`BrokerCore.next_deadline` (asked after the flush) has passed. Time comes from
+injected clocks, so tests drive the core with no socket and a fake clock.
 """
 
 from __future__ import annotations
@@ -206,11 +206,12 @@ class BrokerCore:
         return self._drops_of_ended + sum(s.budget.dropped for s in self.sessions.values())
 
     def flush(self) -> list[tuple[bytes, bytes]]:
-        """Frames to send now: backlogs first, then replies and one batch per
-        subscription with news. A peer whose backlog is over a quarter of its budget
-        gets no new batch until ZeroMQ took it: its changes wait in its subscriptions,
-        bounded by their policy. (A smaller backlog is a busy peer, not a stalled one:
-        its batches keep flowing behind it.)"""
+        """Frames to send now: backlogs first, then one batch per subscription with
+        news, then the replies (each peer's own frames in order: :func:`_news_first`).
+        A peer whose backlog is over a quarter of its budget gets no new batch until
+        ZeroMQ took it: its changes wait in its subscriptions, bounded by their policy.
+        (A smaller backlog is a busy peer, not a stalled one: its batches keep flowing
+        behind it.)"""
         retry: list[tuple[bytes, bytes]] = []
         held: dict[bytes, None] = {}
         if self._congested:
@@ -224,6 +225,7 @@ class BrokerCore:
                     retry.append((session.peer, frame))
             self._congested = {}
         self._offered, self._refused = len(retry), 0
+        out, self._outbox = self._outbox, []
         if self._dirty:
             now = self.clock()
             for sub in list(self._dirty):
@@ -234,7 +236,9 @@ class BrokerCore:
                     del self._dirty[sub]
                     for batch in batches:
                         self._notify(sub.peer, "changes", batch.to_params())
-        out, self._outbox = self._outbox, []
+            if self._outbox:
+                out = _news_first(out, self._outbox)
+                self._outbox = []
         if retry:
             out = retry + out
         self.messages_out += len(out)
@@ -958,6 +962,19 @@ class BrokerCore:
             raise ProtocolError("not_found", f"no listen {lid} in this session")
         self.listeners.remove(pattern, (session, lid))
         return {}
+
+
+def _news_first(replies: list[tuple[bytes, bytes]], news: list[tuple[bytes, bytes]]
+                ) -> list[tuple[bytes, bytes]]:
+    """This turn's change batches ahead of the replies to other peers: a subscriber's
+    notification does not wait behind the writer's reply (on a busy host the writer
+    waking for it competes with the subscriber waking). Each peer's own frames keep
+    their order, so a subscriber's replies still precede its changes."""
+    subscribers = {peer for peer, _ in news}
+    first = [frame for frame in replies if frame[0] in subscribers]
+    if len(first) == len(replies):
+        return replies + news
+    return first + news + [frame for frame in replies if frame[0] not in subscribers]
 
 
 def _allows(allowed: tuple[str, ...], session: Session) -> bool:

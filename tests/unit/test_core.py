@@ -6,7 +6,14 @@ import pytest
 
 from plugboard.broker.subscriptions import BATCH_BYTES
 from plugboard.protocol import Duration, RemoteError, Timestamp
-from plugboard.protocol.codec import Notification, Request, Response, encode, encode_value
+from plugboard.protocol.codec import (
+    Notification,
+    Request,
+    Response,
+    decode,
+    encode,
+    encode_value,
+)
 
 from .harness import REMOVED, Harness
 
@@ -203,6 +210,19 @@ def test_batches_carry_sequence_numbers_and_names_once(h: Harness) -> None:
     first, second = h.notes(C)
     assert (first["sub"], first["seq"], second["seq"]) == (sub, 1, 2)
     assert len(first["items"][0]) == 5 and len(second["items"][0]) == 4
+
+
+def test_changes_go_out_ahead_of_other_peers_replies_but_after_their_own(
+        h: Harness) -> None:
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    h.call(C, "subscribe", pattern="p/a", current=False)
+    h.core.receive(P, [encode_request("set", target="p/a", value=1)])
+    h.core.receive(C, [encode_request("get", target="p/a")])
+    h.core.tick()
+    order = [(peer, decode(frame)) for peer, frame in h.core.flush()]
+    kinds = [(peer, type(message).__name__) for peer, message in order]
+    # C's reply precedes C's changes (its own order); P's reply waits behind both.
+    assert kinds == [(C, "Response"), (C, "Notification"), (P, "Response")]
 
 
 def test_latest_coalesces_within_a_turn_and_reports_it(h: Harness) -> None:
