@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # Plain ints: pyzmq's flags are enum members, and every | and & on them builds a new
 # member in Python, which the per-message path would pay several times.
 _POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
@@ -107,6 +109,8 @@ class BrokerServer:
         self._stop = asyncio.Event()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._listeners: list[_Listener] = []
+        self._socks: dict[int, zmq.Socket[bytes]] = {}
+        """Each listener's socket by the index byte its peers' ids begin with."""
         self.zap: zmq.Socket[bytes] | None = None
         """The ZAP handler's socket (CURVE only); closing it refuses every new tcp peer."""
         self._timer: asyncio.TimerHandle | None = None
@@ -178,6 +182,7 @@ class BrokerServer:
                     continue
                 listener = _Listener(index, self._router(secure))
                 self._listeners.append(listener)
+                self._socks[index] = listener.sock
                 for endpoint in endpoints:
                     listener.sock.bind(check_endpoint(endpoint))
                     self.endpoints.append(listener.sock.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -263,13 +268,20 @@ class BrokerServer:
             return
         core = self.core
         gone = self._disconnected()
+        known = self._fd_of
         for listener in self._listeners:
             sock, prefix = listener.sock, listener.prefix
             for _ in range(self.config.receive_batch):
-                if not int(sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+                if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
                     break
                 peer = prefix + sock.recv(_NOBLOCK)
-                core.receive(peer, self._rest_of_message(listener, peer, gone))
+                if peer in known:  # the frame after the routing id (a second one is an error)
+                    frames = [sock.recv(_NOBLOCK)]
+                    while sock.getsockopt(_RCVMORE):
+                        frames.append(sock.recv(_NOBLOCK))
+                else:
+                    frames = self._first_message(listener, peer, gone)
+                core.receive(peer, frames)
         for peer in gone:
             core.peer_gone(peer, "connection closed")
         core.tick()
@@ -279,12 +291,13 @@ class BrokerServer:
         self._arm_timer(min(core.next_deadline(), core.retry_deadline()))
         if core.shutting_down and core.shutdown_complete:
             self._plugins_gone.set()
-        if not self._pump_scheduled and any(
-                int(listener.sock.getsockopt(zmq.EVENTS)) & _POLLIN
-                for listener in self._listeners):
-            # More is waiting: yield to the loop first so other tasks are not starved.
-            self._pump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump)
+        if not self._pump_scheduled:
+            for listener in self._listeners:
+                if int(listener.sock.getsockopt(_EVENTS)) & _POLLIN:
+                    # More is waiting: yield to the loop first so other tasks run too.
+                    self._pump_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._pump)
+                    break
 
     def _monitor_signalled(self, listener: _Listener) -> None:
         listener.monitor_due = True
@@ -314,16 +327,14 @@ class BrokerServer:
                     self._fd_of.pop(peer, None)
                     gone.append(peer)
 
-    def _rest_of_message(self, listener: _Listener, peer: bytes, gone: list[bytes]
-                         ) -> list[bytes]:
-        """The frames after the routing id; learns a new peer's connection descriptor
+    def _first_message(self, listener: _Listener, peer: bytes, gone: list[bytes]
+                       ) -> list[bytes]:
+        """The frames after a new peer's routing id; learns its connection descriptor
         (after the disconnects that may have freed it)."""
         sock = listener.sock
-        if peer in self._fd_of:
-            return sock.recv_multipart()  # the rest of this message
         self._drain_monitor(listener, gone)
         frames: list[bytes] = []
-        if sock.getsockopt(zmq.RCVMORE):
+        if sock.getsockopt(_RCVMORE):
             first = sock.recv(copy=False)
             fd = int(first.get(zmq.SRCFD))
             if fd >= 0:  # inproc has no descriptor
@@ -338,7 +349,7 @@ class BrokerServer:
             if key:  # the ZAP handler named the connection by its CURVE key
                 self.core.identify(peer, str(key))
             frames.append(first.bytes)
-        while sock.getsockopt(zmq.RCVMORE):
+        while sock.getsockopt(_RCVMORE):
             frames.append(sock.recv())
         return frames
 
@@ -361,7 +372,7 @@ class BrokerServer:
 
     def _send(self, frames: list[tuple[bytes, bytes]]) -> None:
         core = self.core
-        socks = {listener.prefix[0]: listener.sock for listener in self._listeners}
+        socks = self._socks
         while frames:
             gone: set[bytes] = set()
             stuck: dict[bytes, list[bytes]] = {}

@@ -5,8 +5,8 @@ is the socket-free :class:`~plugboard.protocol.connection.ClientConnection`; thi
 module only moves its frames and waits. The socket is a plain zmq socket whose
 descriptor the event loop watches; frames are received with NOBLOCK in a callback, so
 no receive is ever awaited or cancelled (a cancelled receive can lose a message,
-pyzmq #1925). Replies are matched through a msgid→Future map, cleaned up when each
-future completes.
+pyzmq #1925). Replies are matched through a msgid→request map; one timer, armed at
+the earliest deadline, times out all requests in flight.
 
 If the broker goes away (pings unanswered, a ``shutdown`` notice, ``hello_required``)
 the client reconnects with a fresh socket, says ``hello`` again, re-declares what it
@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import heapq
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import zmq
@@ -68,9 +71,17 @@ ReconnectCallback = Callable[[Reconnected], Any]
 __all__ = ["Client", "endpoint_from_env"]
 
 
-def _expire(future: asyncio.Future[Any], method: str, wait: float) -> None:
-    if not future.done():
-        future.set_exception(RequestTimeout(f"{method}: no reply within {wait:g} s"))
+@dataclass(slots=True)
+class _Pending:
+    """A request sent and not answered yet."""
+
+    future: asyncio.Future[Any]
+    method: str
+    wait: float
+    """Its timeout, in seconds."""
+    then: Callable[[Any], Any] | None
+    """Runs in the reader as the reply arrives, before any later frame is handled;
+    what it returns is the request's result."""
 
 
 async def _acknowledge(params: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +119,12 @@ class Client(SessionState):
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._read_scheduled = False
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._on_result: dict[int, Callable[[Any], None]] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._deadlines: list[tuple[float, int, _Pending]] = []
+        """A heap of (deadline, msgid) of the requests sent: one timer for all of them,
+        armed at the earliest, instead of a timer and a callback per request."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._pinger: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         # A bare Client in the plugin role is ready at once; Plugin installs its own.
@@ -195,9 +210,13 @@ class Client(SessionState):
             self._sock = None
         self._conn.reset()
         pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(reason)
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        for request in pending.values():
+            if not request.future.done():
+                request.future.set_exception(reason)
 
     async def _open_and_hello(self) -> None:
         """New socket, hello."""
@@ -239,9 +258,9 @@ class Client(SessionState):
             if not reasons:
                 return
             failed.extend(reasons)
-            for future in list(self._pending.values()):
-                if not future.done():
-                    future.set_exception(ConnectionFailed(failed[-1]))
+            for request in list(self._pending.values()):
+                if not request.future.done():
+                    request.future.set_exception(ConnectionFailed(failed[-1]))
             if self.session is not None:  # a live session: the broker revoked us
                 self._connection_lost(f"CURVE handshake failed: {failed[-1]}")
 
@@ -252,22 +271,19 @@ class Client(SessionState):
     # -- requests -----------------------------------------------------------------------
 
     async def request(self, method: str, params: Mapping[str, Any] | None = None, *,
-                      timeout: float | None = None,
-                      on_result: Callable[[Any], None] | None = None) -> Any:
-        """Send one request and wait for its reply; raises RemoteError subclasses.
-
-        ``on_result`` runs in the reader as the reply arrives, before any later frame
-        is handled: subscribe uses it so the snapshot that follows finds its route.
-        """
-        return await self._start(method, params, timeout=timeout, on_result=on_result)
+                      timeout: float | None = None) -> Any:
+        """Send one request and wait for its reply; raises RemoteError subclasses."""
+        return await self._start(method, params, timeout=timeout)
 
     def _start(self, method: str, params: Mapping[str, Any] | None = None, *,
                timeout: float | None = None,
-               on_result: Callable[[Any], None] | None = None) -> asyncio.Future[Any]:
-        """Send a request now and return the future of its reply.
+               then: Callable[[Any], Any] | None = None) -> asyncio.Future[Any]:
+        """Send a request now and return the future of its reply (of ``then(reply)``
+        if given: it runs in the reader before any later frame is handled, so a
+        subscription's route is in place for the snapshot that follows the reply).
 
-        No coroutine and no task per request: many can be in flight cheaply. The
-        timeout is a timer, not wait_for (which costs a task per request).
+        No coroutine, task, timer or callback per request: many can be in flight
+        cheaply; one timer watches all their deadlines (_expire_due).
         """
         if self._sock is None:
             return self._failed(ConnectionFailed("not connected to the broker"))
@@ -275,7 +291,7 @@ class Client(SessionState):
             msgid, frame = self._conn.request(method, params)
         except ProtocolError as exc:  # too large: the broker would drop the connection
             return self._failed(exc)
-        return self._sent(msgid, frame, method, timeout, on_result)
+        return self._sent(msgid, frame, method, timeout, then)
 
     def _failed(self, exc: Exception) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -283,7 +299,7 @@ class Client(SessionState):
         return future
 
     def _sent(self, msgid: int, frame: bytes, method: str, timeout: float | None,
-              on_result: Callable[[Any], None] | None) -> asyncio.Future[Any]:
+              then: Callable[[Any], Any] | None) -> asyncio.Future[Any]:
         """Send a request frame and return the future of its reply."""
         try:
             self._send(frame)
@@ -291,39 +307,47 @@ class Client(SessionState):
             self._conn.forget(msgid)
             return self._failed(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending[msgid] = future
-        if on_result is not None:
-            self._on_result[msgid] = on_result
         wait = self.timeout if timeout is None else timeout
-        timer = loop.call_later(wait, _expire, future, method, wait)
-        future.add_done_callback(lambda done: self._finished(msgid, method, timer, done))
-        return future
+        request = _Pending(loop.create_future(), method, wait, then)
+        self._pending[msgid] = request
+        deadline = loop.time() + wait
+        heapq.heappush(self._deadlines, (deadline, msgid, request))
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._expire_due)
+        return request.future
 
-    def _finished(self, msgid: int, method: str, timer: asyncio.TimerHandle,
-                  future: asyncio.Future[Any]) -> None:
-        timer.cancel()
-        self._pending.pop(msgid, None)
-        self._on_result.pop(msgid, None)
-        self._conn.forget(msgid)
+    def _answered(self, msgid: int) -> _Pending | None:
+        """Take request ``msgid`` off the books; None if it is not waited for (it timed
+        out, or its future was cancelled)."""
+        request = self._pending.pop(msgid, None)
+        deadlines = self._deadlines
+        # Replies come mostly in order: drop answered heads so the heap stays small.
+        while deadlines and self._pending.get(deadlines[0][1]) is not deadlines[0][2]:
+            heapq.heappop(deadlines)
+        if request is None or request.future.done():
+            return None
+        return request
 
-    def _then(self, future: asyncio.Future[Any], transform: Callable[[Any], T]
-              ) -> asyncio.Future[T]:
-        """A future of ``transform(result)``, chained without a task."""
-        out: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-        def done(source: asyncio.Future[Any]) -> None:
-            if out.done():
-                return
-            if source.cancelled():
-                out.cancel()
-            elif (exc := source.exception()) is not None:
-                out.set_exception(exc)
-            else:
-                out.set_result(transform(source.result()))
-
-        future.add_done_callback(done)
-        return out
+    def _expire_due(self) -> None:
+        """The timer: fail the requests past their deadline, re-arm for the next."""
+        loop = asyncio.get_running_loop()
+        self._timer, self._timer_at = None, math.inf
+        now, deadlines, pending = loop.time(), self._deadlines, self._pending
+        while deadlines and (deadlines[0][0] <= now
+                             or pending.get(deadlines[0][1]) is not deadlines[0][2]):
+            _, msgid, request = heapq.heappop(deadlines)
+            if pending.get(msgid) is request:
+                del pending[msgid]
+                self._conn.forget(msgid)
+                if not request.future.done():
+                    request.future.set_exception(RequestTimeout(
+                        f"{request.method}: no reply within {request.wait:g} s"))
+        if deadlines:
+            self._timer_at = deadlines[0][0]
+            self._timer = loop.call_at(self._timer_at, self._expire_due)
 
     # The socket is a plain zmq socket whose file descriptor the event loop watches.
     # ZeroMQ's descriptor is edge-triggered and a send can consume the edge, so after
@@ -365,16 +389,19 @@ class Client(SessionState):
             if sub is not None:
                 sub._put_many(events_of(event))
         elif type(event) is Reply:
-            future = self._pending.get(event.msgid)
-            if future is not None and not future.done():
-                on_result = self._on_result.pop(event.msgid, None)
-                if on_result is not None:
-                    on_result(event.result)
-                future.set_result(event.result)
+            request = self._answered(event.msgid)
+            if request is not None:
+                if request.then is None:
+                    request.future.set_result(event.result)
+                else:
+                    try:
+                        request.future.set_result(request.then(event.result))
+                    except Exception as exc:  # a reply of the wrong shape
+                        request.future.set_exception(exc)
         elif type(event) is Failure:
-            future = self._pending.get(event.msgid)
-            if future is not None and not future.done():
-                future.set_exception(event.error)
+            request = self._answered(event.msgid)
+            if request is not None:
+                request.future.set_exception(event.error)
             if event.session_lost:
                 self._connection_lost("the broker no longer knows this session")
         elif type(event) is Notified:
@@ -579,7 +606,7 @@ class Client(SessionState):
             self._conn.wrote(target, value)
             return int(result["revision"])
 
-        return self._then(self._start("set", {"target": target, "value": value}), written)
+        return self._start("set", {"target": target, "value": value}, then=written)
 
     def set_nowait(self, target: str | int, value: Any) -> None:
         """Write without waiting for (or getting) a reply: one frame, the broker's
@@ -621,7 +648,7 @@ class Client(SessionState):
                 self._conn.wrote(target, value)
             return list(result["revisions"])
 
-        return self._then(self._start("set_many", params), written)
+        return self._start("set_many", params, then=written)
 
     async def subscribe(
         self, pattern: str, *, current: bool = True, policy: str = "latest",
@@ -636,11 +663,12 @@ class Client(SessionState):
         return sub
 
     async def _do_subscribe(self, sub: Subscription) -> None:
-        def route(result: Any) -> None:
+        def route(result: Any) -> Any:
             sub.sid = result["sub"]
             self._subs[result["sub"]] = sub
+            return result
 
-        await self.request("subscribe", {"pattern": sub.pattern, **sub.options}, on_result=route)
+        await self._start("subscribe", {"pattern": sub.pattern, **sub.options}, then=route)
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         if sub in self._all_subs:
@@ -677,11 +705,12 @@ class Client(SessionState):
         return listener
 
     async def _do_listen(self, listener: Listener) -> None:
-        def route(result: Any) -> None:
+        def route(result: Any) -> Any:
             listener.lid = result["listen"]
             self._listeners[listener.lid] = listener
+            return result
 
-        await self.request("listen", {"pattern": listener.pattern}, on_result=route)
+        await self._start("listen", {"pattern": listener.pattern}, then=route)
 
     async def _unlisten(self, listener: Listener) -> None:
         if listener in self._all_listeners:
