@@ -350,9 +350,9 @@ class Client(SessionState):
             self._timer = loop.call_at(self._timer_at, self._expire_due)
 
     # The socket is a plain zmq socket whose file descriptor the event loop watches.
-    # ZeroMQ's descriptor is edge-triggered and a send can consume the edge, so after
-    # every send and every drain the loop checks EVENTS again (_poke); this is the only
-    # place that reads EVENTS. Receives never await, so none can be cancelled midway.
+    # ZeroMQ's descriptor is edge-triggered and a send can consume the edge, so every
+    # send schedules a read pass (_poke); _on_readable is the only place that reads
+    # EVENTS. Receives never await, so none can be cancelled midway.
 
     def _send(self, frame: bytes) -> None:
         assert self._sock is not None
@@ -369,16 +369,25 @@ class Client(SessionState):
         sock = self._sock
         if sock is None:
             return
-        # Read while EVENTS says a frame waits: no failing receive (a raised zmq.Again
-        # costs more than the check), and EVENTS is read last before returning to the
-        # loop, which the edge-triggered descriptor needs.
-        for _ in range(1000):
-            if not int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
-                return
-            self._dispatch(sock.recv(NOBLOCK))
+        # As the broker reads (broker/server.py): the first frames while EVENTS says one
+        # waits, a burst until a receive fails. Either leaves the descriptor armed for
+        # the next frame; a send made meanwhile (which can consume its signal) has
+        # scheduled another pass (_send pokes).
+        for count in range(1000):
+            if count < 2:
+                if not int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
+                    break
+                frame = sock.recv(NOBLOCK)
+            else:
+                try:
+                    frame = sock.recv(NOBLOCK)
+                except zmq.Again:
+                    break
+            self._dispatch(frame)
             if self._sock is not sock:  # closed by what the frame triggered
                 return
-        self._poke()  # more waits: let other callbacks and tasks run first
+        else:
+            self._poke()  # more may wait: let other callbacks and tasks run first
 
     def _dispatch(self, frame: bytes) -> None:
         """Route what one frame means: a reply to its future, changes to their
