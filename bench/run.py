@@ -335,6 +335,18 @@ def scenario_hops() -> dict[str, Any]:
 FANOUT_WRITES = 5_000 if QUICK else 20_000
 
 
+def scenario_broker_pass() -> dict[str, Any]:
+    """Each piece of the broker's pass, paced and at full speed (bench/broker_pass.py)."""
+    from broker_pass import measure
+
+    def raw_pair(endpoint: str, mode: str, count: int) -> dict[str, Any]:
+        return pair("pbraw-sub", "pbraw-write", endpoint, mode, count)
+
+    figures = measure(raw_pair, LATENCY_N, THROUGHPUT_N)
+    print(f"broker pass: {figures}", flush=True)
+    return figures
+
+
 def scenario_compiled() -> dict[str, Any]:
     """The hot modules compiled by mypyc against the same modules as pure Python, in
     the same run: the core in-process, and the broker between raw protocol clients."""
@@ -830,7 +842,9 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
               f"20 Python plugins {start['20_plugins_s']:.2f} s.", "",
               "## 8. Persistence", "", "See [BENCHMARKS-persistence.md]"
               "(BENCHMARKS-persistence.md) (`bench/persistence.py`).", ""]
-    lines += hops_section(results.get("hops")) + compiled_section(results.get("compiled"))
+    lines += hops_section(results.get("hops")) + \
+        broker_pass_section(results.get("broker_pass")) + \
+        compiled_section(results.get("compiled"))
     lines += ["## Targets", ""] + targets(results) + remaining(results.get("hops"))
     prof = results["profile"]
     lines += ["", "## Where the broker's time goes", "",
@@ -965,11 +979,49 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     return lines + [""]
 
 
+PASS_PIECES = {
+    "read": "read: `EVENTS` and the receives (libzmq)",
+    "core_receive": "core receive: decode, session, checks, apply, reply queued",
+    "core_flush": "core flush: timers, the subscriber's batch built and encoded",
+    "send": "send: the frames handed to libzmq",
+    "after": "after: the next timer, `EVENTS` asked again",
+}
+
+
+def broker_pass_section(fig: dict[str, Any] | None) -> list[str]:
+    """Each piece of the broker's pass (bench/broker_pass.py)."""
+    if not fig:
+        return []
+    paced, busy = fig["paced"], fig["full_speed"]
+    lines = ["### Inside the broker's pass", "",
+             "The broker in the benchmark's own process with each piece of its socket "
+             "loop's pass timed (`bench/broker_pass.py`), raw protocol clients at both "
+             "ends. Paced: the median µs of a pass that handles one message after an idle "
+             f"millisecond ({fig['paced_passes']} passes). Full speed: µs per message "
+             "over all passes, writes that need no reply "
+             f"({fig['full_speed_messages_per_pass']:.0f} messages a pass on average).", "",
+             "| piece | paced, one message | full speed, per message |", "|---|---|---|"]
+    for key, label in PASS_PIECES.items():
+        lines.append(f"| {label} | {paced[key]:.1f} | {busy[key]:.2f} |")
+    lines.append(f"| the pass | {sum(paced.values()):.1f} | {sum(busy.values()):.2f} |")
+    core = paced["core_receive"] + paced["core_flush"]
+    zmq_calls = paced["read"] + paced["send"] + paced["after"]
+    lines += ["", f"Paced, the core (ours, compiled) takes {core:.0f} µs of the pass and "
+              f"the libzmq calls around it {zmq_calls:.0f} µs. Each libzmq call made "
+              "after an idle moment asks the kernel (a `poll` of the socket's mailbox, "
+              "`getpid`, an eventfd write to wake libzmq's I/O thread) and runs with cold "
+              "caches; the relay makes the same calls for its one message. The core's "
+              "work is the decode, checks, apply and encode that the relay does not do; "
+              "warm, in a tight loop, the same work is section 10's \"one set\"."]
+    return lines + [""]
+
+
 def compiled_section(fig: dict[str, Any] | None) -> list[str]:
     if not fig:
         return []
     rows = [("core in-process: set_many, µs per item", "set_many_us_per_item"),
             ("core in-process: one set, µs", "set_us"),
+            ("msgpack alone: a set_many item decoded and encoded, µs", "msgpack_us_per_item"),
             ("broker, raw clients: latency p50 µs", "latency"),
             ("broker, raw clients: single, µs per update", "single"),
             ("broker, raw clients: set_many of 100, µs per update", "batched")]
@@ -1056,6 +1108,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "latency": scenario_latency,
     "throughput": scenario_throughput,
     "hops": scenario_hops,
+    "broker_pass": scenario_broker_pass,
     "compiled": scenario_compiled,
     "fanout": scenario_fanout,
     "scale": scenario_snapshot_and_memory,
