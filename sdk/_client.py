@@ -323,30 +323,36 @@ class Client(SessionState):
         """Take request ``msgid`` off the books; None if it is not waited for (it timed
         out, or its future was cancelled)."""
         request = self._pending.pop(msgid, None)
-        deadlines = self._deadlines
-        # Replies come mostly in order: drop answered heads so the heap stays small.
-        while deadlines and self._pending.get(deadlines[0][1]) is not deadlines[0][2]:
-            heapq.heappop(deadlines)
+        self._drop_settled(-math.inf)
         if request is None or request.future.done():
             return None
         return request
 
-    def _expire_due(self) -> None:
-        """The timer: fail the requests past their deadline, re-arm for the next."""
-        loop = asyncio.get_running_loop()
-        self._timer, self._timer_at = None, math.inf
-        now, deadlines, pending = loop.time(), self._deadlines, self._pending
-        while deadlines and (deadlines[0][0] <= now
-                             or pending.get(deadlines[0][1]) is not deadlines[0][2]):
-            _, msgid, request = heapq.heappop(deadlines)
-            if pending.get(msgid) is request:
+    def _drop_settled(self, until: float) -> None:
+        """Pop the heap's head while it is due by ``until`` (failing it with
+        RequestTimeout) or no longer waited for (its reply came, its future was
+        cancelled or failed). Replies come mostly in order, so the heap stays small."""
+        deadlines, pending = self._deadlines, self._pending
+        while deadlines:
+            deadline, msgid, request = deadlines[0]
+            waited = pending.get(msgid) is request
+            if waited and deadline > until and not request.future.done():
+                return
+            heapq.heappop(deadlines)
+            if waited:
                 del pending[msgid]
                 self._conn.forget(msgid)
                 if not request.future.done():
                     request.future.set_exception(RequestTimeout(
                         f"{request.method}: no reply within {request.wait:g} s"))
-        if deadlines:
-            self._timer_at = deadlines[0][0]
+
+    def _expire_due(self) -> None:
+        """The timer: fail the requests past their deadline, re-arm for the next."""
+        loop = asyncio.get_running_loop()
+        self._timer, self._timer_at = None, math.inf
+        self._drop_settled(loop.time())
+        if self._deadlines:
+            self._timer_at = self._deadlines[0][0]
             self._timer = loop.call_at(self._timer_at, self._expire_due)
 
     # The socket is a plain zmq socket whose file descriptor the event loop watches.

@@ -136,6 +136,27 @@ async def test_every_request_times_out(processes: Processes, broker: BrokerProce
         assert await client.request("ping")
 
 
+async def test_cancelled_requests_are_forgotten(processes: Processes,
+                                                broker: BrokerProcess) -> None:
+    async with Client(broker.ipc, reconnect=False) as client:
+        broker.signal(signal.SIGSTOP)
+        try:
+            given_up = [asyncio.ensure_future(client.request("ping", timeout=30))
+                        for _ in range(100)]
+            await asyncio.sleep(0)
+            for future in given_up:
+                future.cancel()
+            # Cancelled requests ahead of it do not hold up another request's timeout.
+            async with asyncio.timeout(5):
+                with pytest.raises(RequestTimeout, match="ping: no reply within 0.3 s"):
+                    await client.request("ping", timeout=0.3)
+        finally:
+            broker.signal(signal.SIGCONT)
+        async with asyncio.timeout(10):
+            assert await client.request("ping")
+        assert not client._pending, "requests nobody waits for are still kept"
+
+
 async def test_publish_reaches_listeners_of_matching_topics(
     small_hwm_server: BrokerServer,
 ) -> None:
