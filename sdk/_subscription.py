@@ -63,8 +63,19 @@ class _Stream(Generic[T]):
 
     async def next(self, timeout: float | None = None) -> T:
         """The next item, waiting at most ``timeout`` seconds (RequestTimeout after)."""
+        await self._wait_at_most(timeout)
+        return self._queue.take_one()  # type: ignore[return-value]
+
+    async def _wait_at_most(self, timeout: float | None) -> None:
+        """:meth:`_wait` with a timeout. What is already here is taken without a timer,
+        and a wait costs a timer, not a task (as ``asyncio.wait_for`` would)."""
+        if self._queue:
+            if self._queue.ended:
+                raise StopAsyncIteration
+            return
         try:
-            return await asyncio.wait_for(self.__anext__(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wait()
         except TimeoutError:
             raise RequestTimeout(f"nothing on {self.pattern!r} within {timeout} s") from None
 
@@ -99,10 +110,7 @@ class Subscription(_Stream[Event]):
 
     async def next_batch(self, timeout: float | None = None) -> BatchEvent:
         """The next batch or event, waiting at most ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._wait(), timeout)
-        except TimeoutError:
-            raise RequestTimeout(f"nothing on {self.pattern!r} within {timeout} s") from None
+        await self._wait_at_most(timeout)
         return self._queue.take_batch()
 
     async def close(self) -> None:

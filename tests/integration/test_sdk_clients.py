@@ -16,6 +16,7 @@ from plugboard.sdk import (
     InvalidValue,
     Reconnected,
     Removed,
+    RequestTimeout,
     SyncClient,
     Synced,
 )
@@ -109,3 +110,27 @@ async def test_async_batches_and_per_item_view_share_one_queue(broker: BrokerPro
         whole = await asyncio.wait_for(anext(aiter(sub.batches())), 5)
         assert isinstance(whole, Batch)
         assert [(c.name, c.value) for c in whole] == [("abatch/a", 3), ("abatch/b", 4)]
+
+
+async def test_async_waits_time_out_and_end_with_the_subscription(
+        broker: BrokerProcess) -> None:
+    async with Client(broker.ipc, role="plugin", name="await") as plugin, \
+            Client(broker.ipc) as monitor:
+        await plugin.declare("await/x", "int", 0)
+        sub = await monitor.subscribe("await/#", current=False)
+        async with asyncio.timeout(5):
+            with pytest.raises(RequestTimeout, match="nothing on 'await/#' within 0.2 s"):
+                await sub.next_batch(0.2)
+            with pytest.raises(RequestTimeout):
+                await sub.next(0.2)
+        await plugin.set("await/x", 1)
+        change = await sub.next(5)
+        assert isinstance(change, Change) and change.value == 1
+        await plugin.set("await/x", 2)
+        await sub.close()  # what arrived before the close is still read, then the end
+        batch = await sub.next_batch(0)
+        assert isinstance(batch, Batch) and list(batch.values()) == [("await/x", 2)]
+        with pytest.raises(StopAsyncIteration):
+            await sub.next_batch(5)
+        with pytest.raises(StopAsyncIteration):
+            await sub.next(5)
