@@ -235,7 +235,7 @@ class BrokerCore:
                 if batches:
                     del self._dirty[sub]
                     for batch in batches:
-                        self._notify(sub.peer, "changes", batch.to_params())
+                        self._outbox.append((sub.peer, batch.frame()))
             if self._outbox:
                 out = _news_first(out, self._outbox)
                 self._outbox = []

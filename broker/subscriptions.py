@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from plugboard.protocol.changes import ChangesBatch, Item
+from plugboard.protocol.codec import encode_value
 from plugboard.protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
 from plugboard.protocol.values import Duration, Timestamp
 
@@ -100,15 +101,17 @@ def approx_size(value: Any) -> int:
 
 
 class Written:
-    """One write as every subscriber under policy ``all`` queues it: the item array and
-    its size are made once per write, however many subscribers there are, and not at
-    all when none keeps every change (``latest`` builds its items when it flushes)."""
+    """One write as every subscriber under policy ``all`` queues it: the item array, its
+    encoding and its size are made once per write, however many subscribers there are,
+    and not at all when none keeps every change (``latest`` builds its items when it
+    flushes)."""
 
-    __slots__ = ("_item", "_prop", "_size")
+    __slots__ = ("_item", "_packed", "_prop", "_size")
 
     def __init__(self, prop: Property) -> None:
         self._prop = prop
         self._item: Item | None = None
+        self._packed: bytes | None = None
         self._size = -1
 
     @property
@@ -119,26 +122,33 @@ class Written:
         return self._item
 
     @property
+    def packed(self) -> bytes:
+        """The item encoded, spliced into each subscriber's batch (ChangesBatch.frame)."""
+        if self._packed is None:
+            self._packed = encode_value(self.item)
+        return self._packed
+
+    @property
     def size(self) -> int:
         if self._size < 0:
             self._size = approx_size(self._prop.value) + _ITEM_OVERHEAD
         return self._size
 
 
-def _batches(items: list[Item], sizes: list[int],
-             max_items: int = BATCH_ITEMS) -> list[list[Item]]:
-    """Items cut into batches of at most ``max_items`` and about BATCH_BYTES each."""
-    if len(items) <= 1:
-        return [items]
-    batches: list[list[Item]] = []
+def _cuts(sizes: list[int], max_items: int = BATCH_ITEMS) -> list[tuple[int, int]]:
+    """Where items of these sizes are cut into batches of at most ``max_items`` and
+    about BATCH_BYTES each: (start, end) of each batch."""
+    if len(sizes) <= 1:
+        return [(0, len(sizes))]
+    cuts: list[tuple[int, int]] = []
     start = total = 0
     for index, size in enumerate(sizes):
         if index > start and (index - start >= max_items or total + size > BATCH_BYTES):
-            batches.append(items[start:index])
+            cuts.append((start, index))
             start, total = index, 0
         total += size
-    batches.append(items[start:])
-    return batches
+    cuts.append((start, len(sizes)))
+    return cuts
 
 
 def _numeric(value: Any) -> float | None:
@@ -155,6 +165,7 @@ class Subscription:
     __slots__ = (
         "_all",
         "_all_bytes",
+        "_all_packed",
         "_all_sizes",
         "budget",
         "_last_value",
@@ -191,6 +202,8 @@ class Subscription:
         self.seq = 0
         self._latest: dict[Property, None] = {}
         self._all: list[Item] = []
+        self._all_packed: list[bytes | None] = []
+        """Each queued item's shared encoding; None for one that carries the name."""
         self._all_sizes: list[int] = []
         self._all_bytes = 0
         self.budget = budget or QueueBudget(2**62)
@@ -206,7 +219,7 @@ class Subscription:
     def discard(self) -> None:
         """Give back what the queue holds of the budget (the subscription is dropped)."""
         self.budget.used -= self._all_bytes
-        self._all, self._all_sizes, self._all_bytes = [], [], 0
+        self._all, self._all_packed, self._all_sizes, self._all_bytes = [], [], [], 0
 
     @property
     def pending(self) -> bool:
@@ -244,9 +257,11 @@ class Subscription:
             if len(self._all) < self.queue_limit and self.budget.fits_change(size):
                 if prop.handle in self._named:
                     self._all.append(written.item)
+                    self._all_packed.append(written.packed)
                 else:
                     self._named.add(prop.handle)
                     self._all.append([*written.item, prop.name])
+                    self._all_packed.append(None)
                 self._all_sizes.append(size)
                 self._all_bytes += size
                 self.budget.used += size
@@ -270,9 +285,9 @@ class Subscription:
             items.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
             sizes.append(approx_size(prop.value) + _ITEM_OVERHEAD)
         batches = []
-        for chunk in _batches(items, sizes, SNAPSHOT_CHUNK):
+        for start, end in _cuts(sizes, SNAPSHOT_CHUNK):
             self.seq += 1
-            batches.append(ChangesBatch(self.sid, self.seq, chunk, snapshot=True))
+            batches.append(ChangesBatch(self.sid, self.seq, items[start:end], snapshot=True))
         batches[-1].synced = True
         return batches
 
@@ -280,19 +295,22 @@ class Subscription:
         """The pending changes in batches; empties the queue."""
         if now < self.due_at:
             return []
+        packed: list[bytes | None] | None = None
         if self.policy == POLICY_LATEST:
             items = [self._item(p, p.value, p.revision, p.changed_at) for p in self._latest]
             sizes = [approx_size(item[1]) + _ITEM_OVERHEAD for item in items]
             self._latest.clear()
         else:
             items, self._all = self._all, []
+            packed, self._all_packed = self._all_packed, []
             sizes, self._all_sizes = self._all_sizes, []
             self.budget.used -= self._all_bytes
             self._all_bytes = 0
         batches = []
-        for chunk in _batches(items, sizes):
+        for start, end in _cuts(sizes):
             self.seq += 1
-            batches.append(ChangesBatch(self.sid, self.seq, chunk))
+            batches.append(ChangesBatch(self.sid, self.seq, items[start:end],
+                                        packed=None if packed is None else packed[start:end]))
         last = batches[-1]
         last.removed, self._removed = self._removed, []
         last.gap, self.gap = self.gap, 0

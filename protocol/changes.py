@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .codec import Notification, encode, encode_value
 from .errors import ProtocolError
 
 __all__ = ["HANDLE", "NAME", "REVISION", "TIMESTAMP", "VALUE", "ChangesBatch", "Item"]
@@ -43,6 +44,28 @@ class ChangesBatch:
     """Changes dropped at the subscription's queue limit (policy ``all``)."""
     coalesced: int = 0
     """Changes replaced by a later one before they were sent (policy ``latest``)."""
+    packed: list[bytes | None] | None = None
+    """Beside ``items``, each item already encoded (None: encode it here): a write's
+    item is encoded once and the bytes shared by every subscriber's batch. Not on the
+    wire as such: :meth:`frame` splices them in."""
+
+    def frame(self) -> bytes:
+        """The notification as one msgpack frame, the same bytes as encoding
+        ``[2, "changes", to_params()]``, with already encoded items copied, not encoded
+        again."""
+        packed = self.packed
+        if packed is None:
+            return encode(Notification("changes", self.to_params()))
+        rest = self.to_params()
+        parts = [_CHANGES_HEAD, _map_header(len(rest)), _SUB, encode_value(self.sub),
+                 _SEQ, encode_value(self.seq), _ITEMS, _array_header(len(self.items))]
+        for item, done in zip(self.items, packed, strict=True):
+            parts.append(encode_value(item) if done is None else done)
+        del rest["sub"], rest["seq"], rest["items"]
+        for key, value in rest.items():
+            parts.append(encode_value(key))
+            parts.append(encode_value(value))
+        return b"".join(parts)
 
     def to_params(self) -> dict[str, Any]:
         """The notification's params: optional keys only when they say something."""
@@ -86,3 +109,20 @@ class ChangesBatch:
         return cls(sub, seq, items, bool(params.get("snapshot")), bool(params.get("synced")),
                    removed, gap, coalesced)
 
+
+_CHANGES_HEAD = b"\x93" + encode_value(2) + encode_value("changes")
+_SUB, _SEQ, _ITEMS = encode_value("sub"), encode_value("seq"), encode_value("items")
+
+
+def _map_header(size: int) -> bytes:
+    """msgpack's map header (a batch's params have at most eight keys: fixmap)."""
+    return bytes([0x80 | size])
+
+
+def _array_header(size: int) -> bytes:
+    """msgpack's array header for ``size`` elements."""
+    if size < 16:
+        return bytes([0x90 | size])
+    if size < 0x10000:
+        return b"\xdc" + size.to_bytes(2, "big")
+    return b"\xdd" + size.to_bytes(4, "big")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugboard.protocol import Notification, Response, encode
+from plugboard.protocol import Notification, Response, encode, encode_value
 from plugboard.protocol.changes import ChangesBatch
 from plugboard.protocol.connection import (
     Changes,
@@ -87,6 +87,19 @@ def test_the_batch_shape_round_trips() -> None:
     batch = ChangesBatch(3, 9, [[1, "v", 2, T]], synced=True, removed=[[4, "a/z"]], gap=2)
     assert ChangesBatch.from_params(batch.to_params()) == batch
     assert "coalesced" not in batch.to_params() and "snapshot" not in batch.to_params()
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 1000, 70_000])
+def test_a_frame_with_shared_items_is_the_plain_encoding(count: int) -> None:
+    items = [[h, f"v{h}" * (h % 3), h + 1, T] + ([f"a/{h}"] if h % 7 == 0 else [])
+             for h in range(count)]
+    packed = [None if len(item) == 5 else encode_value(item) for item in items]
+    batch = ChangesBatch(3, 9, items, synced=True, removed=[[4, "a/z"]], coalesced=5,
+                         packed=packed)
+    plain = encode(Notification("changes", batch.to_params()))
+    assert batch.frame() == plain
+    batch.packed = None
+    assert batch.frame() == plain
 
 
 def test_shutdown_ends_the_session_and_other_notifications_pass_through() -> None:
