@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from plugboard.protocol.changes import ChangesBatch, Item
+from plugboard.protocol.changes import HANDLE, NAME, ChangesBatch, Item
 from plugboard.protocol.codec import encode_value
 from plugboard.protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
 from plugboard.protocol.values import Duration, Timestamp
@@ -291,6 +291,17 @@ class Subscription:
         batches[-1].synced = True
         return batches
 
+    def _batches(self, items: list[Item], packed: list[bytes | None] | None,
+                 sizes: list[int], first: int, end: int) -> list[ChangesBatch]:
+        """Items ``first``..``end`` in numbered batches (one, empty, if there are none)."""
+        batches = []
+        for start, stop in _cuts(sizes[first:end]):
+            start, stop = start + first, stop + first
+            self.seq += 1
+            batches.append(ChangesBatch(self.sid, self.seq, items[start:stop],
+                                        packed=None if packed is None else packed[start:stop]))
+        return batches
+
     def take(self, now: float) -> list[ChangesBatch]:
         """The pending changes in batches; empties the queue."""
         if now < self.due_at:
@@ -306,15 +317,23 @@ class Subscription:
             sizes, self._all_sizes = self._all_sizes, []
             self.budget.used -= self._all_bytes
             self._all_bytes = 0
-        batches = []
-        for start, end in _cuts(sizes):
-            self.seq += 1
-            batches.append(ChangesBatch(self.sid, self.seq, items[start:end],
-                                        packed=None if packed is None else packed[start:end]))
+        # A property removed and declared again under its name (a new handle) since the
+        # last batch: the removal goes out before the new handle's items, in a batch of
+        # its own (removals in a batch come after its items).
+        again = len(items)
+        if self._removed:
+            names = {name for _handle, name in self._removed}
+            handles = {handle for handle, _name in self._removed}
+            again = next((index for index, item in enumerate(items)
+                          if len(item) > NAME and item[NAME] in names
+                          and item[HANDLE] not in handles), len(items))
+        batches = self._batches(items, packed, sizes, 0, again)
         last = batches[-1]
         last.removed, self._removed = self._removed, []
         last.gap, self.gap = self.gap, 0
         last.coalesced, self.coalesced = self.coalesced, 0
+        if again < len(items):
+            batches += self._batches(items, packed, sizes, again, len(items))
         if self.min_interval:
             self.due_at = now + self.min_interval
         return batches

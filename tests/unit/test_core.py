@@ -202,6 +202,21 @@ def test_snapshot_then_live_changes_then_removal(h: Harness) -> None:
     assert error_of(h, C, "get", target="p/a").code == "not_found"
 
 
+@pytest.mark.parametrize("policy", ["latest", "all"])
+def test_a_property_declared_again_comes_after_its_removal(policy: str) -> None:
+    h = Harness()
+    h.plugin(P, "p")
+    h.client(C)
+    h.call(C, "subscribe", pattern="p/#", current=False, policy=policy, min_interval_ms=100)
+    h.call(P, "declare", name="p/a", type="int", value=1)
+    h.call(P, "bye")  # p/a goes, and comes back under a new handle in the same interval
+    h.plugin(P, "p")
+    h.call(P, "declare", name="p/a", type="int", value=2)
+    h.clock.advance(0.2)
+    h.pump()
+    assert h.changes(C) == [("p/a", 1), ("p/a", REMOVED), ("p/a", 2)]
+
+
 def test_batches_carry_sequence_numbers_and_names_once(h: Harness) -> None:
     h.call(P, "declare", name="p/a", type="int", value=0)
     sub = h.call(C, "subscribe", pattern="p/a", current=False)["sub"]
