@@ -10,7 +10,7 @@ with its own way of waiting.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +22,21 @@ from .limits import MAX_FRAME_BYTES, MAX_MSGID
 
 __all__ = [
     "BrokerRequest", "Changes", "ClientConnection", "Event", "Failure", "Malformed",
-    "Notified", "Reply",
+    "Notified", "Reply", "Write",
 ]
+
+
+_PENDING, _ACKNOWLEDGED, _REFUSED = range(3)
+
+
+class Write:
+    """One write of a declared property, as :meth:`ClientConnection.wrote` keeps it."""
+
+    __slots__ = ("state", "value")
+
+    def __init__(self, value: Any, state: int) -> None:
+        self.value = value
+        self.state = state
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +127,9 @@ class ClientConnection:
         self.max_frame = MAX_FRAME_BYTES
         """The largest frame the broker accepts (from hello); larger ones fail here."""
         self.declared: dict[str, dict[str, Any]] = {}
+        self._writes: dict[str, list[Write]] = {}
+        """Per declared property, the writes sent and not yet answered, oldest first
+        (and any answered behind them, until those are answered too)."""
         """Declarations to repeat after a reconnect, with the last value written."""
         self._msgid = 0
         self._pending: dict[int, str] = {}
@@ -244,12 +260,60 @@ class ClientConnection:
             params = {**params, "value": result["value"]}
         self.declared[name] = params
 
-    def wrote(self, target: str | int, value: Any) -> None:
-        """A write was sent: a re-declaration carries the newest value."""
-        if isinstance(target, str) and target in self.declared:
-            self.declared[target]["value"] = value
+    def wrote(self, pairs: Iterable[tuple[str | int, Any]], *, answered: bool = False
+              ) -> list[tuple[str, Write]]:
+        """Writes are being sent (``answered``: as notifications, which get no reply).
+        A re-declaration carries the value of the newest write the broker did not
+        refuse: one still unanswered when the connection is lost counts (the broker may
+        have applied it, and it is what this peer means its property to hold). Pass
+        what this returns to :meth:`acknowledged` or :meth:`refused` with the reply."""
+        sent: list[tuple[str, Write]] = []
+        for target, value in pairs:
+            if isinstance(target, str) and target in self.declared:
+                write = Write(value, _ACKNOWLEDGED if answered else _PENDING)
+                self._writes.setdefault(target, []).append(write)
+                sent.append((target, write))
+                self._fold(target)
+        return sent
+
+    def acknowledged(self, sent: list[tuple[str, Write]]) -> None:
+        """The broker applied these writes (or nobody will learn whether it did)."""
+        for target, write in sent:
+            write.state = _ACKNOWLEDGED
+            self._fold(target)
+
+    def refused(self, sent: list[tuple[str, Write]]) -> None:
+        """The broker refused these writes: no re-declaration carries them."""
+        for target, write in sent:
+            write.state = _REFUSED
+            self._fold(target)
+
+    def _fold(self, target: str) -> None:
+        """Answered writes at the head of ``target``'s queue go into its declaration."""
+        writes = self._writes.get(target)
+        if writes is None:
+            return
+        params = self.declared.get(target)
+        settled = 0
+        for write in writes:
+            if write.state == _PENDING:
+                break
+            settled += 1
+            if write.state == _ACKNOWLEDGED and params is not None:
+                params["value"] = write.value
+        if settled == len(writes):
+            del self._writes[target]
+        elif settled:
+            del writes[:settled]
 
     def restore(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The requests that re-create this peer's declarations after a new hello."""
+        """The requests that re-create this peer's declarations after a new hello, each
+        with the value of its newest write not refused (unanswered ones included)."""
+        for name, writes in self._writes.items():
+            params = self.declared.get(name)
+            for write in writes:
+                if write.state != _REFUSED and params is not None:
+                    params["value"] = write.value
+        self._writes.clear()
         for params in list(self.declared.values()):
             yield "declare", params

@@ -10,8 +10,8 @@ the earliest deadline, times out all requests in flight.
 
 If the broker goes away (pings unanswered, a ``shutdown`` notice, ``hello_required``)
 the client reconnects with a fresh socket, says ``hello`` again, re-declares what it
-declared (with the last values it set), re-subscribes, and puts a
-:class:`Reconnected` event into every subscription. Requests in flight when the
+declared (with the newest values it wrote that were not refused), re-subscribes, and
+puts a :class:`Reconnected` event into every subscription. Requests in flight when the
 connection is lost fail with ConnectionFailed; they are not retried, because the
 broker may have applied them.
 """
@@ -37,6 +37,7 @@ from plugboard.protocol.connection import (
     Malformed,
     Notified,
     Reply,
+    Write,
 )
 from plugboard.protocol.errors import (
     ConnectionFailed,
@@ -82,6 +83,16 @@ class _Pending:
     then: Callable[[Any], Any] | None
     """Runs in the reader as the reply arrives, before any later frame is handled;
     what it returns is the request's result."""
+    writes: list[tuple[str, Write]] | None = None
+    """The writes it carries (ClientConnection.wrote), answered with it."""
+
+
+def _revision(result: Any) -> int:
+    return int(result["revision"])
+
+
+def _revisions(result: Any) -> list[int]:
+    return list(result["revisions"])
 
 
 async def _acknowledge(params: dict[str, Any]) -> dict[str, Any]:
@@ -276,8 +287,8 @@ class Client(SessionState):
         return await self._start(method, params, timeout=timeout)
 
     def _start(self, method: str, params: Mapping[str, Any] | None = None, *,
-               timeout: float | None = None,
-               then: Callable[[Any], Any] | None = None) -> asyncio.Future[Any]:
+               timeout: float | None = None, then: Callable[[Any], Any] | None = None,
+               writes: list[tuple[str, Write]] | None = None) -> asyncio.Future[Any]:
         """Send a request now and return the future of its reply (of ``then(reply)``
         if given: it runs in the reader before any later frame is handled, so a
         subscription's route is in place for the snapshot that follows the reply).
@@ -290,8 +301,10 @@ class Client(SessionState):
         try:
             msgid, frame = self._conn.request(method, params)
         except ProtocolError as exc:  # too large: the broker would drop the connection
+            if writes:
+                self._conn.refused(writes)
             return self._failed(exc)
-        return self._sent(msgid, frame, method, timeout, then)
+        return self._sent(msgid, frame, method, timeout, then, writes)
 
     def _failed(self, exc: Exception) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -299,7 +312,8 @@ class Client(SessionState):
         return future
 
     def _sent(self, msgid: int, frame: bytes, method: str, timeout: float | None,
-              then: Callable[[Any], Any] | None) -> asyncio.Future[Any]:
+              then: Callable[[Any], Any] | None,
+              writes: list[tuple[str, Write]] | None = None) -> asyncio.Future[Any]:
         """Send a request frame and return the future of its reply."""
         try:
             self._send(frame)
@@ -308,7 +322,7 @@ class Client(SessionState):
             return self._failed(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
         loop = asyncio.get_running_loop()
         wait = self.timeout if timeout is None else timeout
-        request = _Pending(loop.create_future(), method, wait, then)
+        request = _Pending(loop.create_future(), method, wait, then, writes)
         self._pending[msgid] = request
         deadline = loop.time() + wait
         heapq.heappush(self._deadlines, (deadline, msgid, request))
@@ -320,12 +334,9 @@ class Client(SessionState):
         return request.future
 
     def _answered(self, msgid: int) -> _Pending | None:
-        """Take request ``msgid`` off the books; None if it is not waited for (it timed
-        out, or its future was cancelled)."""
+        """Take request ``msgid`` off the books; None if it timed out meanwhile."""
         request = self._pending.pop(msgid, None)
         self._drop_settled(-math.inf)
-        if request is None or request.future.done():
-            return None
         return request
 
     def _drop_settled(self, until: float) -> None:
@@ -342,6 +353,8 @@ class Client(SessionState):
             if waited:
                 del pending[msgid]
                 self._conn.forget(msgid)
+                if request.writes:  # nobody will learn whether they were applied
+                    self._conn.acknowledged(request.writes)
                 if not request.future.done():
                     request.future.set_exception(RequestTimeout(
                         f"{request.method}: no reply within {request.wait:g} s"))
@@ -405,7 +418,9 @@ class Client(SessionState):
                 sub._put_many(events_of(event))
         elif type(event) is Reply:
             request = self._answered(event.msgid)
-            if request is not None:
+            if request is not None and request.writes:
+                self._conn.acknowledged(request.writes)
+            if request is not None and not request.future.done():
                 if request.then is None:
                     request.future.set_result(event.result)
                 else:
@@ -416,7 +431,10 @@ class Client(SessionState):
         elif type(event) is Failure:
             request = self._answered(event.msgid)
             if request is not None:
-                request.future.set_exception(event.error)
+                if request.writes:
+                    self._conn.refused(request.writes)
+                if not request.future.done():
+                    request.future.set_exception(event.error)
             if event.session_lost:
                 self._connection_lost("the broker no longer knows this session")
         elif type(event) is Notified:
@@ -617,11 +635,8 @@ class Client(SessionState):
         It returns a future rather than being a coroutine, so many writes can be in
         flight (``asyncio.gather``) without a task each.
         """
-        def written(result: Any) -> int:
-            self._conn.wrote(target, value)
-            return int(result["revision"])
-
-        return self._start("set", {"target": target, "value": value}, then=written)
+        return self._start("set", {"target": target, "value": value}, then=_revision,
+                           writes=self._conn.wrote(((target, value),)))
 
     def set_nowait(self, target: str | int, value: Any) -> None:
         """Write without waiting for (or getting) a reply: one frame, the broker's
@@ -630,14 +645,13 @@ class Client(SessionState):
         these writes: await any request every few thousand (``ping``) to keep pace with
         the broker; if 10,000 frames wait unsent, ConnectionFailed says so."""
         self._notify("set", {"target": target, "value": value})
-        self._conn.wrote(target, value)
+        self._conn.wrote(((target, value),), answered=True)
 
     def set_many_nowait(self, items: ops.Pairs) -> None:
         """``set_many`` as a notification: all or nothing, no reply (see set_nowait)."""
         pairs, params = ops.set_many_params(items)
         self._notify("set_many", params)
-        for target, value in pairs:
-            self._conn.wrote(target, value)
+        self._conn.wrote(pairs, answered=True)
 
     def on_error(self, callback: Callable[[RemoteError], Any]) -> None:
         """Call ``callback(error)`` for each error the broker reports outside a reply
@@ -657,13 +671,8 @@ class Client(SessionState):
     def set_many(self, items: ops.Pairs) -> asyncio.Future[builtins.list[int]]:
         """Write several values at once, all or nothing; ``await`` it for the revisions."""
         pairs, params = ops.set_many_params(items)
-
-        def written(result: Any) -> builtins.list[int]:
-            for target, value in pairs:
-                self._conn.wrote(target, value)
-            return list(result["revisions"])
-
-        return self._start("set_many", params, then=written)
+        return self._start("set_many", params, then=_revisions,
+                           writes=self._conn.wrote(pairs))
 
     async def subscribe(
         self, pattern: str, *, current: bool = True, policy: str = "latest",

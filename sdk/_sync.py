@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import zmq
@@ -31,7 +31,7 @@ from plugboard.protocol.connection import (
     Notified,
     Reply,
 )
-from plugboard.protocol.errors import ConnectionFailed, RemoteError, RequestTimeout
+from plugboard.protocol.errors import ConnectionFailed, ProtocolError, RemoteError, RequestTimeout
 
 from . import _operations as ops
 from ._events import BatchEvent, PropertyInfo, Reconnected, events_of
@@ -372,17 +372,28 @@ class SyncClient(SessionState):
 
     def set(self, target: str | int, value: Any) -> int:
         """Write a value; returns the property's new revision."""
-        result = self.request("set", {"target": target, "value": value})
-        self._conn.wrote(target, value)
-        return int(result["revision"])
+        return int(self._write("set", {"target": target, "value": value},
+                               ((target, value),))["revision"])
 
     def set_many(self, items: ops.Pairs) -> builtins.list[int]:
         """Write several values at once, all or nothing; returns the revisions."""
         pairs, params = ops.set_many_params(items)
-        result = self.request("set_many", params)
-        for target, value in pairs:
-            self._conn.wrote(target, value)
-        return list(result["revisions"])
+        return list(self._write("set_many", params, pairs)["revisions"])
+
+    def _write(self, method: str, params: dict[str, Any],
+               pairs: Iterable[tuple[str | int, Any]]) -> Any:
+        """A write request, its values kept for re-declaring unless it is refused."""
+        sent = self._conn.wrote(pairs)
+        try:
+            result = self.request(method, params)
+        except (RemoteError, ProtocolError):  # refused, or never sent (too large)
+            self._conn.refused(sent)
+            raise
+        except RequestTimeout:  # nobody will learn whether it was applied
+            self._conn.acknowledged(sent)
+            raise
+        self._conn.acknowledged(sent)  # (a lost connection: restore() takes them as sent)
+        return result
 
     def set_nowait(self, target: str | int, value: Any) -> None:
         """Write without waiting for a reply (see Client.set_nowait): a refusal comes
@@ -390,7 +401,7 @@ class SyncClient(SessionState):
         if self._conn.session is None:
             self._renew_session()
         self._send(self._conn.notification("set", {"target": target, "value": value}))
-        self._conn.wrote(target, value)
+        self._conn.wrote(((target, value),), answered=True)
 
     def set_many_nowait(self, items: ops.Pairs) -> None:
         """``set_many`` as a notification: all or nothing, no reply."""
@@ -398,8 +409,7 @@ class SyncClient(SessionState):
             self._renew_session()
         pairs, params = ops.set_many_params(items)
         self._send(self._conn.notification("set_many", params))
-        for target, value in pairs:
-            self._conn.wrote(target, value)
+        self._conn.wrote(pairs, answered=True)
 
     def on_error(self, callback: Callable[[RemoteError], Any]) -> None:
         """Call ``callback(error)`` for each error the broker reports outside a reply."""

@@ -116,9 +116,34 @@ def test_declarations_are_restored_with_the_last_value_written() -> None:
     conn = h.conns[b"p"]
     params = {"name": "a/x", "type": "int", "value": 1}
     conn.declaring("a/x", params, h.call(b"p", "declare", **params))
-    conn.wrote("a/x", 5)
-    conn.wrote("a/unknown", 6)
+    conn.wrote([("a/x", 5), ("a/unknown", 6)])
     assert list(conn.restore()) == [("declare", {"name": "a/x", "type": "int", "value": 5})]
+
+
+def test_a_declaration_is_restored_with_the_newest_write_not_refused() -> None:
+    conn = ClientConnection("plugin", "a")
+    conn.declaring("a/x", {"name": "a/x", "type": "int"}, {"handle": 1})
+    conn.declaring("a/y", {"name": "a/y", "type": "int"}, {"handle": 2, "value": 0})
+
+    def restored() -> dict[str, object]:
+        return {params["name"]: params.get("value") for _, params in conn.restore()}
+
+    first = conn.wrote([("a/x", 1), ("a/y", 1)])
+    second = conn.wrote([("a/y", 2)])
+    conn.refused(second)
+    conn.acknowledged(first)
+    assert restored() == {"a/x": 1, "a/y": 1}
+    third = conn.wrote([("a/y", 3)])
+    fourth = conn.wrote([("a/y", 4)])
+    conn.wrote([("a/y", 5)], answered=True)  # a set_nowait: no reply will come
+    conn.refused(fourth)
+    conn.refused(third)
+    assert restored() == {"a/x": 1, "a/y": 5}
+    conn.wrote([("a/x", 9)])  # unanswered when the connection is lost: still meant
+    assert restored() == {"a/x": 9, "a/y": 5}
+    refused = conn.wrote([("a/x", 10), ("a/y", 10)])
+    conn.refused(refused)
+    assert restored() == {"a/x": 9, "a/y": 5}
 
 
 def test_the_items_of_one_set_many_share_one_timestamp() -> None:
