@@ -318,8 +318,8 @@ class Subscription:
             self.budget.used -= self._all_bytes
             self._all_bytes = 0
         # A property removed and declared again under its name (a new handle) since the
-        # last batch: the removal goes out before the new handle's items, in a batch of
-        # its own (removals in a batch come after its items).
+        # last batch: its removal closes a batch and the new handle's items follow in
+        # the next (removals in a batch come after its items).
         again = len(items)
         if self._removed:
             names = {name for _handle, name in self._removed}
