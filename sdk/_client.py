@@ -297,16 +297,19 @@ class Client(SessionState):
         cheaply; one timer watches all their deadlines (_expire_due).
         """
         if self._sock is None:
-            return self._failed(ConnectionFailed("not connected to the broker"))
+            return self._failed(ConnectionFailed("not connected to the broker"), writes)
         try:
             msgid, frame = self._conn.request(method, params)
         except ProtocolError as exc:  # too large: the broker would drop the connection
-            if writes:
-                self._conn.refused(writes)
-            return self._failed(exc)
+            return self._failed(exc, writes)
         return self._sent(msgid, frame, method, timeout, then, writes)
 
-    def _failed(self, exc: Exception) -> asyncio.Future[Any]:
+    def _failed(self, exc: Exception, unsent: list[tuple[str, Write]] | None = None
+                ) -> asyncio.Future[Any]:
+        """A request that was never sent: its future fails at once, and the writes it
+        carried are not kept for re-declaring."""
+        if unsent:
+            self._conn.refused(unsent)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_exception(exc)
         return future
@@ -319,7 +322,8 @@ class Client(SessionState):
             self._send(frame)
         except zmq.Again:
             self._conn.forget(msgid)
-            return self._failed(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
+            return self._failed(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"),
+                                writes)
         loop = asyncio.get_running_loop()
         wait = self.timeout if timeout is None else timeout
         request = _Pending(loop.create_future(), method, wait, then, writes)

@@ -386,13 +386,13 @@ class SyncClient(SessionState):
         sent = self._conn.wrote(pairs)
         try:
             result = self.request(method, params)
-        except (RemoteError, ProtocolError):  # refused, or never sent (too large)
-            self._conn.refused(sent)
+        except (RemoteError, ProtocolError, ConnectionFailed):
+            self._conn.refused(sent)  # refused, or never sent (too large, no broker)
             raise
         except RequestTimeout:  # nobody will learn whether it was applied
             self._conn.acknowledged(sent)
             raise
-        self._conn.acknowledged(sent)  # (a lost connection: restore() takes them as sent)
+        self._conn.acknowledged(sent)
         return result
 
     def set_nowait(self, target: str | int, value: Any) -> None:
