@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import textwrap
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,23 +66,39 @@ async def served(processes: Processes) -> AsyncIterator[Served]:
 
 
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
+async def browser() -> AsyncIterator[WebDriver]:
+    """Headless Chromium, started and quit in a thread: the event loop keeps running the
+    test's own clients (their heartbeats) while the browser takes its seconds."""
     options = webdriver.ChromeOptions()
     options.binary_location = needs("chromium", "chromium")
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options,
-                              service=Service(needs("chromedriver", "chromium-driver")))
+    service = Service(needs("chromedriver", "chromium-driver"))
+    driver = await asyncio.to_thread(webdriver.Chrome, options=options, service=service)
     try:
         yield driver
     finally:
-        driver.quit()
+        await asyncio.to_thread(driver.quit)
+
+
+def text_in_page(driver: WebDriver, selector: str) -> str:
+    """The rendered text of the first element matching ``selector``, "" if none, read in
+    the page in one step: the tables are redrawn as figures change, so an element found
+    in one call may be gone by the next."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+        selector)
+    return str(text)
 
 
 def value_in_page(driver: WebDriver, name: str) -> str:
-    cells = driver.find_elements(By.CSS_SELECTOR, f'#props tr[data-name="{name}"] td.value')
-    return cells[0].text if cells else ""
+    return text_in_page(driver, f'#props tr[data-name="{name}"] td.value')
+
+
+def click_in_page(driver: WebDriver, selector: str) -> None:
+    """Click the element matching ``selector`` in one step in the page (see text_in_page)."""
+    driver.execute_script("document.querySelector(arguments[0]).click()", selector)
 
 
 def wait_for(driver: WebDriver, condition: object, timeout: float = 10) -> None:
@@ -99,7 +115,7 @@ async def test_the_dashboard_in_a_real_browser(served: Served, browser: WebDrive
     await asyncio.to_thread(wait_for, browser, lambda d: value_in_page(d, "panel/level") == "7")
     assert browser.execute_script("return window.sameDocument") is True
     # A write from the page the broker refuses shows the broker's reason.
-    browser.find_element(By.CSS_SELECTOR, '#props tr[data-name="panel/level"]').click()
+    click_in_page(browser, '#props tr[data-name="panel/level"]')
     browser.find_element(By.ID, "set-value").send_keys("42")
     browser.find_element(By.ID, "set-button").click()
     result = browser.find_element(By.ID, "set-result")
@@ -116,11 +132,10 @@ async def test_the_dashboard_in_a_real_browser(served: Served, browser: WebDrive
             if isinstance(event, Change) and event.value == 3:
                 break
     await asyncio.to_thread(wait_for, browser, lambda d: result.text == "written")
-    rows = browser.find_elements(By.CSS_SELECTOR, '#plugins tr[data-plugin="web"]')
-    assert rows and "ready" in rows[0].text
-    # A plugin's log tail, followed live (the plugin reads it with the admin token). The
-    # table is redrawn as figures change: the click is done in the page, in one step.
-    browser.execute_script('document.querySelector(\'#plugins tr[data-plugin="web"]\').click()')
+    web_row = '#plugins tr[data-plugin="web"]'
+    assert "ready" in text_in_page(browser, web_row)
+    # A plugin's log tail, followed live (the plugin reads it with the admin token).
+    click_in_page(browser, web_row)
     log = browser.find_element(By.ID, "log")
     await asyncio.to_thread(wait_for, browser, lambda d: "--- starting" in log.text)
     ARTIFACTS.mkdir(exist_ok=True)
