@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ async def test_prometheus_scrapes_the_metrics(served: Served, processes: Process
 
     def query(expression: str) -> list[dict[str, object]]:
         url = (f"http://127.0.0.1:{api_port}/api/v1/query?query="
-               + urllib.request.quote(expression))
+               + urllib.parse.quote(expression))
         with urllib.request.urlopen(url, timeout=5) as answer:
             body = json.loads(answer.read())
         assert body["status"] == "success", body
