@@ -278,6 +278,7 @@ def scenario_throughput() -> dict[str, Any]:
 HOP_PAIRS = {
     "direct": ("direct-sub", "raw-write"),
     "relay": ("raw-sub", "raw-write"),
+    "relay, replying to the writer": ("raw-sub", "raw-write"),
     "broker, raw clients, no reply": ("pbraw-sub", "pbraw-write"),
     "broker, raw clients": ("pbraw-sub", "pbraw-write"),
     "broker, SDK writer": ("pbraw-sub", "pb-write"),
@@ -287,6 +288,12 @@ HOP_PAIRS = {
 }
 """Who talks to whom for the per-hop breakdown: each row adds one piece to the one
 before, so the differences are what each piece costs."""
+HOP_WRITER_MODES = {
+    "relay, replying to the writer": {"latency": "latency-replied",
+                                      "single": "single-replied"},
+    "broker, raw clients, no reply": {"latency": "latency-nowait"},
+}
+"""Rows measured in some columns only, with the writer's mode for each."""
 
 
 def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
@@ -299,7 +306,7 @@ def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
         writer.go()
         writer.result()
         return sub.result()
-    if path == "relay":
+    if path.startswith("relay"):
         return run_system("raw", "tcp", mode, count)
     broker = Broker()
     try:
@@ -319,10 +326,10 @@ def scenario_hops() -> dict[str, Any]:
         for path in HOP_PAIRS:
             if mode == "nowait" and path in ("direct", "relay"):
                 continue  # their writers never wait: their single is this
-            if path.endswith("no reply") and mode != "latency":
-                continue  # the nowait column is that
-            figures = _hop_run(path, "latency-nowait" if path.endswith("no reply")
-                               else mode, count)
+            writer_mode = HOP_WRITER_MODES.get(path, {}).get(mode, mode)
+            if path in HOP_WRITER_MODES and mode not in HOP_WRITER_MODES[path]:
+                continue
+            figures = _hop_run(path, writer_mode, count)
             if mode == "latency":
                 value = percentiles(figures.pop("latencies"))["p50_us"]
             else:
@@ -945,15 +952,32 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     for path in HOP_PAIRS:
         cells = [f"{us(path, m):.1f}" if us(path, m) == us(path, m) else "—" for m in modes]
         lines.append(f"| {path} | " + " | ".join(cells) + " |")
+    def broker_over_relay(mode: str) -> float:
+        """The broker against the relay doing the same: a reply per set in both or in
+        neither."""
+        if mode == "latency":
+            return us("broker, raw clients, no reply", mode) - us("relay", mode)
+        if mode == "nowait":
+            return us("broker, raw clients", mode) - us("relay", "single")
+        if mode == "single":
+            return us("broker, raw clients", mode) - us("relay, replying to the writer", mode)
+        return us("broker, raw clients", mode) - us("relay", mode)
+
+    def broker_reply(mode: str) -> float:
+        if mode == "latency":
+            return us("broker, raw clients", mode) - us("broker, raw clients, no reply", mode)
+        if mode == "single":
+            return us("broker, raw clients", mode) - us("broker, raw clients", "nowait")
+        return float("nan")
+
     rows = [
         ("libzmq + kernel, one hop (direct)", lambda m: us("direct", m)),
         ("a middle process: the relay, two hops (relay)", lambda m: us("relay", m)),
-        ("the broker in the middle instead of the relay",
-         lambda m: us("broker, raw clients, no reply" if m == "latency"
-                      else "broker, raw clients", m) - us("relay", m)),
-        ("the reply to a writer that waits for it",
-         lambda m: us("broker, raw clients", m) - us("broker, raw clients, no reply", m)
-         if m == "latency" else float("nan")),
+        ("a reply per set, in the relay",
+         lambda m: us("relay, replying to the writer", m) - us("relay", m)),
+        ("the broker in the middle instead of the relay (replying alike)",
+         broker_over_relay),
+        ("a reply per set, in the broker", broker_reply),
         ("writer SDK (asyncio Client)",
          lambda m: us("broker, SDK writer", m) - us("broker, raw clients", m)),
         ("writer SDK (SyncClient)",
@@ -973,15 +997,17 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     hop, relay = us("direct", "latency"), us("relay", "latency")
     broker = us("broker, raw clients, no reply", "latency")
     reply = us("broker, raw clients", "latency") - broker
+    relay_reply = us("relay, replying to the writer", "latency") - relay
     subscriber = us("broker, SDK subscriber", "latency") - us("broker, raw clients",
                                                                 "latency")
     lines += ["", f"Read for latency: one libzmq hop, with the wake-up of an idle process, "
               f"costs {hop:.0f} µs here and the relay's two {relay:.0f} µs. The broker in "
               f"the middle instead of the relay adds {broker - relay:.0f} µs (decode, "
               "session and ACL, apply, queue, encode, send, in an asyncio loop). A writer "
-              f"that waits for its reply adds {reply:.0f} µs to the subscriber's latency: "
-              "on this 2-CPU machine the writer waking for its reply competes with the "
-              "subscriber waking for its notification (the relay sends no reply). The "
+              f"that waits for its reply adds {reply:.0f} µs to the subscriber's latency "
+              f"through the broker and {relay_reply:.0f} µs through the relay: on this "
+              "2-CPU machine the writer waking for its reply competes with the subscriber "
+              "waking for its notification. The "
               f"asyncio subscriber adds {subscriber:.0f} µs over a blocking one: the "
               "event loop's wake-up, the frame routed to its subscription and the reader "
               "task resumed. Code that runs once per message after an idle "
@@ -1076,6 +1102,11 @@ def remaining(results: dict[str, Any]) -> list[str]:
                "so most of it is code run cold after an idle millisecond, which compiling "
                "did not change" if warm else "") + ".")
     lines[-1] += (
+        " For one set per message with a reply to each, the relay replying alike costs "
+        f"{us('relay, replying to the writer', 'single'):.1f} µs per update against its "
+        f"{us('relay', 'single'):.1f} µs without replies, the broker between raw clients "
+        f"{us('broker, raw clients', 'single'):.1f} µs and the SDK at both ends "
+        f"{us('broker, SDK both ends', 'single'):.1f} µs."
         " For one set per message without replies, the broker between raw clients costs "
         f"{us('broker, raw clients', 'nowait'):.1f} µs per update against the relay's "
         f"{us('relay', 'single'):.1f} µs, and the SDK at both ends "

@@ -214,6 +214,8 @@ async def pb_idle(endpoint: str, name: str) -> None:
 # -- raw pyzmq relay: the physical limit for a Python broker -------------------------------
 
 def raw_relay(bind: str) -> None:
+    """Subscribers say "sub"; a writer's ``[name, value]`` or list of them goes to every
+    subscriber, and a ``[name, value, msgid]`` is answered with its msgid besides."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.bind(bind)
@@ -230,12 +232,16 @@ def raw_relay(bind: str) -> None:
             continue
         if message == "stop":
             break
-        items = message if isinstance(message[0], list) else [message]
+        batch = isinstance(message[0], list)
+        reply_to = message.pop() if not batch and len(message) == 3 else None
+        items = message if batch else [message]
         for name, value in items:
             values[name] = value
         out = packer.pack(items)
         for subscriber in subscribers:
             router.send_multipart([subscriber, out])
+        if reply_to is not None:  # after the news, as the broker does
+            router.send_multipart([peer, packer.pack(reply_to)])
 
 
 def raw_sub(endpoint: str, expected: int) -> None:
@@ -266,9 +272,21 @@ def raw_write(endpoint: str, mode: str, count: int) -> None:
         for _ in range(count):
             sock.send(msgpack.packb(["bench/x", time.monotonic_ns()]))
             time.sleep(PACE_S)
+    elif mode == "latency-replied":  # each set waits for the relay's reply
+        for msgid in range(count):
+            sock.send(msgpack.packb(["bench/x", time.monotonic_ns(), msgid]))
+            sock.recv()
+            time.sleep(PACE_S)
     elif mode == "single":
         for _ in range(count):
             sock.send(msgpack.packb(["bench/x", time.monotonic_ns()]))
+    elif mode == "single-replied":  # 200 in flight, then their replies, like pbraw-write
+        for first in range(0, count, 200):
+            window = min(200, count - first)
+            for msgid in range(first, first + window):
+                sock.send(msgpack.packb(["bench/x", time.monotonic_ns(), msgid]))
+            for _ in range(window):
+                sock.recv()
     else:
         for first in range(0, count, 100):
             sock.send(msgpack.packb([["bench/x", time.monotonic_ns()]
