@@ -266,14 +266,23 @@ class ClientConnection:
         A re-declaration carries the value of the newest write the broker did not
         refuse: one still unanswered when the connection is lost counts (the broker may
         have applied it, and it is what this peer means its property to hold). Pass
-        what this returns to :meth:`acknowledged` or :meth:`refused` with the reply."""
-        sent: list[tuple[str, Write]] = []
+        what this returns to :meth:`acknowledged` or :meth:`refused` with the reply.
+
+        One write is kept per property per call: the pairs go in one message, applied
+        or refused together, so a property's last value among them is the one that
+        counts (a ``set_many`` of many values to one property keeps one)."""
+        latest: dict[str, Any] = {}
+        declared = self.declared
         for target, value in pairs:
-            if isinstance(target, str) and target in self.declared:
-                write = Write(value, _ACKNOWLEDGED if answered else _PENDING)
-                self._writes.setdefault(target, []).append(write)
-                sent.append((target, write))
-                self._fold(target)
+            if isinstance(target, str) and target in declared:
+                latest[target] = value
+        state = _ACKNOWLEDGED if answered else _PENDING
+        sent: list[tuple[str, Write]] = []
+        for target, value in latest.items():
+            write = Write(value, state)
+            self._writes.setdefault(target, []).append(write)
+            sent.append((target, write))
+            self._fold(target)
         return sent
 
     def acknowledged(self, sent: list[tuple[str, Write]]) -> None:

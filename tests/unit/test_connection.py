@@ -146,6 +146,19 @@ def test_a_declaration_is_restored_with_the_newest_write_not_refused() -> None:
     assert restored() == {"a/x": 9, "a/y": 5}
 
 
+def test_a_set_many_keeps_one_write_per_property_its_last() -> None:
+    conn = ClientConnection("plugin", "a")
+    conn.declaring("a/x", {"name": "a/x", "type": "int"}, {"handle": 1, "value": 0})
+    conn.declaring("a/y", {"name": "a/y", "type": "int"}, {"handle": 2, "value": 0})
+    kept = conn.wrote([("a/x", 1), ("a/y", 7), ("a/x", 2), ("a/x", 3)])
+    assert [(name, write.value) for name, write in kept] == [("a/x", 3), ("a/y", 7)]
+    refused = conn.wrote([("a/x", 4), ("a/x", 5)])
+    conn.refused(refused)
+    conn.acknowledged(kept)
+    assert {params["name"]: params["value"] for _, params in conn.restore()} == {
+        "a/x": 3, "a/y": 7}
+
+
 def test_the_items_of_one_set_many_share_one_timestamp() -> None:
     h = Harness()
     h.plugin(b"p", "a")
