@@ -344,12 +344,16 @@ FANOUT_WRITES = 5_000 if QUICK else 20_000
 
 def scenario_broker_pass() -> dict[str, Any]:
     """Each piece of the broker's pass, paced and at full speed (bench/broker_pass.py)."""
-    from broker_pass import measure
+    from broker_pass import measure, measure_relay
 
     def raw_pair(endpoint: str, mode: str, count: int) -> dict[str, Any]:
         return pair("pbraw-sub", "pbraw-write", endpoint, mode, count)
 
+    def relay_pair(endpoint: str, mode: str, count: int) -> dict[str, Any]:
+        return pair("raw-sub", "raw-write", endpoint, mode, count)
+
     figures = measure(raw_pair, LATENCY_N, THROUGHPUT_N)
+    figures["relay_paced"] = measure_relay(relay_pair, LATENCY_N)
     print(f"broker pass: {figures}", flush=True)
     return figures
 
@@ -930,14 +934,20 @@ def sessions_section(fig: dict[str, Any] | None) -> list[str]:
         ""]
 
 
+def hop_us(hops: dict[str, Any], path: str, mode: str) -> float:
+    """µs of one per-hop row and column; NaN where it was not measured (a row added
+    since the saved figures)."""
+    fig = hops.get(f"{path}/{mode}")
+    return float(fig["us"]) if fig else float("nan")
+
+
 def hops_section(hops: dict[str, Any] | None) -> list[str]:
     """The per-hop table: each piece's µs as the difference of two rows."""
     if not hops:
         return []
 
     def us(path: str, mode: str) -> float:
-        fig = hops.get(f"{path}/{mode}")
-        return float(fig["us"]) if fig else float("nan")
+        return hop_us(hops, path, mode)
 
     modes = ("latency", "single", "nowait", "batched")
     lines = ["## 9. Where the time goes, hop by hop", "",
@@ -1027,30 +1037,51 @@ PASS_PIECES = {
 
 
 def broker_pass_section(fig: dict[str, Any] | None) -> list[str]:
-    """Each piece of the broker's pass (bench/broker_pass.py)."""
+    """Each piece of the broker's pass beside the relay's (bench/broker_pass.py)."""
     if not fig:
         return []
-    paced, busy = fig["paced"], fig["full_speed"]
+    paced, alone, busy = fig["paced"], fig["paced_no_reply"], fig["full_speed"]
+    relay = fig.get("relay_paced", {})
     lines = ["### Inside the broker's pass", "",
              "The broker in the benchmark's own process with each piece of its socket "
              "loop's pass timed (`bench/broker_pass.py`), raw protocol clients at both "
-             "ends. Paced: the median µs of a pass that handles one message after an idle "
-             f"millisecond ({fig['paced_passes']} passes). Full speed: µs per message "
-             "over all passes, writes that need no reply "
+             "ends; the raw relay's loop timed the same way. Paced: the median µs of a "
+             "pass that handles one message after an idle millisecond "
+             f"({fig['paced_passes']} passes), for a set the writer waits a reply to and "
+             "for one it does not (`set` as a notification, like the relay's). Full "
+             "speed: µs per message over all passes, writes that need no reply "
              f"({fig['full_speed_messages_per_pass']:.0f} messages a pass on average).", "",
-             "| piece | paced, one message | full speed, per message |", "|---|---|---|"]
+             "| piece | broker, paced, reply | broker, paced, no reply | relay, paced | "
+             "broker, full speed, per message |", "|---|---|---|---|---|"]
+    relay_of = {"read": "read", "core_receive": "relay", "send": "send"}
     for key, label in PASS_PIECES.items():
-        lines.append(f"| {label} | {paced[key]:.1f} | {busy[key]:.2f} |")
-    lines.append(f"| the pass | {sum(paced.values()):.1f} | {sum(busy.values()):.2f} |")
-    core = paced["core_receive"] + paced["core_flush"]
-    zmq_calls = paced["read"] + paced["send"] + paced["after"]
-    lines += ["", f"Paced, the core (ours, compiled) takes {core:.0f} µs of the pass and "
-              f"the libzmq calls around it {zmq_calls:.0f} µs. Each libzmq call made "
-              "after an idle moment asks the kernel (a `poll` of the socket's mailbox, "
-              "`getpid`, an eventfd write to wake libzmq's I/O thread) and runs with cold "
-              "caches; the relay makes the same calls for its one message. The core's "
-              "work is the decode, checks, apply and encode that the relay does not do; "
-              "warm, in a tight loop, the same work is section 10's \"one set\"."]
+        mine = relay.get(relay_of.get(key, ""))
+        theirs = f"{mine:.1f}" if mine is not None else "—"
+        lines.append(f"| {label} | {paced[key]:.1f} | {alone[key]:.1f} | {theirs} | "
+                     f"{busy[key]:.2f} |")
+    lines.append(f"| the pass | {sum(paced.values()):.1f} | {sum(alone.values()):.1f} | "
+                 f"{sum(relay.values()):.1f} | {sum(busy.values()):.2f} |")
+    core = alone["core_receive"] + alone["core_flush"]
+    lines += ["", "In the relay's column the core rows hold its Python (unpack, store, "
+              "pack)."]
+    if relay:
+        lines[-1] += (
+            f" Paced, with no reply on either side: reading takes {alone['read']:.0f} µs "
+            f"(the relay {relay['read']:.0f}), sending {alone['send']:.0f} µs (the relay "
+            f"{relay['send']:.0f}), and the core (ours, compiled) {core:.0f} µs where the "
+            f"relay's Python takes {relay['relay']:.0f} µs; after its send the broker "
+            f"spends {alone['after']:.0f} µs more (the next timer, `EVENTS`), off the "
+            "change's path. With a reply "
+            f"the pass also sends the reply, after the change (send {alone['send']:.0f} "
+            f"µs without, {paced['send']:.0f} µs with). "
+            "Each libzmq call made after an idle moment asks the kernel (a `poll` of "
+            "the socket's mailbox, an eventfd write to wake libzmq's I/O thread) and "
+            "runs with cold caches; on two CPUs a send can also find the broker's thread "
+            "set aside while libzmq's I/O thread and the woken subscriber run, which is "
+            "why the send varies most from run to run. The core's work is the decode, "
+            "checks, apply and encode that the relay does not do; warm, in a tight "
+            "loop, the same work "
+            "is section 10's \"one set\".")
     return lines + [""]
 
 
@@ -1081,7 +1112,7 @@ def remaining(results: dict[str, Any]) -> list[str]:
         return []
 
     def us(path: str, mode: str) -> float:
-        return float(hops[f"{path}/{mode}"]["us"])
+        return hop_us(hops, path, mode)
 
     relay, broker = us("relay", "latency"), us("broker, raw clients, no reply", "latency")
     sdk_sub = us("broker, SDK subscriber", "latency") - us("broker, raw clients", "latency")
@@ -1091,13 +1122,15 @@ def remaining(results: dict[str, Any]) -> list[str]:
         f"{relay:.0f} µs, an asyncio subscriber {sdk_sub:.0f} µs and a writer waiting for "
         "its reply the rest."]
     if inside:
-        paced = inside["paced"]
+        paced, relay = inside["paced_no_reply"], inside.get("relay_paced", {})
         core = paced["core_receive"] + paced["core_flush"]
         warm = results.get("compiled", {}).get("compiled", {}).get("set_us")
         lines[-1] += (
             f" Inside the broker's pass, paced, the core (decode, checks, apply, encode: "
             f"ours) takes {core:.0f} µs and the libzmq calls around it "
             f"{sum(paced.values()) - core:.0f} µs"
+            + (f" (the relay's: its Python {relay['relay']:.0f} µs, its libzmq calls "
+               f"{relay['read'] + relay['send']:.0f} µs)" if relay else "")
             + (f"; the same core work takes {warm:.1f} µs in a tight loop (section 10), "
                "so most of it is code run cold after an idle millisecond, which compiling "
                "did not change" if warm else "") + ".")

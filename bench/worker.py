@@ -214,12 +214,18 @@ async def pb_idle(endpoint: str, name: str) -> None:
 # -- raw pyzmq relay: the physical limit for a Python broker -------------------------------
 
 def raw_relay(bind: str) -> None:
-    """Subscribers say "sub"; a writer's ``[name, value]`` or list of them goes to every
-    subscriber, and a ``[name, value, msgid]`` is answered with its msgid besides."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.bind(bind)
     print(f"ready {router.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
+    relay_loop(router)
+
+
+def relay_loop(router: Any) -> None:
+    """Subscribers say "sub"; a writer's ``[name, value]`` or list of them goes to every
+    subscriber, and a ``[name, value, msgid]`` is answered with its msgid besides.
+    "stop" ends it. ``router``: a ROUTER socket, or anything with its
+    ``recv_multipart`` and ``send_multipart`` (bench/broker_pass.py times them)."""
     values: dict[str, Any] = {}
     subscribers: list[bytes] = []
     packer = msgpack.Packer()
