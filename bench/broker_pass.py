@@ -139,7 +139,7 @@ class _TimedRouter:
 
     def __init__(self, sock: zmq.Socket[bytes]) -> None:
         self._sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = int(sock.getsockopt(zmq.FD))
         self._pass: list[int] = []
         self.passes: list[dict[str, float]] = []
 
@@ -150,7 +150,7 @@ class _TimedRouter:
                                 "relay": (first_send - read) / 1000,
                                 "send": (sent - first_send) / 1000})
         start = time.perf_counter_ns()
-        while not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             select.select([self._fd], [], [])  # the wait, as the broker's in epoll
             start = time.perf_counter_ns()
         frames = self._sock.recv_multipart()
@@ -168,7 +168,7 @@ def measure_relay(pair: Callable[[str, str, int], dict[str, Any]],
                   paced: int) -> dict[str, float]:
     """The raw relay's loop in this process, ``pair(endpoint, mode, count)`` running its
     writer and subscriber: the median µs of each piece of a pass, paced."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.bind("tcp://127.0.0.1:*")
     endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -422,9 +422,9 @@ def pbraw_write(endpoint: str, mode: str, count: int) -> None:
     else:  # batched: set_many of 100, 10 in flight like the SDK writer
         for first in range(0, count, 1000):
             window = range(first, min(first + 1000, count), 100)
-            for start in window:
+            for offset in window:
                 peer.send("set_many", {"items": [["bench/x", time.monotonic_ns()]
-                                                 for _ in range(min(100, count - start))]})
+                                                 for _ in range(min(100, count - offset))]})
             peer.replies(len(window))
     report(seconds=time.monotonic() - start)
 
