@@ -128,8 +128,8 @@ def measure(pair: Callable[[str, str, int], dict[str, Any]], paced: int,
 
 
 RELAY_PIECES = ("read", "relay", "send")
-"""read: the receive once the socket is readable; relay: its Python (unpack, store,
-pack); send: the frames handed to ZeroMQ."""
+"""read: ``EVENTS`` and the receive once the descriptor fired; relay: its Python
+(unpack, store, pack); send: the frames handed to ZeroMQ."""
 
 
 class _TimedRouter:
