@@ -101,18 +101,22 @@ def approx_size(value: Any) -> int:
 
 
 class Written:
-    """One write as every subscriber under policy ``all`` queues it: the item array, its
-    encoding and its size are made once per write, however many subscribers there are,
-    and not at all when none keeps every change (``latest`` builds its items when it
-    flushes)."""
+    """One write as every subscriber under policy ``all`` queues it: the item array and
+    its size are made once per write, however many subscribers there are, and not at
+    all when none keeps every change (``latest`` builds its items when it flushes).
+    Queued by several subscribers, it is also encoded once (:attr:`packed`) and the
+    bytes spliced into each batch; queued by one, it is encoded with its batch, in the
+    one msgpack call that is cheaper than a call per item."""
 
-    __slots__ = ("_item", "_packed", "_prop", "_size")
+    __slots__ = ("_item", "_packed", "_prop", "_size", "queued")
 
     def __init__(self, prop: Property) -> None:
         self._prop = prop
         self._item: Item | None = None
         self._packed: bytes | None = None
         self._size = -1
+        self.queued = 0
+        """How many subscriptions queued it."""
 
     @property
     def item(self) -> Item:
@@ -133,6 +137,20 @@ class Written:
         if self._size < 0:
             self._size = approx_size(self._prop.value) + _ITEM_OVERHEAD
         return self._size
+
+
+def _shared_encodings(queued: list[Written | None]) -> list[bytes | None] | None:
+    """Each item's encoding where its write went to more than one subscriber (None
+    where not); None when no item is shared, so the batch is encoded in one call."""
+    packed: list[bytes | None] = []
+    shared = False
+    for written in queued:
+        if written is not None and written.queued > 1:
+            packed.append(written.packed)
+            shared = True
+        else:
+            packed.append(None)
+    return packed if shared else None
 
 
 def _cuts(sizes: list[int], max_items: int = BATCH_ITEMS) -> list[tuple[int, int]]:
@@ -165,7 +183,7 @@ class Subscription:
     __slots__ = (
         "_all",
         "_all_bytes",
-        "_all_packed",
+        "_all_written",
         "_all_sizes",
         "budget",
         "_last_value",
@@ -202,8 +220,9 @@ class Subscription:
         self.seq = 0
         self._latest: dict[Property, None] = {}
         self._all: list[Item] = []
-        self._all_packed: list[bytes | None] = []
-        """Each queued item's shared encoding; None for one that carries the name."""
+        self._all_written: list[Written | None] = []
+        """Each queued item's write, for its shared encoding; None for an item that
+        carries the name (this subscriber's own)."""
         self._all_sizes: list[int] = []
         self._all_bytes = 0
         self.budget = budget or QueueBudget(2**62)
@@ -219,7 +238,7 @@ class Subscription:
     def discard(self) -> None:
         """Give back what the queue holds of the budget (the subscription is dropped)."""
         self.budget.used -= self._all_bytes
-        self._all, self._all_packed, self._all_sizes, self._all_bytes = [], [], [], 0
+        self._all, self._all_written, self._all_sizes, self._all_bytes = [], [], [], 0
 
     @property
     def pending(self) -> bool:
@@ -257,11 +276,12 @@ class Subscription:
             if len(self._all) < self.queue_limit and self.budget.fits_change(size):
                 if prop.handle in self._named:
                     self._all.append(written.item)
-                    self._all_packed.append(written.packed)
+                    self._all_written.append(written)
+                    written.queued += 1
                 else:
                     self._named.add(prop.handle)
                     self._all.append([*written.item, prop.name])
-                    self._all_packed.append(None)
+                    self._all_written.append(None)
                 self._all_sizes.append(size)
                 self._all_bytes += size
                 self.budget.used += size
@@ -313,7 +333,8 @@ class Subscription:
             self._latest.clear()
         else:
             items, self._all = self._all, []
-            packed, self._all_packed = self._all_packed, []
+            packed = _shared_encodings(self._all_written)
+            self._all_written = []
             sizes, self._all_sizes = self._all_sizes, []
             self.budget.used -= self._all_bytes
             self._all_bytes = 0

@@ -494,3 +494,37 @@ def test_once_flushed_nothing_is_due_until_a_timer(h: Harness) -> None:
     h.pump()
     assert h.core.next_deadline() > h.clock.now
     assert [n["items"][0][1] for n in h.notes(C)] == [1]
+
+
+def test_writes_queued_by_one_subscriber_or_shared_by_several_read_the_same() -> None:
+    """Under policy ``all`` a write queued by several subscribers is encoded once and
+    spliced into each batch; one queued by a single subscriber is encoded with its
+    batch. Both carry the same items, in one batch as in the other."""
+    h = Harness()
+    h.plugin(P, "p")
+    h.call(P, "declare", name="p/shared", type="int", value=0)
+    h.call(P, "declare", name="p/alone", type="str", value="")
+    for peer, pattern in ((b"w1", "p/#"), (b"w2", "p/shared")):
+        h.client(peer)
+        h.call(peer, "subscribe", pattern=pattern, policy="all", current=False)
+    for round_ in range(3):  # the first round's items carry names; later ones do not
+        h.call(P, "set_many", items=[["p/shared", round_], ["p/alone", f"a{round_}"],
+                                     ["p/shared", round_ + 10]])
+    h.pump()
+
+    def seen(peer: bytes) -> list[tuple[str, object, int]]:
+        names: dict[int, str] = {}
+        out = []
+        for note in h.notes(peer):
+            for item in note["items"]:
+                if len(item) > 4:
+                    names[item[0]] = item[4]
+                out.append((names[item[0]], item[1], item[2]))
+        return out
+
+    everything = seen(b"w1")  # p/shared's items shared with w2, p/alone's its own
+    assert [(name, value) for name, value, _ in everything] == [
+        (name, value) for round_ in range(3)
+        for name, value in (("p/shared", round_), ("p/alone", f"a{round_}"),
+                            ("p/shared", round_ + 10))]
+    assert seen(b"w2") == [entry for entry in everything if entry[0] == "p/shared"]
