@@ -134,7 +134,8 @@ def events_of(changes: Changes) -> list[BatchEvent]:
         events.append(Gap(changes.lost, "notification batches lost on the way"))
     if batch.items:
         events.append(Batch(batch.items, changes.names, batch.snapshot))
-    events.extend(Removed(name, handle) for handle, name in batch.removed)
+    if batch.removed:
+        events.extend(Removed(name, handle) for handle, name in batch.removed)
     if batch.gap:
         events.append(Gap(batch.gap, "dropped at the subscription's queue limit"))
     if batch.synced:
