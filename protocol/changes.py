@@ -49,6 +49,17 @@ class ChangesBatch:
     item is encoded once and the bytes shared by every subscriber's batch. Not on the
     wire as such: :meth:`frame` splices them in."""
 
+    def __init__(self, sub: int, seq: int, items: list[Item], snapshot: bool = False,
+                 synced: bool = False, removed: list[list[Any]] | None = None,
+                 gap: int = 0, coalesced: int = 0,
+                 packed: list[bytes | None] | None = None) -> None:
+        # Written out, like the codec's message classes: compiled, once per batch and
+        # subscriber at each flush.
+        self.sub, self.seq, self.items = sub, seq, items
+        self.snapshot, self.synced = snapshot, synced
+        self.removed = [] if removed is None else removed
+        self.gap, self.coalesced, self.packed = gap, coalesced, packed
+
     def frame(self) -> bytes:
         """The notification as one msgpack frame, the same bytes as encoding
         ``[2, "changes", to_params()]``, with already encoded items copied, not encoded

@@ -32,24 +32,38 @@ REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 _INT64 = struct.Struct(">q")
 
 
-@dataclass(frozen=True, slots=True)
+# The message classes below write their __init__ out: dataclasses generate a Python one,
+# which mypyc leaves interpreted (a frozen one sets each field through
+# object.__setattr__); written out, it is compiled. One of each is built per message.
+
+
+@dataclass(slots=True)
 class Request:
     msgid: int
     method: str
     params: dict[str, Any]
 
+    def __init__(self, msgid: int, method: str, params: dict[str, Any]) -> None:
+        self.msgid, self.method, self.params = msgid, method, params
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Response:
     msgid: int
     error: dict[str, Any] | None
     result: Any
 
+    def __init__(self, msgid: int, error: dict[str, Any] | None, result: Any) -> None:
+        self.msgid, self.error, self.result = msgid, error, result
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Notification:
     method: str
     params: dict[str, Any]
+
+    def __init__(self, method: str, params: dict[str, Any]) -> None:
+        self.method, self.params = method, params
 
 
 Message = Request | Response | Notification

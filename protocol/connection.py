@@ -39,13 +39,17 @@ class Write:
         self.state = state
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """The result of request ``msgid``."""
 
     msgid: int
     method: str
     result: Any
+
+    def __init__(self, msgid: int, method: str, result: Any) -> None:
+        # Written out, like the codec's message classes: compiled, once per reply.
+        self.msgid, self.method, self.result = msgid, method, result
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +66,7 @@ class Failure:
         return self.error.code == "hello_required" and self.method != "hello"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Changes:
     """A ``changes`` batch of a subscription this connection made."""
 
@@ -71,6 +75,10 @@ class Changes:
     """The property name of each item, in order (items carry a name only once)."""
     lost: int
     """Batches missing before this one (a jump in ``seq``)."""
+
+    def __init__(self, batch: ChangesBatch, names: list[str], lost: int) -> None:
+        # Written out, like the codec's message classes: compiled, once per batch.
+        self.batch, self.names, self.lost = batch, names, lost
 
 
 @dataclass(frozen=True, slots=True)
