@@ -135,10 +135,10 @@ class ClientConnection:
         self.max_frame = MAX_FRAME_BYTES
         """The largest frame the broker accepts (from hello); larger ones fail here."""
         self.declared: dict[str, dict[str, Any]] = {}
+        """Declarations to repeat after a reconnect, with the last value written."""
         self._writes: dict[str, list[Write]] = {}
         """Per declared property, the writes sent and not yet answered, oldest first
         (and any answered behind them, until those are answered too)."""
-        """Declarations to repeat after a reconnect, with the last value written."""
         self._msgid = 0
         self._pending: dict[int, str] = {}
         self._routes: dict[int, _Route] = {}
