@@ -26,7 +26,10 @@ __all__ = [
 ]
 
 
-_PENDING, _ACKNOWLEDGED, _REFUSED = range(3)
+_PENDING, _APPLIED, _UNCONFIRMED, _REFUSED = range(4)
+"""A write's state: sent and not answered; applied (the broker's reply said so); taken
+as meant with no confirmation (sent as a notification, or its reply never came); or
+refused."""
 
 
 class Write:
@@ -139,6 +142,9 @@ class ClientConnection:
         self._writes: dict[str, list[Write]] = {}
         """Per declared property, the writes sent and not yet answered, oldest first
         (and any answered behind them, until those are answered too)."""
+        self._confirmed: dict[str, dict[str, Any]] = {}
+        """Per declared property, its declaration with the newest value the broker
+        confirmed (by a reply), where that is not the value :meth:`restore` carries."""
         self._msgid = 0
         self._pending: dict[int, str] = {}
         self._routes: dict[int, _Route] = {}
@@ -267,6 +273,7 @@ class ClientConnection:
         if result.get("value") is not None:
             params = {**params, "value": result["value"]}
         self.declared[name] = params
+        self._confirmed.pop(name, None)
 
     def wrote(self, pairs: Iterable[tuple[str | int, Any]], *, answered: bool = False
               ) -> list[tuple[str, Write]]:
@@ -284,7 +291,7 @@ class ClientConnection:
         for target, value in pairs:
             if isinstance(target, str) and target in declared:
                 latest[target] = value
-        state = _ACKNOWLEDGED if answered else _PENDING
+        state = _UNCONFIRMED if answered else _PENDING
         sent: list[tuple[str, Write]] = []
         for target, value in latest.items():
             write = Write(value, state)
@@ -293,10 +300,11 @@ class ClientConnection:
             self._fold(target)
         return sent
 
-    def acknowledged(self, sent: list[tuple[str, Write]]) -> None:
-        """The broker applied these writes (or nobody will learn whether it did)."""
+    def acknowledged(self, sent: list[tuple[str, Write]], *, applied: bool = True) -> None:
+        """The broker applied these writes (``applied``: its reply said so; False: no
+        reply came, and nobody will learn whether it did)."""
         for target, write in sent:
-            write.state = _ACKNOWLEDGED
+            write.state = _APPLIED if applied else _UNCONFIRMED
             self._fold(target)
 
     def refused(self, sent: list[tuple[str, Write]]) -> None:
@@ -316,8 +324,13 @@ class ClientConnection:
             if write.state == _PENDING:
                 break
             settled += 1
-            if write.state == _ACKNOWLEDGED and params is not None:
-                params["value"] = write.value
+            if params is None or write.state == _REFUSED:
+                continue
+            if write.state == _UNCONFIRMED and target not in self._confirmed:
+                self._confirmed[target] = dict(params)  # the value before it
+            params["value"] = write.value
+            if write.state == _APPLIED:
+                self._confirmed.pop(target, None)
         if settled == len(writes):
             del self._writes[target]
         elif settled:
@@ -325,12 +338,23 @@ class ClientConnection:
 
     def restore(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """The requests that re-create this peer's declarations after a new hello, each
-        with the value of its newest write not refused (unanswered ones included)."""
-        for name, writes in self._writes.items():
-            params = self.declared.get(name)
+        with the value of its newest write not refused (unanswered ones included). If
+        the broker refuses one, :meth:`confirmed` gives it with the last value the
+        broker confirmed instead."""
+        for name, writes in list(self._writes.items()):
             for write in writes:
-                if write.state != _REFUSED and params is not None:
-                    params["value"] = write.value
-        self._writes.clear()
+                if write.state == _PENDING:  # its reply will never come now
+                    write.state = _UNCONFIRMED
+            self._fold(name)
         for params in list(self.declared.values()):
             yield "declare", params
+
+    def confirmed(self, name: str) -> dict[str, Any] | None:
+        """The broker refused re-declaring ``name`` with the value of a write it never
+        confirmed (sent as a notification, or unanswered; an invalid one, then): the
+        declaration with the newest value it did confirm, kept from now on, or None if
+        the refused one held no such value."""
+        params = self._confirmed.pop(name, None)
+        if params is not None:
+            self.declared[name] = params
+        return params

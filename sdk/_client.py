@@ -358,7 +358,7 @@ class Client(SessionState):
                 del pending[msgid]
                 self._conn.forget(msgid)
                 if request.writes:  # nobody will learn whether they were applied
-                    self._conn.acknowledged(request.writes)
+                    self._conn.acknowledged(request.writes, applied=False)
                 if not request.future.done():
                     request.future.set_exception(RequestTimeout(
                         f"{request.method}: no reply within {request.wait:g} s"))
@@ -572,7 +572,7 @@ class Client(SessionState):
     async def _restore(self, event: Reconnected) -> None:
         """Declare, subscribe and listen again; each subscription is told ``event``."""
         for method, params in self._conn.restore():
-            await self.request(method, params)
+            await self._run(ops.redeclare(self._conn, method, params))
         self._subs = {}
         for sub in self._all_subs:
             sub._put(event)
@@ -611,8 +611,12 @@ class Client(SessionState):
         try:
             method, params, timeout = next(operation)
             while True:
-                result = await self.request(method, params, timeout=timeout)
-                method, params, timeout = operation.send(result)
+                try:
+                    result = await self.request(method, params, timeout=timeout)
+                except RemoteError as refused:  # the operation may take another way
+                    method, params, timeout = operation.throw(refused)
+                else:
+                    method, params, timeout = operation.send(result)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 

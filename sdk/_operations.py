@@ -1,18 +1,23 @@
 """Each API call once, as a generator of requests that a client drives.
 
-An operation yields ``(method, params, timeout)`` and is sent each reply's result; its
-return value is the call's. The asyncio Client awaits each request, the SyncClient
+An operation yields ``(method, params, timeout)`` and is sent each reply's result (a
+refusal, RemoteError, is thrown into it, so it may try another way); its return value
+is the call's. The asyncio Client awaits each request, the SyncClient
 blocks on it: the same steps, written once, with no I/O here.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
 from plugboard.protocol.connection import ClientConnection
+from plugboard.protocol.errors import RemoteError
 
 from ._events import PropertyInfo
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Step = tuple[str, dict[str, Any], float | None]
@@ -32,6 +37,24 @@ def declare(conn: ClientConnection, name: str, type: str, value: Any, meta: dict
     result = yield "declare", params, None
     conn.declaring(name, params, result)
     return int(result["handle"])
+
+
+def redeclare(conn: ClientConnection, method: str, params: dict[str, Any]
+              ) -> Operation[None]:
+    """One of :meth:`ClientConnection.restore`'s requests. A declaration carrying the
+    value of a write the broker never confirmed (an invalid one sent as a notification,
+    or one unanswered when the connection dropped) may be refused: it is declared again
+    with the last value the broker did confirm, so the rest is still restored."""
+    try:
+        yield method, params, None
+    except RemoteError as refused:
+        confirmed = conn.confirmed(params["name"]) if method == "declare" else None
+        if confirmed is None:
+            raise
+        log.warning("re-declaring %s: the broker refused %r (%s), a value it never "
+                    "confirmed; declared with %r, the last it did", params["name"],
+                    params.get("value"), refused, confirmed.get("value"))
+        yield method, confirmed, None
 
 
 def delete(conn: ClientConnection, target: str | int) -> Operation[None]:

@@ -175,7 +175,7 @@ class SyncClient(SessionState):
         log.info("session lost; saying hello again to %s", self.endpoint)
         self._open_and_hello()
         for method, params in self._conn.restore():
-            self.request(method, params)
+            self._run(ops.redeclare(self._conn, method, params))
         self._subs = {}
         event = Reconnected(self._conn.instance or "", self._conn.instance != self._restored)
         self._restored = self._conn.instance
@@ -345,8 +345,12 @@ class SyncClient(SessionState):
         try:
             method, params, timeout = next(operation)
             while True:
-                method, params, timeout = operation.send(
-                    self.request(method, params, timeout=timeout))
+                try:
+                    result = self.request(method, params, timeout=timeout)
+                except RemoteError as refused:  # the operation may take another way
+                    method, params, timeout = operation.throw(refused)
+                else:
+                    method, params, timeout = operation.send(result)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -390,7 +394,7 @@ class SyncClient(SessionState):
             self._conn.refused(sent)  # refused, or never sent (too large, no broker)
             raise
         except RequestTimeout:  # nobody will learn whether it was applied
-            self._conn.acknowledged(sent)
+            self._conn.acknowledged(sent, applied=False)
             raise
         self._conn.acknowledged(sent)
         return result

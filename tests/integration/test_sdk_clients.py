@@ -135,3 +135,32 @@ async def test_async_waits_time_out_and_end_with_the_subscription(
             await sub.next_batch(5)
         with pytest.raises(StopAsyncIteration):
             await sub.next(5)
+
+
+async def test_a_write_the_broker_never_confirmed_does_not_stop_the_restore(
+        processes: Processes, broker: BrokerProcess) -> None:
+    """A set_nowait over the maximum is refused by a notification the SDK cannot tie to
+    one write, so after a restart the re-declaration carries it and is refused too: the
+    property is declared again with the last value the broker confirmed, and what
+    follows it is restored as well."""
+    async with Client(broker.ipc, role="plugin", name="stubborn") as plugin:
+        await plugin.declare("stubborn/a", "int", 1, max=10)
+        await plugin.declare("stubborn/b", "int", 2)
+        plugin.set_nowait("stubborn/a", 50)
+        await plugin.request("ping")  # its reply comes after the refusal
+        assert plugin.write_errors == 1
+        broker.signal(signal.SIGKILL)
+        broker.wait(5)
+        restarted = processes.broker(broker.state_dir)
+        async with Client(restarted.ipc) as monitor:
+            sub = await monitor.subscribe("stubborn/#")
+            values: dict[str, Any] = {}
+
+            def both_back(event: object) -> bool:
+                if isinstance(event, Change):
+                    values[event.name] = event.value
+                return len(values) == 2
+
+            await processes.until(sub, both_back, timeout=20)
+        assert values == {"stubborn/a": 1, "stubborn/b": 2}
+        assert await plugin.set("stubborn/a", 3)  # the plugin's session works on

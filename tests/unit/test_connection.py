@@ -159,6 +159,24 @@ def test_a_set_many_keeps_one_write_per_property_its_last() -> None:
         "a/x": 3, "a/y": 7}
 
 
+def test_a_refused_redeclaration_falls_back_to_the_value_the_broker_confirmed() -> None:
+    conn = ClientConnection("plugin", "a")
+    conn.declaring("a/x", {"name": "a/x", "type": "int"}, {"handle": 1, "value": 0})
+    conn.declaring("a/y", {"name": "a/y", "type": "int"}, {"handle": 2, "value": 0})
+    conn.acknowledged(conn.wrote([("a/x", 4)]))  # its reply said applied
+    conn.wrote([("a/x", 7)], answered=True)  # a set_nowait: never confirmed
+    conn.acknowledged(conn.wrote([("a/y", 5)]), applied=False)  # its reply never came
+    conn.wrote([("a/y", 6)])  # unanswered when the connection dropped
+    assert {p["name"]: p["value"] for _, p in conn.restore()} == {"a/x": 7, "a/y": 6}
+    assert conn.confirmed("a/x") == {"name": "a/x", "type": "int", "value": 4}
+    assert conn.confirmed("a/y") == {"name": "a/y", "type": "int", "value": 0}
+    assert conn.confirmed("a/x") is None  # taken: the fallback is what is declared now
+    assert {p["name"]: p["value"] for _, p in conn.restore()} == {"a/x": 4, "a/y": 0}
+    conn.acknowledged(conn.wrote([("a/x", 8)]))
+    assert [p["value"] for _, p in conn.restore()][0] == 8
+    assert conn.confirmed("a/x") is None  # 8 was confirmed: nothing to fall back to
+
+
 def test_the_items_of_one_set_many_share_one_timestamp() -> None:
     h = Harness()
     h.plugin(b"p", "a")
