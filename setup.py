@@ -3,6 +3,8 @@
 The modules below are plain, mypy-strict Python. mypyc turns them into C extensions
 that apply a batch of writes about three times faster (docs/BENCHMARKS.md, section 10,
 "Compiled or pure").
+Their module-level constants are ``Final``: mypyc inlines those, where it looks any
+other global up in the module's dict at every use (per item, in a loop).
 Each extension is optional: without mypy or a C compiler, or with
 ``PLUGBOARD_PURE_PYTHON=1``, the same modules run as Python and behave the same.
 Everything else about the package is in pyproject.toml.

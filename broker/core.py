@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from plugboard.protocol import limits
 from plugboard.protocol._version import SUPPORTED_VERSIONS
@@ -42,10 +42,10 @@ from .store import Record, Store
 from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription, Written
 from .system import SystemProperties
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
-BROKER_VERSION = "0.1.0"
-BACKLOG_RETRY_S = (0.0005, 0.02)
+BROKER_VERSION: Final = "0.1.0"
+BACKLOG_RETRY_S = (0.0005, 0.02)  # not Final: mypyc reads a Final tuple of floats as unset
 """How soon frames ZeroMQ refused are offered again: it tells no one when a peer's pipe
 has room, so the broker asks again after 0.5 ms while retries make progress (a busy but
 healthy peer), doubling to 20 ms while ZeroMQ takes nothing (a stalled one costs
@@ -91,12 +91,12 @@ class Deferred:
     """Returned by a method handler that answers later through :meth:`BrokerCore.complete`."""
 
 
-DEFERRED = Deferred()
-FIRE_AND_FORGET = ("set", "set_many")
+DEFERRED: Final = Deferred()
+FIRE_AND_FORGET: Final = ("set", "set_many")
 """Methods a peer may also send as notifications: applied, never answered."""
 MethodHandler = Callable[["Session", dict[str, Any], int], Any]
 
-_MISSING = object()
+_MISSING: Final = object()
 
 
 def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...],

@@ -10,7 +10,7 @@ bumped whenever a slot is freed, so a handle kept across delete-and-recreate is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from plugboard.protocol.declaration import Meta
 from plugboard.protocol.errors import ProtocolError
@@ -20,9 +20,9 @@ from plugboard.protocol.values import Timestamp, ValueType, check_value
 if TYPE_CHECKING:
     from .subscriptions import Subscription
 
-_GEN_BITS = 24
-_GEN_MASK = (1 << _GEN_BITS) - 1
-MAX_SLOTS = 1 << 29
+_GEN_BITS: Final = 24
+_GEN_MASK: Final = (1 << _GEN_BITS) - 1
+MAX_SLOTS: Final = 1 << 29
 
 @dataclass(slots=True, eq=False)
 class Property:

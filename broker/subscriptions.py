@@ -10,7 +10,7 @@ about BATCH_BYTES, so no single frame to a slow peer is large.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from plugboard.protocol.changes import HANDLE, NAME, ChangesBatch, Item
 from plugboard.protocol.codec import encode_value
@@ -22,15 +22,15 @@ from .sessions import QueueBudget
 if TYPE_CHECKING:
     from .datastore import Property
 
-BATCH_BYTES = 16 * 1024
+BATCH_BYTES: Final = 16 * 1024
 """A ``changes`` batch closes once its items reach about this many bytes: small, since
 ZeroMQ holds up to send_hwm frames for a peer whatever their size."""
-_ITEM_OVERHEAD = 24
+_ITEM_OVERHEAD: Final = 24
 
 T = TypeVar("T")
 
-POLICY_LATEST = "latest"
-POLICY_ALL = "all"
+POLICY_LATEST: Final = "latest"
+POLICY_ALL: Final = "all"
 
 
 class _Node(Generic[T]):
@@ -205,10 +205,12 @@ class Subscription:
     )
 
     def __init__(
-        self, sid: int, peer: bytes, pattern: str, *, policy: str = POLICY_LATEST,
-        queue_limit: int, min_interval: float = 0.0, deadband: float | None = None,
-        budget: QueueBudget | None = None,
+        self, sid: int, peer: bytes, pattern: str, *, queue_limit: int,
+        policy: str = POLICY_LATEST, min_interval: float = 0.0,
+        deadband: float | None = None, budget: QueueBudget | None = None,
     ) -> None:
+        # The required keyword first: mypyc's signature text breaks on a required
+        # keyword-only argument after one with a default.
         self.sid = sid
         self.peer = peer
         self.pattern = pattern

@@ -11,14 +11,18 @@ one object, not a thousand; readers index them with ``HANDLE``, ``VALUE``, ...
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .codec import Notification, encode, encode_value
 from .errors import ProtocolError
 
 __all__ = ["HANDLE", "NAME", "REVISION", "TIMESTAMP", "VALUE", "ChangesBatch", "Item"]
 
-HANDLE, VALUE, REVISION, TIMESTAMP, NAME = range(5)
+HANDLE: Final = 0
+VALUE: Final = 1
+REVISION: Final = 2
+TIMESTAMP: Final = 3
+NAME: Final = 4
 """Positions in an item array."""
 
 Item = list[Any]
@@ -121,8 +125,10 @@ class ChangesBatch:
                    removed, gap, coalesced)
 
 
-_CHANGES_HEAD = b"\x93" + encode_value(2) + encode_value("changes")
-_SUB, _SEQ, _ITEMS = encode_value("sub"), encode_value("seq"), encode_value("items")
+_CHANGES_HEAD: Final = b"\x93" + encode_value(2) + encode_value("changes")
+_SUB: Final = encode_value("sub")
+_SEQ: Final = encode_value("seq")
+_ITEMS: Final = encode_value("items")
 
 
 def _map_header(size: int) -> bytes:

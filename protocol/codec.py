@@ -15,7 +15,7 @@ import datetime as _dt
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -28,8 +28,10 @@ __all__ = [
     "decode", "decode_value", "encode", "encode_value",
 ]
 
-REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
-_INT64 = struct.Struct(">q")
+REQUEST: Final = 0
+RESPONSE: Final = 1
+NOTIFICATION: Final = 2
+_INT64: Final = struct.Struct(">q")
 
 
 # The message classes below write their __init__ out: dataclasses generate a Python one,
@@ -91,7 +93,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ProtocolError("unknown_ext", f"msgpack ext type {code} is not defined by the protocol")
 
 
-_local = threading.local()
+_local: Final = threading.local()
 
 
 def encode_value(obj: Any) -> bytes:

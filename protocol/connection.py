@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ._version import SUPPORTED_VERSIONS
 from .changes import HANDLE, NAME, ChangesBatch
@@ -26,7 +26,10 @@ __all__ = [
 ]
 
 
-_PENDING, _APPLIED, _UNCONFIRMED, _REFUSED = range(4)
+_PENDING: Final = 0
+_APPLIED: Final = 1
+_UNCONFIRMED: Final = 2
+_REFUSED: Final = 3
 """A write's state: sent and not answered; applied (the broker's reply said so); taken
 as meant with no confirmation (sent as a notification, or its reply never came); or
 refused."""

@@ -8,14 +8,14 @@ exports) parse it, so it lives with the wire format and imports nothing else of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .errors import ProtocolError
 from .values import NUMERIC_TYPES, ValueType, check_value, numeric
 
-WRITERS_ANY = "*"
-WRITERS_CLIENTS = "clients"
-WRITERS_PLUGINS = "plugins"
+WRITERS_ANY: Final = "*"
+WRITERS_CLIENTS: Final = "clients"
+WRITERS_PLUGINS: Final = "plugins"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,7 +99,7 @@ def _declared(vtype: ValueType, key: str, value: Any) -> Any:
                             f"{exc.message}", field=key) from None
 
 
-_META_CACHE: dict[tuple[Any, ...], Meta] = {}
+_META_CACHE: Final[dict[tuple[Any, ...], Meta]] = {}
 
 
 def _shared(meta: Meta) -> Meta:

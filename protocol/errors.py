@@ -22,7 +22,7 @@ one table of codes, and :meth:`RemoteError.from_wire` maps a code to its class.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 
 class PlugboardError(Exception):
@@ -62,7 +62,7 @@ class ConfigError(PlugboardError):
     """A setting, path or file given to Plugboard is unusable; the message says which."""
 
 
-ERROR_CODES: dict[str, str] = {
+ERROR_CODES: Final[dict[str, str]] = {
     "malformed": "the frame is not exactly one valid msgpack object",
     "invalid_message": "the envelope or a field has the wrong shape",
     "too_large": "a frame or field is over a size limit",
@@ -143,7 +143,7 @@ class Conflict(RemoteError):
     """The request conflicts with existing state (a taken name, a repeated hello)."""
 
 
-_CLASS_BY_CODE: dict[str, type[RemoteError]] = {
+_CLASS_BY_CODE: Final[dict[str, type[RemoteError]]] = {
     **dict.fromkeys(
         ["malformed", "invalid_message", "too_large", "too_deep", "unknown_ext",
          "unknown_method", "invalid_params", "hello_required", "unsupported_version",

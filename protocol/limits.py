@@ -5,40 +5,42 @@ them; the broker may be configured with a smaller ``max_frame`` and announces th
 it enforces in the ``hello`` reply.
 """
 
-MAX_FRAME_BYTES = 4 * 1024 * 1024
+from typing import Final
+
+MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 """Largest frame a peer may send. The broker disconnects senders of larger frames."""
 
-MAX_DEPTH = 32
+MAX_DEPTH: Final = 32
 """Deepest nesting of lists and maps in one message, counting the envelope itself."""
 
-MAX_VALUE_DEPTH = 24
+MAX_VALUE_DEPTH: Final = 24
 """Deepest nesting of lists and maps inside one property value (a scalar is 0, ``[1]`` is
 1). The broker wraps a value in up to 5 levels (a ``changes`` item, a ``list`` reply), so
 every value it accepts still fits in a frame of MAX_DEPTH levels for every reader."""
 
-MAX_NAME_BYTES = 255
+MAX_NAME_BYTES: Final = 255
 """Longest property name, topic or pattern, in UTF-8 bytes."""
 
-MAX_SEGMENTS = 16
+MAX_SEGMENTS: Final = 16
 """Most ``/``-separated segments in a name or pattern."""
 
-MAX_MSGID = 2**32 - 1
+MAX_MSGID: Final = 2**32 - 1
 """Message ids are unsigned 32-bit integers, as in MessagePack-RPC."""
 
-SNAPSHOT_CHUNK = 1000
+SNAPSHOT_CHUNK: Final = 1000
 """Current values sent after ``subscribe`` arrive in batches of at most this many."""
 
-BATCH_ITEMS = 1000
+BATCH_ITEMS: Final = 1000
 """A ``changes`` notification carries at most this many items."""
 
-DEFAULT_QUEUE_LIMIT = 10_000
+DEFAULT_QUEUE_LIMIT: Final = 10_000
 """Default bound of a subscription's queue under policy ``all``."""
 
-MAX_QUEUE_LIMIT = 1_000_000
+MAX_QUEUE_LIMIT: Final = 1_000_000
 """Largest queue bound a subscriber may ask for."""
 
-DEFAULT_CALL_TIMEOUT_MS = 5000
+DEFAULT_CALL_TIMEOUT_MS: Final = 5000
 """How long the broker waits for a plugin to answer a ``call`` unless told otherwise."""
 
-MAX_CALL_TIMEOUT_MS = 300_000
+MAX_CALL_TIMEOUT_MS: Final = 300_000
 """The longest ``timeout_ms`` a ``call`` may ask for."""

@@ -9,19 +9,20 @@ segment) or, as the last segment only, ``#`` (the rest: zero or more segments).
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .errors import ProtocolError
 from .limits import MAX_NAME_BYTES, MAX_SEGMENTS
 
-SYSTEM_NAMESPACE = "system"
-PLUGINS_PREFIX = "system/plugins/"
+SYSTEM_NAMESPACE: Final = "system"
+PLUGINS_PREFIX: Final = "system/plugins/"
 """Where the broker publishes what agents report of each plugin: ``<name>/state`` ..."""
-LOG_TOPIC = "system/logs/"
+LOG_TOPIC: Final = "system/logs/"
 """The topic prefix a plugin's captured output is published on by its agent."""
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
-_PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_\-]{0,63}\Z")
-_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
+_PLUGIN_NAME: Final = re.compile(r"[a-z][a-z0-9_\-]{0,63}\Z")
+_AGENT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
 
 def _segments(text: object, what: str, code: str) -> list[str]:

@@ -12,7 +12,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from msgpack import Timestamp
 
@@ -21,10 +21,11 @@ from .limits import MAX_VALUE_DEPTH
 
 __all__ = ["DURATION_EXT", "Duration", "Timestamp", "ValueType", "check_value", "now"]
 
-DURATION_EXT = 1
+DURATION_EXT: Final = 1
 """msgpack extension type code of :class:`Duration`."""
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -95,9 +96,9 @@ class ValueType(enum.StrEnum):
     DURATION = "duration"
 
 
-NUMERIC_TYPES = frozenset({ValueType.INT, ValueType.FLOAT, ValueType.DURATION})
+NUMERIC_TYPES: Final = frozenset({ValueType.INT, ValueType.FLOAT, ValueType.DURATION})
 
-_PY_TYPES: dict[ValueType, tuple[type, ...]] = {
+_PY_TYPES: Final[dict[ValueType, tuple[type, ...]]] = {
     ValueType.BOOL: (bool,),
     ValueType.INT: (int,),
     ValueType.FLOAT: (float, int),

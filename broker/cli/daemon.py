@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -161,6 +162,7 @@ async def _serve(server: BrokerServer, contracts: list[Contract], plugin_paths: 
         ready.cancel()
         await serving  # raises what went wrong (a bind error)
         return
+    collect_less()
     # One line on stdout says the broker is serving, and where.
     print(f"plugboard broker ready: instance {server.core.instance}, listening on "
           + " ".join(server.endpoints), flush=True)
@@ -175,6 +177,18 @@ async def _serve(server: BrokerServer, contracts: list[Contract], plugin_paths: 
     await agent
     server.stop()
     await serving
+
+
+def collect_less() -> None:
+    """Tune Python's cycle collector for a server. A message's lists and dicts live
+    for microseconds, but with the default gen-0 threshold (700 allocations) a loaded
+    broker runs the collector over them thousands of times a second (bench/core_speed.py
+    measures the core both ways: docs/BENCHMARKS.md, section 10). At 10,000 most are
+    gone before it runs. What start-up built (modules, the restored store) is frozen out
+    of later full collections, which would otherwise walk all of it each time."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 async def _local_agent(server: BrokerServer, contracts: list[Contract],
