@@ -177,6 +177,12 @@ async def pb_write(endpoint: str, mode: str, count: int) -> None:
                 for _ in range(min(window, count - first)):
                     client.set_nowait("bench/x", time.monotonic_ns())
                 await client.request("ping")
+        elif mode == "batched-nowait":  # set_many of 100 as notifications, a ping per 2,000
+            for first in range(0, count, 2000):
+                for start in range(first, min(first + 2000, count), 100):
+                    client.set_many_nowait([("bench/x", time.monotonic_ns())
+                                            for _ in range(min(100, count - start))])
+                await client.request("ping")
         else:  # batched: set_many of 100 values on one property, 10 in flight
             for first in range(0, count, 1000):
                 await asyncio.gather(*(
@@ -418,6 +424,12 @@ def pbraw_write(endpoint: str, mode: str, count: int) -> None:
         for first in range(0, count, 2000):
             for _ in range(min(2000, count - first)):
                 peer.notify("set", {"target": "bench/x", "value": time.monotonic_ns()})
+            peer.call("ping", {})
+    elif mode == "batched-nowait":
+        for first in range(0, count, 2000):
+            for offset in range(first, min(first + 2000, count), 100):
+                peer.notify("set_many", {"items": [["bench/x", time.monotonic_ns()]
+                                                   for _ in range(min(100, count - offset))]})
             peer.call("ping", {})
     else:  # batched: set_many of 100, 10 in flight like the SDK writer
         for first in range(0, count, 1000):
