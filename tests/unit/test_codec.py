@@ -1,4 +1,6 @@
+import collections
 import datetime as dt
+import enum
 
 import msgpack
 import pytest
@@ -45,6 +47,24 @@ def test_datetime_and_timedelta_encode_as_timestamp_and_duration() -> None:
     when = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.UTC)
     out = decode_value(encode_value([when, dt.timedelta(seconds=1.5)]))
     assert out == [Timestamp.from_datetime(when), Duration(1_500_000_000)]
+
+
+def test_subclasses_of_built_in_types_encode_as_their_base_type() -> None:
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Mode(enum.StrEnum):
+        AUTO = "auto"
+
+    class Pair(tuple):  # type: ignore[type-arg]
+        pass
+
+    value = [Level.HIGH, Mode.AUTO, collections.OrderedDict(a=1),
+             collections.defaultdict(list, b=[Pair((1, 2))]), type("Row", (list,), {})([1]),
+             bytearray(b"xy"), type("Ratio", (float,), {})(0.5), True, (4, 5)]
+    expected = [3, "auto", {"a": 1}, {"b": [[1, 2]]}, [1], b"xy", 0.5, True, [4, 5]]
+    assert encode_value(value) == msgpack.packb(expected, use_bin_type=True)
+    assert decode_value(encode_value(value)) == expected
 
 
 def test_naive_datetime_is_refused_with_a_reason() -> None:
