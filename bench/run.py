@@ -35,7 +35,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 WORKER = [sys.executable, str(ROOT / "bench" / "worker.py")]
 QUICK = bool(os.environ.get("BENCH_QUICK"))
-LATENCY_N = 1000 if QUICK else 2000
+LATENCY_N = 1000 if QUICK else 6000
 THROUGHPUT_N = 10_000 if QUICK else 30_000
 BATCHED_N = 50_000 if QUICK else 200_000
 SCALES = [10_000, 100_000] if QUICK else [10_000, 100_000, 1_000_000]
@@ -349,9 +349,12 @@ def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
 def scenario_hops() -> dict[str, Any]:
     """The same set -> notify over tcp, adding one piece at a time: one libzmq hop, the
     raw relay's two, the broker with hand-written protocol clients at both ends, then
-    the SDK at one end or both. Latency p50 (paced) and µs per update at full speed."""
-    out: dict[str, Any] = {}
-    for mode, count in (("latency", LATENCY_N), ("single", THROUGHPUT_N),
+    the SDK at one end or both. Latency p50 (paced; the rounds' latencies pooled) and µs
+    per update at full speed (the median of the rounds), every row once per round: the
+    pieces are differences of rows, which one run's drift would swamp."""
+    runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    counts: dict[str, int] = {}
+    for mode, count in (("latency", LATENCY_N // ROUNDS), ("single", THROUGHPUT_N),
                         ("nowait", THROUGHPUT_N), ("batched", BATCHED_N)):
         for path in HOP_PAIRS:
             if mode == "nowait" and path in ("direct", "relay"):
@@ -359,13 +362,20 @@ def scenario_hops() -> dict[str, Any]:
             writer_mode = HOP_WRITER_MODES.get(path, {}).get(mode, mode)
             if path in HOP_WRITER_MODES and mode not in HOP_WRITER_MODES[path]:
                 continue
-            figures = _hop_run(path, writer_mode, count)
-            if mode == "latency":
-                value = percentiles(figures.pop("latencies"))["p50_us"]
-            else:
-                value = 1e6 / figures["rate"] if figures.get("rate") else float("nan")
-            out[f"{path}/{mode}"] = {"us": value, "lost": count - figures.get("received", 0)}
-            print(f"hops {path}/{mode}: {out[f'{path}/{mode}']}", flush=True)
+            runs.append((f"{path}/{mode}",
+                         functools.partial(_hop_run, path, writer_mode, count)))
+            counts[f"{path}/{mode}"] = count
+    out: dict[str, Any] = {}
+    for label, rounds in _rounds(runs).items():
+        if label.endswith("/latency"):
+            value = percentiles([ns for f in rounds for ns in f["latencies"]])["p50_us"]
+        else:
+            per_update = sorted(1e6 / f["rate"] if f.get("rate") else float("nan")
+                                for f in rounds)
+            value = per_update[len(per_update) // 2]
+        lost = max(counts[label] - f.get("received", 0) for f in rounds)
+        out[label] = {"us": value, "lost": lost}
+        print(f"hops {label}: {out[label]}", flush=True)
     return out
 
 
@@ -993,8 +1003,10 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
              "writer's frames straight into the subscriber (one libzmq hop); `relay`: the "
              "raw pyzmq relay (two hops and its Python); `raw clients`: the broker with "
              "PROTOCOL.md spoken by hand (pyzmq + msgpack) at both ends; then the SDK at "
-             "one end or both. Latency: p50 µs one-way, paced. The other columns: µs per "
-             "update at full speed (1 / rate).", "",
+             "one end or both. Latency: p50 µs one-way, paced, over "
+             f"{LATENCY_N // ROUNDS * ROUNDS:,} sets. The other columns: µs per update at "
+             "full speed (1 / rate), the median of the rounds. Every row ran once in each "
+             f"of {ROUNDS} rounds, so a drift of the machine falls on all rows alike.", "",
              "| path | latency p50 | single | nowait | batched (set_many of 100) |",
              "|---|---|---|---|---|"]
     for path in HOP_PAIRS:
