@@ -1157,7 +1157,9 @@ def compiled_section(fig: dict[str, Any] | None) -> list[str]:
         if key not in fig["compiled"] or key not in fig["pure"]:
             continue  # measured by a later version of bench/core_speed.py
         compiled, pure = fig["compiled"][key], fig["pure"][key]
-        lines.append(f"| {label} | {compiled:.1f} | {pure:.1f} | {ratio(pure, compiled)} |")
+        digits = 2 if compiled < 10 else 1  # the in-process rows are fractions of a µs
+        lines.append(f"| {label} | {compiled:.{digits}f} | {pure:.{digits}f} | "
+                     f"{ratio(pure, compiled)} |")
     return lines + [""]
 
 
