@@ -46,6 +46,7 @@ lint: install-test
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check protocol broker sdk plugin_runtime plugins bench tests
 	$(BIN)/mypy
+	MYPYPATH=bench $(BIN)/mypy bench  # scripts importing each other, not a package
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -45,6 +45,7 @@ class Peer:
     """A worker process: waits for its 'ready', says 'go', reads its JSON result."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.role = args[0]
         self.proc = subprocess.Popen([*WORKER, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, cwd=ROOT, text=True,
                                      env={**os.environ, **(env or {})})
@@ -53,11 +54,11 @@ class Peer:
         assert self.proc.stdout is not None
         if not select.select([self.proc.stdout], [], [], timeout)[0]:
             self.proc.kill()
-            raise RuntimeError(f"{self.proc.args[2]} not ready within {timeout:g} s")
+            raise RuntimeError(f"{self.role} not ready within {timeout:g} s")
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):
             self.proc.kill()
-            raise RuntimeError(f"{self.proc.args[2]} did not get ready: {line!r}")
+            raise RuntimeError(f"{self.role} did not get ready: {line!r}")
         return line.strip()
 
     def go(self) -> None:
@@ -126,7 +127,9 @@ class Broker:
         endpoints = re.search(r"listening on (.+)$", line)
         if not endpoints:
             raise RuntimeError(f"broker did not start: {line!r}")
-        self.ipc, self.tcp = endpoints.group(1).split()
+        ipc, tcp = endpoints.group(1).split()
+        self.ipc: str = ipc
+        self.tcp: str = tcp
         self.ps = psutil.Process(self.proc.pid)
         if curve:
             server = zmq.auth.load_certificate(self.state / "curve" / "broker.key")[0]
@@ -144,7 +147,7 @@ class Reference:
 
     def __init__(self, kind: str, transport: str = "tcp") -> None:
         self.kind = kind
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[Any] | None = None
         self.peer: Peer | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="pbr-"))
         if kind == "raw":
@@ -805,7 +808,7 @@ def scenario_profile() -> dict[str, Any]:
         total += tottime
         rows.append((tottime, calls, f"{Path(filename).name}:{line}({name})"))
     rows.sort(reverse=True)
-    out = {"busy_seconds": total, "messages": THROUGHPUT_N // 2,
+    out: dict[str, Any] = {"busy_seconds": total, "messages": THROUGHPUT_N // 2,
            "top": [{"function": f, "calls": c, "share": t / total} for t, c, f in rows[:10]]}
     shutil.rmtree(path.parent, ignore_errors=True)
     print(f"profile: {out['top'][:3]}", flush=True)
@@ -1030,7 +1033,7 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
             return us("broker, raw clients", mode) - us("broker, raw clients", "nowait")
         return float("nan")
 
-    rows = [
+    rows: list[tuple[str, Callable[[str], float]]] = [
         ("libzmq + kernel, one hop (direct)", lambda m: us("direct", m)),
         ("a middle process: the relay, two hops (relay)", lambda m: us("relay", m)),
         ("a reply per set, in the relay",

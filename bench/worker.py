@@ -336,7 +336,7 @@ class RawPeer:
     nothing of the SDK runs at either end."""
 
     def __init__(self, endpoint: str, role: str, name: str | None = None) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.connect(endpoint)
         self.msgid = 0
         self.last_ping = time.monotonic()
@@ -437,11 +437,11 @@ def pbraw_write(endpoint: str, mode: str, count: int) -> None:
             peer.call("ping", {})
     else:  # batched: set_many of 100, 10 in flight like the SDK writer
         for first in range(0, count, 1000):
-            window = range(first, min(first + 1000, count), 100)
-            for offset in window:
+            offsets = range(first, min(first + 1000, count), 100)
+            for offset in offsets:
                 peer.send("set_many", {"items": [["bench/x", time.monotonic_ns()]
                                                  for _ in range(min(100, count - offset))]})
-            peer.replies(len(window))
+            peer.replies(len(offsets))
     report(seconds=time.monotonic() - start)
 
 
@@ -569,7 +569,8 @@ def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
 def redis_sub(port: str, expected: int) -> None:
     import redis
 
-    pubsub = redis.Redis(port=int(port)).pubsub()
+    client: Any = redis.Redis(port=int(port))  # redis types its pub/sub loosely
+    pubsub = client.pubsub()
     pubsub.subscribe("bench/x")
     pubsub.get_message(timeout=5)  # the subscribe confirmation
     ready()
@@ -586,7 +587,7 @@ def redis_sub(port: str, expected: int) -> None:
 def redis_write(port: str, mode: str, count: int) -> None:
     import redis
 
-    client = redis.Redis(port=int(port))
+    client: Any = redis.Redis(port=int(port))  # its pipeline's methods are typed loosely
     ready()
     go()
     start = time.monotonic()
@@ -610,8 +611,9 @@ def redis_write(port: str, mode: str, count: int) -> None:
 
 def _mqtt_client() -> Any:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    return mqtt.Client(CallbackAPIVersion.VERSION2)
 
 
 def mqtt_sub(port: str, expected: int) -> None:
