@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -45,11 +46,13 @@ from .system import SystemProperties
 log: Final = logging.getLogger(__name__)
 
 BROKER_VERSION: Final = "0.1.0"
-BACKLOG_RETRY_S = (0.0005, 0.02)  # not Final: mypyc reads a Final tuple of floats as unset
+RETRY_FIRST_S: Final = 0.0005
+RETRY_MAX_S: Final = 0.02
 """How soon frames ZeroMQ refused are offered again: it tells no one when a peer's pipe
 has room, so the broker asks again after 0.5 ms while retries make progress (a busy but
 healthy peer), doubling to 20 ms while ZeroMQ takes nothing (a stalled one costs
 little)."""
+NEVER: Final = math.inf
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +138,7 @@ class BrokerCore:
         self._drops_of_ended = 0
         self._congested: dict[Session, None] = {}
         """Sessions with a backlog: their frames are retried, their changes held back."""
-        self._retry_in = BACKLOG_RETRY_S[0]
+        self._retry_in = RETRY_FIRST_S
         self._offered = self._refused = 0
         """Backlog frames offered in the last flush, and how many came back refused."""
         self.shutting_down = False
@@ -292,12 +295,12 @@ class BrokerCore:
         driver asks after each send (a send is what finds a peer congested) and arms a
         timer for it, besides :meth:`tick`'s deadline."""
         if not self._congested:
-            self._retry_in = BACKLOG_RETRY_S[0]
-            return float("inf")
+            self._retry_in = RETRY_FIRST_S
+            return NEVER
         if self._offered and self._refused >= self._offered:  # no progress: back off
-            self._retry_in = min(self._retry_in * 2, BACKLOG_RETRY_S[1])
+            self._retry_in = min(self._retry_in * 2, RETRY_MAX_S)
         else:
-            self._retry_in = BACKLOG_RETRY_S[0]
+            self._retry_in = RETRY_FIRST_S
         return self.clock() + self._retry_in
 
     def peer_gone(self, peer: bytes, reason: str) -> None:
