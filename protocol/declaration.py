@@ -52,13 +52,6 @@ class Meta:
 
 def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
     """Read the metadata of a ``declare`` request, checking it fits the type."""
-
-    def text(key: str) -> str | None:
-        value = params.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ProtocolError("invalid_params", f"{key} must be a string")
-        return value
-
     bounds = {}
     for key in ("min", "max"):
         value = params.get(key)
@@ -83,10 +76,20 @@ def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
     if not isinstance(persist, bool):
         raise ProtocolError("invalid_params", "persist must be a bool")
     return _shared(Meta(
-        unit=text("unit"), description=text("description"), min=bounds.get("min"),
+        unit=_text(params, "unit"), description=_text(params, "description"),
+        min=bounds.get("min"),
         max=bounds.get("max"), enum=enum_values, writable_by=tuple(writable_by),
         persist=persist,
     ))
+
+
+def _text(params: dict[str, Any], key: str) -> str | None:
+    # Not a closure inside parse_meta: compiled, a closure and its environment refer to
+    # each other, a cycle left for the collector at every declaration.
+    value = params.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError("invalid_params", f"{key} must be a string")
+    return value
 
 
 def _declared(vtype: ValueType, key: str, value: Any) -> Any:

@@ -1,6 +1,8 @@
 """The broker core driven without sockets, on a fake clock."""
 
 
+import gc
+
 import msgpack
 import pytest
 
@@ -528,3 +530,25 @@ def test_writes_queued_by_one_subscriber_or_shared_by_several_read_the_same() ->
         for name, value in (("p/shared", round_), ("p/alone", f"a{round_}"),
                             ("p/shared", round_ + 10))]
     assert seen(b"w2") == [entry for entry in everything if entry[0] == "p/shared"]
+
+
+def test_the_message_path_leaves_no_garbage_cycles(h: Harness) -> None:
+    """What a declaration, a write or a reply allocates is freed by reference counting.
+    A cycle (compiled, a closure and its environment refer to each other) is left for
+    the collector, which then runs and walks the young heap under load."""
+    h.call(C, "subscribe", pattern="p/#", policy="all")
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for i in range(50):
+            h.call(P, "declare", name=f"p/v{i}", type="int", value=0, min=0, unit="C")
+            h.call(P, "set", target=f"p/v{i}", value=i)
+            h.call(P, "set_many", items=[[f"p/v{i}", i + 1]])
+            h.call(C, "get", target=f"p/v{i}")
+            h.call(C, "ping")
+        assert len(h.changes(C)) == 150  # each declared, set, then set again
+        gc.collect()
+        assert [type(o).__name__ for o in gc.garbage] == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
