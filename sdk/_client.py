@@ -185,11 +185,16 @@ class Client(SessionState):
         if self._closing:
             return
         self._closing = True
-        for task in (self._pinger, self._reconnecting):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+        tasks = [task for task in (self._pinger, self._reconnecting)
+                 if task is not None and task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
         await self._say_bye()
         await self._teardown()
+        # Wait the cancelled tasks out and let them go: a task kept here refers back to
+        # this client through its frames, a cycle only the collector would free.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pinger = self._reconnecting = None
 
     async def _say_bye(self) -> None:
         """End the session politely if there is one (best effort, short timeout)."""
@@ -206,6 +211,9 @@ class Client(SessionState):
             sub._finish()
         for listener in self._all_listeners:
             listener._finish()
+        # Each refers back to this client: let them go, so neither waits on the cycle
+        # collector (a reader may still hold one and take what it had received).
+        self._all_subs, self._subs, self._all_listeners, self._listeners = [], {}, [], {}
         self._ctx.term()
         self.closed.set()
 

@@ -198,6 +198,7 @@ class SyncClient(SessionState):
         self._ctx.term()
         for sub in self._all_subs:
             sub._finish()
+        self._all_subs, self._subs = [], {}  # each refers back to this client: a cycle
 
     def __enter__(self) -> SyncClient:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,28 @@ async def test_async_batches_and_per_item_view_share_one_queue(broker: BrokerPro
         whole = await asyncio.wait_for(anext(aiter(sub.batches())), 5)
         assert isinstance(whole, Batch)
         assert [(c.name, c.value) for c in whole] == [("abatch/a", 3), ("abatch/b", 4)]
+
+
+async def test_a_closed_client_is_freed_without_the_cycle_collector(
+        broker: BrokerProcess) -> None:
+    """Writes, a subscription read and close leave no cycle (a cancelled task kept by
+    the client would refer back to it through its frames): a program that opens
+    clients as it goes does not wait on the collector for their memory."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            async with Client(broker.ipc, role="plugin", name="freed") as client:
+                await client.declare("freed/x", "int", 0)
+                sub = await client.subscribe("freed/x", policy="all", current=False)
+                await client.set("freed/x", 1)
+                client.set_nowait("freed/x", 2)
+                assert [c.value for c in await sub.next_batch(5)] == [1]
+        gc.collect()
+        assert [type(o).__name__ for o in gc.garbage] == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 async def test_async_waits_time_out_and_end_with_the_subscription(
