@@ -260,6 +260,15 @@ RELAY_FORM = {"nowait": "single", "batched-nowait": "batched"}
 """The raw relay's mode a Plugboard throughput mode is compared with."""
 
 
+def _round_us(rounds: list[dict[str, Any]], *, paced: bool) -> float:
+    """µs from the rounds of one run: paced, the p50 of their latencies pooled; else the
+    median µs per update (1 / rate)."""
+    if paced:
+        return percentiles([ns for f in rounds for ns in f["latencies"]])["p50_us"]
+    per_update = sorted(1e6 / f["rate"] if f.get("rate") else float("nan") for f in rounds)
+    return per_update[len(per_update) // 2]
+
+
 def scenario_latency() -> dict[str, Any]:
     """Latencies of every round pooled, ``LATENCY_N`` messages per system in all."""
     out: dict[str, Any] = {}
@@ -370,12 +379,7 @@ def scenario_hops() -> dict[str, Any]:
             counts[f"{path}/{mode}"] = count
     out: dict[str, Any] = {}
     for label, rounds in _rounds(runs).items():
-        if label.endswith("/latency"):
-            value = percentiles([ns for f in rounds for ns in f["latencies"]])["p50_us"]
-        else:
-            per_update = sorted(1e6 / f["rate"] if f.get("rate") else float("nan")
-                                for f in rounds)
-            value = per_update[len(per_update) // 2]
+        value = _round_us(rounds, paced=label.endswith("/latency"))
         lost = max(counts[label] - f.get("received", 0) for f in rounds)
         out[label] = {"us": value, "lost": lost}
         print(f"hops {label}: {out[label]}", flush=True)
@@ -427,12 +431,7 @@ def scenario_compiled() -> dict[str, Any]:
             runs.append((f"{build}/{mode}", functools.partial(_raw_clients, build, mode, count)))
     for label, rounds in _rounds(runs).items():
         build, mode = label.split("/")
-        if mode == "latency":
-            value = percentiles([ns for f in rounds for ns in f["latencies"]])["p50_us"]
-        else:
-            per_update = sorted(1e6 / f["rate"] for f in rounds)
-            value = per_update[len(per_update) // 2]
-        out[build][mode] = value
+        out[build][mode] = _round_us(rounds, paced=mode == "latency")
     print(f"compiled or pure: {out}", flush=True)
     return out
 

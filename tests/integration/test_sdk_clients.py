@@ -129,7 +129,9 @@ async def test_a_closed_client_is_freed_without_the_cycle_collector(
                 client.set_nowait("freed/x", 2)
                 assert [c.value for c in await sub.next_batch(5)] == [1]
         gc.collect()
-        assert [type(o).__name__ for o in gc.garbage] == []
+        # Only the SDK's own objects count: the test runner may leave cycles of its own.
+        assert [type(o).__name__ for o in gc.garbage
+                if type(o).__module__.startswith("plugboard.")] == []
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
