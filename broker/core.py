@@ -821,9 +821,11 @@ class BrokerCore:
         if deadband is not None and deadband < 0:
             raise ProtocolError("invalid_params", "deadband must be >= 0")
         current = _param(params, "current", bool, True)
+        timestamp_ns = _param(params, "timestamp_ns", bool, False)
         sub = Subscription(self._new_id(), session.peer, pattern, policy=policy,
                            queue_limit=queue_limit, min_interval=min_interval_ms / 1000,
-                           deadband=deadband, budget=session.budget)
+                           deadband=deadband, budget=session.budget,
+                           timestamp_ns=timestamp_ns)
         # Index once here so a later set costs only its own subscribers.
         props = self.store.matching(pattern)
         for prop in props:

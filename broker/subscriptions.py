@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from plugboard.protocol.changes import HANDLE, NAME, ChangesBatch, Item
 from plugboard.protocol.codec import encode_value
 from plugboard.protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
-from plugboard.protocol.values import Duration, Timestamp
+from plugboard.protocol.values import Duration, Timestamp, unix_ns
 
 from .sessions import QueueBudget
 
@@ -104,32 +104,60 @@ class Written:
     """One write as every subscriber under policy ``all`` queues it: the item array and
     its size are made once per write, however many subscribers there are, and not at
     all when none keeps every change (``latest`` builds its items when it flushes).
-    Queued by several subscribers, it is also encoded once (:attr:`packed`) and the
+    Queued by several subscribers, it is also encoded once (:meth:`packed`) and the
     bytes spliced into each batch; queued by one, it is encoded with its batch, in the
-    one msgpack call that is cheaper than a call per item."""
+    one msgpack call that is cheaper than a call per item. Each form of an item's time
+    (a timestamp, or nanoseconds for ``timestamp_ns``) has its own item, encoding and
+    count, in slots rather than pairs: one is built per write and property."""
 
-    __slots__ = ("_item", "_packed", "_prop", "_size", "queued")
+    __slots__ = ("_item", "_item_ns", "_packed", "_packed_ns", "_prop", "_size", "queued",
+                 "queued_ns")
 
     def __init__(self, prop: Property) -> None:
         self._prop = prop
         self._item: Item | None = None
+        self._item_ns: Item | None = None
         self._packed: bytes | None = None
+        self._packed_ns: bytes | None = None
         self._size = -1
         self.queued = 0
-        """How many subscriptions queued it."""
+        """How many subscriptions queued it with the time as a timestamp."""
+        self.queued_ns = 0
+        """How many queued it with the time as nanoseconds."""
 
-    @property
-    def item(self) -> Item:
+    def item(self, ns: bool) -> Item:
+        """``[handle, value, revision, time]``, the time as a timestamp or (``ns``) as
+        nanoseconds since the epoch."""
+        prop = self._prop
+        if ns:
+            if self._item_ns is None:
+                self._item_ns = [prop.handle, prop.value, prop.revision,
+                                 unix_ns(prop.changed_at)]
+            return self._item_ns
         if self._item is None:
-            prop = self._prop
             self._item = [prop.handle, prop.value, prop.revision, prop.changed_at]
         return self._item
 
-    @property
-    def packed(self) -> bytes:
-        """The item encoded, spliced into each subscriber's batch (ChangesBatch.frame)."""
+    def count(self, ns: bool) -> None:
+        """One more subscription queued the item of this form."""
+        if ns:
+            self.queued_ns += 1
+        else:
+            self.queued += 1
+
+    def shared(self, ns: bool) -> bytes | None:
+        """The item of this form encoded, if more than one subscription queued it (the
+        bytes are spliced into each one's batch: ChangesBatch.frame); else None."""
+        if ns:
+            if self.queued_ns < 2:
+                return None
+            if self._packed_ns is None:
+                self._packed_ns = encode_value(self.item(True))
+            return self._packed_ns
+        if self.queued < 2:
+            return None
         if self._packed is None:
-            self._packed = encode_value(self.item)
+            self._packed = encode_value(self.item(False))
         return self._packed
 
     @property
@@ -139,17 +167,16 @@ class Written:
         return self._size
 
 
-def _shared_encodings(queued: list[Written | None]) -> list[bytes | None] | None:
+def _shared_encodings(queued: list[Written | None], ns: bool) -> list[bytes | None] | None:
     """Each item's encoding where its write went to more than one subscriber (None
     where not); None when no item is shared, so the batch is encoded in one call."""
     packed: list[bytes | None] = []
     shared = False
     for written in queued:
-        if written is not None and written.queued > 1:
-            packed.append(written.packed)
+        done = None if written is None else written.shared(ns)
+        packed.append(done)
+        if done is not None:
             shared = True
-        else:
-            packed.append(None)
     return packed if shared else None
 
 
@@ -202,12 +229,14 @@ class Subscription:
         "queue_limit",
         "seq",
         "sid",
+        "timestamp_ns",
     )
 
     def __init__(
         self, sid: int, peer: bytes, pattern: str, *, queue_limit: int,
         policy: str = POLICY_LATEST, min_interval: float = 0.0,
         deadband: float | None = None, budget: QueueBudget | None = None,
+        timestamp_ns: bool = False,
     ) -> None:
         # The required keyword first: mypyc's signature text breaks on a required
         # keyword-only argument after one with a default.
@@ -218,6 +247,8 @@ class Subscription:
         self.queue_limit = queue_limit
         self.min_interval = min_interval
         self.deadband = deadband
+        self.timestamp_ns = timestamp_ns
+        """Items carry their time as nanoseconds since the epoch, not as a timestamp."""
         self.properties: dict[Property, None] = {}
         self.seq = 0
         self._latest: dict[Property, None] = {}
@@ -247,10 +278,11 @@ class Subscription:
         return bool(self._latest or self._all or self._removed or self.gap)
 
     def _item(self, prop: Property, value: Any, revision: int, at: Timestamp) -> list[Any]:
+        time: Any = unix_ns(at) if self.timestamp_ns else at
         if prop.handle in self._named:
-            return [prop.handle, value, revision, at]
+            return [prop.handle, value, revision, time]
         self._named.add(prop.handle)
-        return [prop.handle, value, revision, at, prop.name]
+        return [prop.handle, value, revision, time, prop.name]
 
     def _passes_deadband(self, prop: Property) -> bool:
         if self.deadband is None:
@@ -276,13 +308,14 @@ class Subscription:
         else:
             size = written.size
             if len(self._all) < self.queue_limit and self.budget.fits_change(size):
+                ns = self.timestamp_ns
                 if prop.handle in self._named:
-                    self._all.append(written.item)
+                    self._all.append(written.item(ns))
                     self._all_written.append(written)
-                    written.queued += 1
+                    written.count(ns)
                 else:
                     self._named.add(prop.handle)
-                    self._all.append([*written.item, prop.name])
+                    self._all.append([*written.item(ns), prop.name])
                     self._all_written.append(None)
                 self._all_sizes.append(size)
                 self._all_bytes += size
@@ -335,7 +368,7 @@ class Subscription:
             self._latest.clear()
         else:
             items, self._all = self._all, []
-            packed = _shared_encodings(self._all_written)
+            packed = _shared_encodings(self._all_written, self.timestamp_ns)
             self._all_written = []
             sizes, self._all_sizes = self._all_sizes, []
             self.budget.used -= self._all_bytes

@@ -87,9 +87,10 @@ class PropertyInfo:
 
 class Batch:
     """The changes of one notification as they came: ``items`` stay the wire's arrays
-    (``[handle, value, revision, timestamp, ...]``), so reading a batch of a thousand
-    builds nothing per item. Iterating it yields :class:`Change` records for those who
-    want them."""
+    (``[handle, value, revision, time_ns, ...]``, the time of the write as an integer of
+    nanoseconds since the Unix epoch), so reading a batch of a thousand builds nothing
+    per item. Iterating it yields :class:`Change` records, their ``timestamp`` a
+    :class:`Timestamp`, for those who want them."""
 
     __slots__ = ("items", "names", "snapshot")
 
@@ -105,8 +106,8 @@ class Batch:
     def __iter__(self) -> Iterator[Change]:
         snapshot = self.snapshot
         for name, item in zip(self.names, self.items, strict=True):
-            yield Change(name, item[HANDLE], item[VALUE], item[REVISION], item[TIMESTAMP],
-                         snapshot)
+            yield Change(name, item[HANDLE], item[VALUE], item[REVISION],
+                         Timestamp.from_unix_nano(item[TIMESTAMP]), snapshot)
 
     def values(self) -> Iterator[tuple[str, Any]]:
         """``(name, value)`` of each item, in order."""
@@ -115,7 +116,7 @@ class Batch:
     def __getitem__(self, index: int) -> Change:
         item = self.items[index]
         return Change(self.names[index], item[HANDLE], item[VALUE], item[REVISION],
-                      item[TIMESTAMP], self.snapshot)
+                      Timestamp.from_unix_nano(item[TIMESTAMP]), self.snapshot)
 
     def __repr__(self) -> str:
         return f"Batch({len(self.items)} items, snapshot={self.snapshot})"

@@ -107,8 +107,10 @@ def set_many_params(items: Pairs) -> tuple[list[tuple[str | int, Any]], dict[str
 
 def subscribe_options(current: bool, policy: str, queue_limit: int | None,
                       min_interval: float | None, deadband: float | None) -> dict[str, Any]:
-    """The ``subscribe`` params beyond the pattern."""
-    options: dict[str, Any] = {"current": current, "policy": policy}
+    """The ``subscribe`` params beyond the pattern. Items carry their time as integer
+    nanoseconds (``timestamp_ns``): decoding a timestamp object per item was the larger
+    part of reading a batch; :class:`Batch` makes the timestamp a reader asks for."""
+    options: dict[str, Any] = {"current": current, "policy": policy, "timestamp_ns": True}
     if queue_limit is not None:
         options["queue_limit"] = queue_limit
     if min_interval is not None:

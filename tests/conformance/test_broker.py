@@ -307,6 +307,25 @@ def test_subscriptions_and_changes(peer: Peers) -> None:
     expect(watcher.error("subscribe", pattern="#", policy="some"), "invalid_params")
 
 
+def test_timestamp_ns_subscriptions_get_integer_times(peer: Peers) -> None:
+    """``timestamp_ns``: the item's time is integer nanoseconds, the same instant a
+    subscriber without it gets as a timestamp; a timestamp value keeps its type."""
+    owner, name = plugin(peer)
+    owner.call("declare", name=f"{name}/t", type="timestamp", value=msgpack.Timestamp(1, 2))
+    plain, in_ns = peer(), peer()
+    for watcher, ns in ((plain, False), (in_ns, True)):
+        watcher.hello()
+        watcher.call("subscribe", pattern=f"{name}/#", policy="all", timestamp_ns=ns)
+    owner.call("set", target=f"{name}/t", value=msgpack.Timestamp(3, 4))
+    for watcher in (plain, in_ns):
+        assert watcher.take(2, "changes")[2]["snapshot"] is True
+    stamp = plain.take(2, "changes")[2]["items"][0]
+    item = in_ns.take(2, "changes")[2]["items"][0]
+    assert item[1] == msgpack.Timestamp(3, 4) == stamp[1] and item[2] == stamp[2] == 2
+    assert type(item[3]) is int and item[3] == stamp[3].to_unix_nano()
+    expect(in_ns.error("subscribe", pattern="#", timestamp_ns=1), "invalid_params")
+
+
 def test_a_subscriber_that_does_not_read_is_told_what_it_missed(
         target: Target, peer: Peers) -> None:
     owner, name = plugin(peer)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from plugboard.protocol import Timestamp
+from plugboard.protocol.changes import TIMESTAMP
 from plugboard.sdk import (
     Batch,
     Change,
@@ -94,6 +97,11 @@ def test_sync_batches_and_writes_that_do_not_wait(broker: BrokerProcess) -> None
         assert list(batch.values()) == [("batchy/v0", 10), ("batchy/v1", 11),
                                         ("batchy/v2", 12)]
         assert [c.revision for c in batch] == [2, 2, 2]
+        # The items carry the write's time as nanoseconds; a Change as a Timestamp.
+        written_ns = batch.items[0][TIMESTAMP]
+        assert type(written_ns) is int and abs(written_ns - time.time_ns()) < 60 * 10**9
+        assert all(type(c.timestamp) is Timestamp for c in batch)
+        assert batch[1].timestamp.to_unix_nano() == written_ns  # one set_many, one time
 
 
 async def test_async_batches_and_per_item_view_share_one_queue(broker: BrokerProcess) -> None:

@@ -552,3 +552,41 @@ def test_the_message_path_leaves_no_garbage_cycles(h: Harness) -> None:
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+
+
+def test_timestamp_ns_carries_each_write_time_as_nanoseconds() -> None:
+    """A subscription made with ``timestamp_ns`` gets the same items, the time of each
+    write as integer nanoseconds, under either policy and in its snapshot, however the
+    write is shared with subscribers of the other form. A value of type timestamp
+    stays a timestamp."""
+    h = Harness()
+    h.plugin(P, "p")
+    h.call(P, "declare", name="p/n", type="int", value=0)
+    h.call(P, "declare", name="p/t", type="timestamp", value=Timestamp(5, 6))
+    forms = {b"e1": False, b"e2": False, b"n1": True, b"n2": True, b"nl": True}
+    for peer, ns in forms.items():
+        h.client(peer)
+        h.call(peer, "subscribe", pattern="p/#", policy="latest" if peer == b"nl" else "all",
+               timestamp_ns=ns)
+    h.call(P, "set_many", items=[["p/n", 1], ["p/t", Timestamp(7, 8)]])
+    h.call(P, "set", target="p/n", value=2)
+
+    items = {peer: [item for note in h.notes(peer) for item in note["items"]]
+             for peer in forms}
+
+    def times(peer: bytes) -> dict[tuple[int, int], object]:
+        """(handle, revision) -> the item's time, snapshot included."""
+        return {(item[0], item[2]): item[3] for item in items[peer]}
+
+    expected = times(b"e1")
+    assert len(expected) == 5 and all(type(t) is Timestamp for t in expected.values())
+    assert times(b"e2") == expected
+    as_ns = {key: at.to_unix_nano() for key, at in expected.items()}  # type: ignore[attr-defined]
+    assert times(b"n1") == as_ns and times(b"n2") == as_ns
+    latest = times(b"nl")
+    assert latest and all(as_ns[key] == at for key, at in latest.items())
+    assert [item[1] for item in items[b"n1"]] == [item[1] for item in items[b"e1"]]
+    assert Timestamp(7, 8) in [item[1] for item in items[b"n1"]]
+    h.client(b"bad")
+    with pytest.raises(RemoteError, match="timestamp_ns.*must be bool"):
+        h.call(b"bad", "subscribe", pattern="p/#", timestamp_ns="yes")
