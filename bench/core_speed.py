@@ -41,8 +41,9 @@ def main() -> None:
         call(WRITER, writer.request("declare", {"name": f"w/v{i}", "type": "int",
                                                         "value": 0})[1])
     call(WATCHER, watcher.hello()[1])
-    call(WATCHER, watcher.request("subscribe", {
-        "pattern": "w/#", "policy": "all", "current": False, "queue_limit": 1_000_000})[1])
+    call(WATCHER, watcher.request("subscribe", {  # as the SDK subscribes
+        "pattern": "w/#", "policy": "all", "current": False, "queue_limit": 1_000_000,
+        "timestamp_ns": True})[1])
     batches = [writer.notification("set_many", {"items": [[f"w/v{i}", n * 100 + i]
                                                           for i in range(100)]})
                for n in range(2000)]

@@ -10,7 +10,7 @@ about BATCH_BYTES, so no single frame to a slow peer is large.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from plugboard.protocol.changes import HANDLE, NAME, ChangesBatch, Item
 from plugboard.protocol.codec import encode_value
@@ -100,6 +100,30 @@ def approx_size(value: Any) -> int:
     return 9
 
 
+class _LastTime:
+    """The last write time converted to nanoseconds, and the int made for it: the items
+    of one set_many share one time, so they share one conversion and one int object
+    (typed ``Any`` so the compiled code keeps the object instead of making a new one)."""
+
+    __slots__ = ("at", "ns")
+
+    def __init__(self) -> None:
+        self.at: Timestamp | None = None
+        self.ns: Any = 0
+
+
+_LAST_TIME: Final = _LastTime()
+
+
+def _time_ns(at: Timestamp) -> int:
+    """``unix_ns(at)``, converted once for a run of items written at the same time."""
+    last = _LAST_TIME
+    if at is not last.at:
+        last.ns = unix_ns(at)
+        last.at = at
+    return cast(int, last.ns)
+
+
 class Written:
     """One write as every subscriber under policy ``all`` queues it: the item array and
     its size are made once per write, however many subscribers there are, and not at
@@ -132,7 +156,7 @@ class Written:
         if ns:
             if self._item_ns is None:
                 self._item_ns = [prop.handle, prop.value, prop.revision,
-                                 unix_ns(prop.changed_at)]
+                                 _time_ns(prop.changed_at)]
             return self._item_ns
         if self._item is None:
             self._item = [prop.handle, prop.value, prop.revision, prop.changed_at]
@@ -278,7 +302,7 @@ class Subscription:
         return bool(self._latest or self._all or self._removed or self.gap)
 
     def _item(self, prop: Property, value: Any, revision: int, at: Timestamp) -> list[Any]:
-        time: Any = unix_ns(at) if self.timestamp_ns else at
+        time: Any = _time_ns(at) if self.timestamp_ns else at
         if prop.handle in self._named:
             return [prop.handle, value, revision, time]
         self._named.add(prop.handle)
