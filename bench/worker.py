@@ -389,7 +389,7 @@ class RawPeer:
 def pbraw_sub(endpoint: str, expected: int) -> None:
     peer = RawPeer(endpoint, "client")
     peer.call("subscribe", {"pattern": "bench/x", "policy": "all", "current": False,
-                            "queue_limit": 1_000_000})
+                            "queue_limit": 1_000_000, "timestamp_ns": True})  # as the SDK
     ready()
     receipts = Receipts(expected)
     done = False
