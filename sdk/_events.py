@@ -85,6 +85,12 @@ class PropertyInfo:
                    meta=item.get("meta") or {})
 
 
+def _timestamp(time: int | Timestamp) -> Timestamp:
+    """An item's time as a Timestamp: the SDK asks for nanoseconds (``timestamp_ns``);
+    a broker older than that option ignores it and sends a timestamp."""
+    return Timestamp.from_unix_nano(time) if type(time) is int else time
+
+
 class Batch:
     """The changes of one notification as they came: ``items`` stay the wire's arrays
     (``[handle, value, revision, time_ns, ...]``, the time of the write as an integer of
@@ -107,7 +113,7 @@ class Batch:
         snapshot = self.snapshot
         for name, item in zip(self.names, self.items, strict=True):
             yield Change(name, item[HANDLE], item[VALUE], item[REVISION],
-                         Timestamp.from_unix_nano(item[TIMESTAMP]), snapshot)
+                         _timestamp(item[TIMESTAMP]), snapshot)
 
     def values(self) -> Iterator[tuple[str, Any]]:
         """``(name, value)`` of each item, in order."""
@@ -116,7 +122,7 @@ class Batch:
     def __getitem__(self, index: int) -> Change:
         item = self.items[index]
         return Change(self.names[index], item[HANDLE], item[VALUE], item[REVISION],
-                      Timestamp.from_unix_nano(item[TIMESTAMP]), self.snapshot)
+                      _timestamp(item[TIMESTAMP]), self.snapshot)
 
     def __repr__(self) -> str:
         return f"Batch({len(self.items)} items, snapshot={self.snapshot})"
