@@ -89,6 +89,8 @@ class _Listener:
         self.monitor_fd = int(self.monitor.getsockopt(zmq.FD))
         self.monitor_due = True
         """The monitor's descriptor signalled since it was last drained."""
+        self.woken = False
+        """The socket's descriptor signalled: a frame most likely waits."""
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -192,7 +194,7 @@ class BrokerServer:
                     listener.sock.bind(check_endpoint(endpoint))
                     self.endpoints.append(listener.sock.getsockopt_string(zmq.LAST_ENDPOINT))
                 fds += [listener.fd, listener.monitor_fd]
-                loop.add_reader(listener.fd, self._pump)
+                loop.add_reader(listener.fd, self._readable, listener)
                 loop.add_reader(listener.monitor_fd, self._monitor_signalled, listener)
             self._pump()
             log.info("broker %s listening on %s%s", self.core.instance,
@@ -266,6 +268,13 @@ class BrokerServer:
             log.warning("plugins did not answer end in time")
         log.info("broker stopped")
 
+    def _readable(self, listener: _Listener) -> None:
+        """The listener's descriptor signalled: most often a frame waits, so the pass
+        receives at once instead of asking EVENTS first (2 µs less a pass, paced, in
+        bench/broker_pass.py; a wake-up with nothing to read costs a failed receive)."""
+        listener.woken = True
+        self._pump()
+
     def _pump(self) -> None:
         """Drain a batch, run timers, send what the core produced, re-arm."""
         self._pump_scheduled = False
@@ -276,8 +285,14 @@ class BrokerServer:
         known = self._fd_of
         for listener in self._listeners:
             sock, prefix = listener.sock, listener.prefix
+            woken, listener.woken = listener.woken, False
             for count in range(self.config.receive_batch):
-                if count < 2:  # alone after an idle moment: no failing receive
+                if woken and count == 0:
+                    try:
+                        peer = prefix + sock.recv(_NOBLOCK)
+                    except zmq.Again:
+                        break
+                elif count < 2:  # alone after an idle moment: no failing receive
                     if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
                         break
                     peer = prefix + sock.recv(_NOBLOCK)
