@@ -243,13 +243,16 @@ ROUNDS = 1 if QUICK else 3
 """Latency and throughput run every system once per round, the rounds one after the
 other: a drift of the machine during the run (it moves figures by a fifth here) then
 falls on every system alike instead of on whichever ran during it."""
+LATENCY_ROUNDS = 1 if QUICK else 6
+"""Section 1 splits its sets in more rounds: a drift of a minute moved one system's p50
+by a tenth with three."""
 
 
-def _rounds(runs: list[tuple[str, Callable[[], dict[str, Any]]]]
+def _rounds(runs: list[tuple[str, Callable[[], dict[str, Any]]]], rounds: int = ROUNDS
             ) -> dict[str, list[dict[str, Any]]]:
     """Each run's figures of every round, by label."""
     out: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in runs}
-    for round_number in range(ROUNDS):
+    for round_number in range(rounds):
         for label, run in runs:
             out[label].append(run())
             print(f"round {round_number + 1}: {label} done", flush=True)
@@ -285,8 +288,8 @@ def scenario_latency() -> dict[str, Any]:
                 modes.append(("latency-nowait", f"{kind} nowait"))
             for mode, label in modes:
                 runs.append((f"{label}/{transport}", functools.partial(
-                    run_system, kind, transport, mode, LATENCY_N // ROUNDS)))
-    for label, rounds in _rounds(runs).items():
+                    run_system, kind, transport, mode, LATENCY_N // LATENCY_ROUNDS)))
+    for label, rounds in _rounds(runs, LATENCY_ROUNDS).items():
         latencies = [ns for figures in rounds for ns in figures["latencies"]]
         out[label] = {**percentiles(latencies), "lost": sum(f["lost"] for f in rounds)}
         print(f"latency {label}: {out[label]}", flush=True)
@@ -841,9 +844,9 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
              "Every reference ran on the same machine in the same run; read the ratios, "
              "absolute figures drift 10-30 % between runs here." + ran_note(facts), "",
              "## 1. Set → notify latency (one-way, writer process → subscriber process)", "",
-             f"One set per millisecond, {LATENCY_N // ROUNDS * ROUNDS:,} per system in "
-             f"{ROUNDS} rounds (every system runs once per round), the rounds' latencies "
-             "pooled.", "",
+             f"One set per millisecond, {LATENCY_N // LATENCY_ROUNDS * LATENCY_ROUNDS:,} per "
+             f"system in {LATENCY_ROUNDS} rounds (every system runs once per round), the "
+             "rounds' latencies pooled.", "",
              "| system | transport | p50 µs | p99 µs | p50 vs raw relay |", "|---|---|---|---|---|"]
     for key, fig in lat.items():
         kind, transport = key.split("/")
