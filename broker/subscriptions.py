@@ -128,7 +128,7 @@ class Written:
     """One write as every subscriber under policy ``all`` queues it: the item array and
     its size are made once per write, however many subscribers there are, and not at
     all when none keeps every change (``latest`` builds its items when it flushes).
-    Queued by several subscribers, it is also encoded once (:meth:`packed`) and the
+    Queued by several subscribers, it is also encoded once (:meth:`shared`) and the
     bytes spliced into each batch; queued by one, it is encoded with its batch, in the
     one msgpack call that is cheaper than a call per item. Each form of an item's time
     (a timestamp, or nanoseconds for ``timestamp_ns``) has its own item, encoding and
