@@ -752,8 +752,12 @@ class BrokerCore:
     def _changed(self, prop: Property) -> None:
         if not prop.subscriptions:
             return
-        written = Written(prop)  # built once, shared by every subscriber's queue
+        # Built once, at the first subscriber that keeps every change (policy all), and
+        # shared by every such queue; policy latest needs none.
+        written: Written | None = None
         for sub in prop.subscriptions:
+            if written is None and sub.policy == POLICY_ALL:
+                written = Written(prop)
             if sub.offer(prop, written):
                 self._dirty[sub] = None
 

@@ -320,8 +320,10 @@ class Subscription:
         self._last_value[prop.handle] = number
         return True
 
-    def offer(self, prop: Property, written: Written) -> bool:
-        """Queue the property's current value; True if something is now pending."""
+    def offer(self, prop: Property, written: Written | None) -> bool:
+        """Queue the property's current value; True if something is now pending.
+        ``written`` is the write as queues under policy ``all`` share it (None is
+        enough for ``latest``)."""
         if not self._passes_deadband(prop):
             return False
         if self.policy == POLICY_LATEST:
@@ -330,6 +332,7 @@ class Subscription:
             else:
                 self._latest[prop] = None
         else:
+            assert written is not None, "policy all queues the write itself"
             size = written.size
             if len(self._all) < self.queue_limit and self.budget.fits_change(size):
                 ns = self.timestamp_ns
