@@ -189,3 +189,17 @@ async def test_writes_that_do_not_wait_arrive_in_order_and_refusals_come_back(
         await writer.request("ping")  # answered after the refusal was sent
         assert writer.write_errors == 1 and "above the maximum 5000" in str(refused[0])
         assert (await reader.get("fast/n")).value == 2000
+
+
+async def test_a_wake_up_with_nothing_to_read_leaves_both_sides_reading(
+        small_hwm_server: BrokerServer) -> None:
+    """The broker and the SDK receive at once when their socket's descriptor signals.
+    ZeroMQ also signals with no frame behind it; such a wake-up must leave both reading."""
+    server = small_hwm_server
+    async with Client(server.endpoints[0]) as client:
+        for _ in range(3):
+            for listener in server._listeners:
+                server._readable(listener)  # nothing waits: a failed receive
+            client._on_readable(True)
+            reply = await client.request("ping", timeout=5)
+            assert reply["instance"] == server.core.instance
