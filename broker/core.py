@@ -33,7 +33,7 @@ from plugboard.protocol.names import (
     validate_plugin_name,
 )
 from plugboard.protocol.plugin_spec import MethodSpec, PluginSpec
-from plugboard.protocol.values import Timestamp, ValueType, check_value
+from plugboard.protocol.values import Timestamp, ValueType, check_value, unix_ns
 
 from .agents import AgentDesk
 from .datastore import Datastore, Property
@@ -718,11 +718,10 @@ class BrokerCore:
                                 f"{prop.owner!r}" + (f" and {list(allowed)}" if allowed else "")
                                 + f", not by {_who(session)}", name=prop.name)
 
-    def _write(self, prop: Property, value: Any, at: Timestamp | None = None) -> None:
-        """Store a checked value at time ``at`` (now by default: the items of one
-        set_many share one timestamp, like one atomic write)."""
-        self.store.write(prop, value,
-                         Timestamp.from_unix_nano(self.wallclock()) if at is None else at)
+    def _write(self, prop: Property, value: Any, at_ns: int | None = None) -> None:
+        """Store a checked value at time ``at_ns`` (now by default: the items of one
+        set_many share one time, like one atomic write)."""
+        self.store.write(prop, value, self.wallclock() if at_ns is None else at_ns)
         if prop.meta.persist and self.persistence is not None:
             self._persist(prop)
         self._changed(prop)
@@ -730,7 +729,7 @@ class BrokerCore:
     def _persist(self, prop: Property) -> None:
         assert self.persistence is not None
         self.persistence.put(Record(prop.name, prop.type, prop.meta.to_wire(), prop.value,
-                                    prop.revision, prop.changed_at))
+                                    prop.revision, Timestamp.from_unix_nano(prop.changed_ns)))
 
     def restore(self, records: list[Record]) -> None:
         """Load stored persistent properties, dormant until their plugin declares them."""
@@ -739,8 +738,8 @@ class BrokerCore:
                 continue
             prop = self.store.add(record.name, record.type,
                                   parse_meta(record.type, record.meta), namespace(record.name))
-            prop.value, prop.revision, prop.changed_at = (record.value, record.revision,
-                                                          record.timestamp)
+            prop.value, prop.revision, prop.changed_ns = (record.value, record.revision,
+                                                          unix_ns(record.timestamp))
             self._index(prop)
 
     def _index(self, prop: Property) -> None:
@@ -801,9 +800,9 @@ class BrokerCore:
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, f"item {index}: {exc.message}; nothing was "
                                     "written", index=index, **exc.details) from None
-        at = Timestamp.from_unix_nano(self.wallclock())
+        at_ns = self.wallclock()
         for prop, value in checked:
-            self._write(prop, value, at)
+            self._write(prop, value, at_ns)
         return {"revisions": [prop.revision for prop, _ in checked]}
 
     # -- subscriptions ------------------------------------------------------------------

@@ -9,7 +9,7 @@ bumped whenever a slot is freed, so a handle kept across delete-and-recreate is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from plugboard.protocol.declaration import Meta
@@ -37,7 +37,10 @@ class Property:
     value: Any = None
     revision: int = 0
     """How many times it was written; 0 while it holds no value."""
-    changed_at: Timestamp = field(default_factory=lambda: Timestamp(0, 0))
+    changed_ns: int = 0
+    """When it was last written, in nanoseconds since the Unix epoch (0: never). An int,
+    not a Timestamp: a write builds no object for it (``set_many``'s items share one),
+    and it is what subscribers with ``timestamp_ns`` are sent."""
     subscriptions: list[Subscription] | tuple[()] = ()
     """Subscriptions whose pattern matches this name, kept at subscribe/declare time
     (an empty tuple until the first: most properties of a large store have none)."""
@@ -65,7 +68,8 @@ class Property:
         return {
             "handle": self.handle, "name": self.name, "type": self.type.value,
             "owner": self.owner, "value": self.value, "revision": self.revision,
-            "timestamp": self.changed_at, "meta": self.meta.to_wire(),
+            "timestamp": Timestamp.from_unix_nano(self.changed_ns),
+            "meta": self.meta.to_wire(),
         }
 
 
@@ -149,9 +153,9 @@ class Datastore:
         raise ProtocolError("invalid_params", "a property is named by a handle (int) or a "
                             f"name (str), got {type(target).__name__}")
 
-    def write(self, prop: Property, value: Any, at: Timestamp) -> None:
-        """Store an already checked value."""
+    def write(self, prop: Property, value: Any, at_ns: int) -> None:
+        """Store an already checked value, written at ``at_ns`` (Unix nanoseconds)."""
         self.revision += 1
         prop.value = value
         prop.revision += 1
-        prop.changed_at = at
+        prop.changed_ns = at_ns

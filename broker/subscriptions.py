@@ -10,12 +10,12 @@ about BATCH_BYTES, so no single frame to a slow peer is large.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from plugboard.protocol.changes import HANDLE, NAME, ChangesBatch, Item
 from plugboard.protocol.codec import encode_value
 from plugboard.protocol.limits import BATCH_ITEMS, SNAPSHOT_CHUNK
-from plugboard.protocol.values import Duration, Timestamp, unix_ns
+from plugboard.protocol.values import Duration, Timestamp
 
 from .sessions import QueueBudget
 
@@ -100,28 +100,27 @@ def approx_size(value: Any) -> int:
     return 9
 
 
-class _LastTime:
-    """The last write time converted to nanoseconds, and the int made for it: the items
-    of one set_many share one time, so they share one conversion and one int object
-    (typed ``Any`` so the compiled code keeps the object instead of making a new one)."""
+class _LastTimestamp:
+    """The last write time made into a timestamp: the items of one set_many share one
+    time, so subscribers without ``timestamp_ns`` get one Timestamp for all of them."""
 
     __slots__ = ("at", "ns")
 
     def __init__(self) -> None:
-        self.at: Timestamp | None = None
-        self.ns: Any = 0
+        self.ns = -1
+        self.at = Timestamp(0, 0)
 
 
-_LAST_TIME: Final = _LastTime()
+_LAST_TIMESTAMP: Final = _LastTimestamp()
 
 
-def _time_ns(at: Timestamp) -> int:
-    """``unix_ns(at)``, converted once for a run of items written at the same time."""
-    last = _LAST_TIME
-    if at is not last.at:
-        last.ns = unix_ns(at)
-        last.at = at
-    return cast(int, last.ns)
+def _timestamp(ns: int) -> Timestamp:
+    """``Timestamp.from_unix_nano(ns)``, made once for a run of items of the same time."""
+    last = _LAST_TIMESTAMP
+    if ns != last.ns:
+        last.at = Timestamp.from_unix_nano(ns)
+        last.ns = ns
+    return last.at
 
 
 class Written:
@@ -155,11 +154,10 @@ class Written:
         prop = self._prop
         if ns:
             if self._item_ns is None:
-                self._item_ns = [prop.handle, prop.value, prop.revision,
-                                 _time_ns(prop.changed_at)]
+                self._item_ns = [prop.handle, prop.value, prop.revision, prop.changed_ns]
             return self._item_ns
         if self._item is None:
-            self._item = [prop.handle, prop.value, prop.revision, prop.changed_at]
+            self._item = [prop.handle, prop.value, prop.revision, _timestamp(prop.changed_ns)]
         return self._item
 
     def count(self, ns: bool) -> None:
@@ -301,8 +299,8 @@ class Subscription:
     def pending(self) -> bool:
         return bool(self._latest or self._all or self._removed or self.gap)
 
-    def _item(self, prop: Property, value: Any, revision: int, at: Timestamp) -> list[Any]:
-        time: Any = _time_ns(at) if self.timestamp_ns else at
+    def _item(self, prop: Property, value: Any, revision: int, at_ns: int) -> list[Any]:
+        time: Any = at_ns if self.timestamp_ns else _timestamp(at_ns)
         if prop.handle in self._named:
             return [prop.handle, value, revision, time]
         self._named.add(prop.handle)
@@ -364,7 +362,7 @@ class Subscription:
         items, sizes = [], []
         for prop in props:
             self._passes_deadband(prop)
-            items.append(self._item(prop, prop.value, prop.revision, prop.changed_at))
+            items.append(self._item(prop, prop.value, prop.revision, prop.changed_ns))
             sizes.append(approx_size(prop.value) + _ITEM_OVERHEAD)
         batches = []
         for start, end in _cuts(sizes, SNAPSHOT_CHUNK):
@@ -390,7 +388,7 @@ class Subscription:
             return []
         packed: list[bytes | None] | None = None
         if self.policy == POLICY_LATEST:
-            items = [self._item(p, p.value, p.revision, p.changed_at) for p in self._latest]
+            items = [self._item(p, p.value, p.revision, p.changed_ns) for p in self._latest]
             sizes = [approx_size(item[1]) + _ITEM_OVERHEAD for item in items]
             self._latest.clear()
         else:

@@ -561,7 +561,7 @@ def test_timestamp_ns_carries_each_write_time_as_nanoseconds() -> None:
     stays a timestamp."""
     h = Harness()
     h.plugin(P, "p")
-    h.call(P, "declare", name="p/n", type="int", value=0)
+    handle = h.call(P, "declare", name="p/n", type="int", value=0)["handle"]
     h.call(P, "declare", name="p/t", type="timestamp", value=Timestamp(5, 6))
     forms = {b"e1": False, b"e2": False, b"n1": True, b"n2": True, b"nl": True}
     for peer, ns in forms.items():
@@ -587,6 +587,7 @@ def test_timestamp_ns_carries_each_write_time_as_nanoseconds() -> None:
     assert latest and all(as_ns[key] == at for key, at in latest.items())
     assert [item[1] for item in items[b"n1"]] == [item[1] for item in items[b"e1"]]
     assert Timestamp(7, 8) in [item[1] for item in items[b"n1"]]
+    assert h.call(b"e1", "get", target="p/n")["timestamp"] == expected[(handle, 3)]
     h.client(b"bad")
     with pytest.raises(RemoteError, match="timestamp_ns.*must be bool"):
         h.call(b"bad", "subscribe", pattern="p/#", timestamp_ns="yes")
