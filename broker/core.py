@@ -33,7 +33,7 @@ from plugboard.protocol.names import (
     validate_plugin_name,
 )
 from plugboard.protocol.plugin_spec import MethodSpec, PluginSpec
-from plugboard.protocol.values import Timestamp, ValueType, check_value, unix_ns
+from plugboard.protocol.values import Timestamp, ValueType, check_value
 
 from .agents import AgentDesk
 from .datastore import Datastore, Property
@@ -738,8 +738,8 @@ class BrokerCore:
                 continue
             prop = self.store.add(record.name, record.type,
                                   parse_meta(record.type, record.meta), namespace(record.name))
-            prop.value, prop.revision, prop.changed_ns = (record.value, record.revision,
-                                                          unix_ns(record.timestamp))
+            prop.value, prop.revision = record.value, record.revision
+            prop.changed_ns = record.timestamp.to_unix_nano()
             self._index(prop)
 
     def _index(self, prop: Property) -> None:

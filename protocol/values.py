@@ -19,7 +19,7 @@ from msgpack import Timestamp
 from .errors import ProtocolError
 from .limits import MAX_VALUE_DEPTH
 
-__all__ = ["DURATION_EXT", "Duration", "Timestamp", "ValueType", "check_value", "now", "unix_ns"]
+__all__ = ["DURATION_EXT", "Duration", "Timestamp", "ValueType", "check_value", "now"]
 
 DURATION_EXT: Final = 1
 """msgpack extension type code of :class:`Duration`."""
@@ -79,14 +79,6 @@ def format_duration(ns: int) -> str:
 def now() -> Timestamp:
     """The current wall-clock time as a protocol timestamp."""
     return Timestamp.from_unix_nano(time.time_ns())
-
-
-def unix_ns(at: Timestamp) -> int:
-    """A timestamp as nanoseconds since the Unix epoch: the form of a ``changes`` item's
-    time for a subscription made with ``timestamp_ns``."""
-    seconds: int = at.seconds
-    nanoseconds: int = at.nanoseconds
-    return seconds * 1_000_000_000 + nanoseconds
 
 
 class ValueType(enum.StrEnum):
