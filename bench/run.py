@@ -197,7 +197,7 @@ def pair(sub_role: str, write_role: str, address: str, mode: str, count: int,
          sub_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict[str, Any]:
     """One subscriber and one writer; the subscriber's figures plus the writer's time."""
     sub = Peer(sub_role, address, *sub_args, str(count), *(
-        ("live",) if sub_role == "pb-sub" else ()), env=env)
+        ("live",) if sub_role.startswith("pb-sub") else ()), env=env)
     sub.ready()
     writer = Peer(write_role, address, mode, str(count), env=env)
     writer.ready()
@@ -329,6 +329,8 @@ HOP_PAIRS = {
     "broker, SDK writer": ("pbraw-sub", "pb-write"),
     "broker, SyncClient writer": ("pbraw-sub", "pbsync-write"),
     "broker, SDK subscriber": ("pb-sub", "pbraw-write"),
+    "broker, SDK subscriber iterating": ("pb-sub-batches", "pbraw-write"),
+    "broker, SyncClient subscriber": ("pbsync-sub", "pbraw-write"),
     "broker, SDK both ends": ("pb-sub", "pb-write"),
 }
 """Who talks to whom for the per-hop breakdown: each row adds one piece to the one
@@ -337,6 +339,8 @@ HOP_WRITER_MODES = {
     "relay, replying to the writer": {"latency": "latency-replied",
                                       "single": "single-replied"},
     "broker, raw clients, no reply": {"latency": "latency-nowait"},
+    "broker, SDK subscriber iterating": {"latency": "latency", "nowait": "nowait"},
+    "broker, SyncClient subscriber": {"latency": "latency", "nowait": "nowait"},
 }
 """Rows measured in some columns only, with the writer's mode for each."""
 
@@ -355,7 +359,7 @@ def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
         return run_system("raw", "tcp", mode, count)
     broker = Broker()
     try:
-        sub_args = ("bench/x",) if sub_role == "pb-sub" else ()
+        sub_args = ("bench/x",) if sub_role.startswith("pb-sub") else ()
         return pair(sub_role, write_role, broker.tcp, mode, count, sub_args)
     finally:
         broker.stop()
@@ -846,7 +850,9 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
              "## 1. Set → notify latency (one-way, writer process → subscriber process)", "",
              f"One set per millisecond, {LATENCY_N // LATENCY_ROUNDS * LATENCY_ROUNDS:,} per "
              f"system in {LATENCY_ROUNDS} rounds (every system runs once per round), the "
-             "rounds' latencies pooled.", "",
+             "rounds' latencies pooled. Plugboard's rows: the asyncio SDK at both ends, the "
+             "subscriber's changes handed to an `on_batch` callback (section 9 has the "
+             "SDK's other ways to read them).", "",
              "| system | transport | p50 µs | p99 µs | p50 vs raw relay |", "|---|---|---|---|---|"]
     for key, fig in lat.items():
         kind, transport = key.split("/")
@@ -1021,7 +1027,8 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
              "writer's frames straight into the subscriber (one libzmq hop); `relay`: the "
              "raw pyzmq relay (two hops and its Python); `raw clients`: the broker with "
              "PROTOCOL.md spoken by hand (pyzmq + msgpack) at both ends; then the SDK at "
-             "one end or both. Latency: p50 µs one-way, paced, over "
+             "one end or both (an asyncio subscriber's changes handed to an `on_batch` "
+             "callback, unless the row says otherwise). Latency: p50 µs one-way, paced, over "
              f"{LATENCY_N // ROUNDS * ROUNDS:,} sets. The other columns: µs per update at "
              "full speed (1 / rate), the median of the rounds. Every row ran once in each "
              f"of {ROUNDS} rounds, so a drift of the machine falls on all rows alike.", "",
@@ -1060,8 +1067,12 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
          lambda m: us("broker, SDK writer", m) - us("broker, raw clients", m)),
         ("writer SDK (SyncClient)",
          lambda m: us("broker, SyncClient writer", m) - us("broker, raw clients", m)),
-        ("subscriber SDK (batches)",
+        ("subscriber SDK (asyncio Client, on_batch)",
          lambda m: us("broker, SDK subscriber", m) - us("broker, raw clients", m)),
+        ("subscriber SDK (asyncio Client, `async for` over batches())",
+         lambda m: us("broker, SDK subscriber iterating", m) - us("broker, raw clients", m)),
+        ("subscriber SDK (SyncClient, next_batch)",
+         lambda m: us("broker, SyncClient subscriber", m) - us("broker, raw clients", m)),
     ]
     lines += ["", "Each piece's share, as the difference of two rows above (µs; negative "
               "or tiny means within run-to-run noise):", "",
@@ -1076,8 +1087,10 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     broker = us("broker, raw clients, no reply", "latency")
     reply = us("broker, raw clients", "latency") - broker
     relay_reply = us("relay, replying to the writer", "latency") - relay
-    subscriber = us("broker, SDK subscriber", "latency") - us("broker, raw clients",
-                                                                "latency")
+    blocking = us("broker, raw clients", "latency")
+    subscriber = us("broker, SDK subscriber", "latency") - blocking
+    iterating = us("broker, SDK subscriber iterating", "latency") - blocking
+    sync_subscriber = us("broker, SyncClient subscriber", "latency") - blocking
     lines += ["", f"Read for latency: one libzmq hop, with the wake-up of an idle process, "
               f"costs {hop:.0f} µs here and the relay's two {relay:.0f} µs. The broker in "
               f"the middle instead of the relay adds {broker - relay:.0f} µs (decode, "
@@ -1085,10 +1098,13 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
               f"that waits for its reply adds {reply:.0f} µs to the subscriber's latency "
               f"through the broker and {relay_reply:.0f} µs through the relay: on this "
               "2-CPU machine the writer waking for its reply competes with the subscriber "
-              "waking for its notification. The "
-              f"asyncio subscriber adds {subscriber:.0f} µs over a blocking one: the "
-              "event loop's wake-up, the frame routed to its subscription and the reader "
-              "task resumed. Code that runs once per message after an idle "
+              "waking for its notification. The asyncio SDK subscriber adds "
+              f"{subscriber:.0f} µs over a blocking raw one when its changes go to an "
+              "`on_batch` callback (the event loop's wake-up, the frame decoded and "
+              f"routed to its subscription) and {iterating:.0f} µs when a task iterates "
+              "`batches()` (the task resumed as well); the SyncClient's `next_batch` "
+              f"adds {sync_subscriber:.0f} µs. Code that runs once per message after an "
+              "idle "
               "millisecond runs cold (caches and branch predictors), several times slower "
               "than the same code in a tight loop, which is why the per-message pieces "
               "weigh more in the paced latency column than in the throughput ones."]
@@ -1200,8 +1216,8 @@ def remaining(results: dict[str, Any]) -> list[str]:
     lines = [
         "", "What stands between the missed targets and the relay (section 9): for "
         f"latency, the broker in the middle adds {broker - relay:.0f} µs to the relay's "
-        f"{relay:.0f} µs, an asyncio subscriber {sdk_sub:.0f} µs and a writer waiting for "
-        "its reply the rest."]
+        f"{relay:.0f} µs, an asyncio subscriber (`on_batch`) {sdk_sub:.0f} µs and a "
+        "writer waiting for its reply the rest."]
     if inside:
         paced, relay = inside["paced_no_reply"], inside.get("relay_paced", {})
         core = paced["core_receive"] + paced["core_flush"]

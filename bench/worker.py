@@ -77,30 +77,17 @@ class Receipts:
 
 # -- Plugboard ------------------------------------------------------------------------------
 
-async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> None:
-    """Changes taken a batch at a time, items read as the arrays they came as."""
-    from plugboard.sdk import Batch, Client, Gap, Synced
+async def pb_sub(endpoint: str, pattern: str, expected: int, current: str,
+                 reader: str) -> None:
+    """Changes taken a batch at a time, items read as the arrays they came as: handed
+    to an ``on_batch`` callback (``reader`` "callback") or iterated ("batches")."""
+    from plugboard.sdk import Batch, BatchEvent, Client, Gap, Synced
 
     async with Client(endpoint, timeout=30) as client:
-        start = time.monotonic()  # a snapshot is timed from the subscribe request
-        sub = await client.subscribe(pattern, policy="all", current=current == "current",
-                                     queue_limit=1_000_000)
         receipts = Receipts(expected)
-        if current != "current":
-            ready()
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        async def end_when_quiet() -> None:
-            """Close the subscription once nothing came for a while: a watchdog beside
-            the loop, so the measured path sets no timer per event."""
-            while True:
-                await asyncio.sleep(0.25)
-                quiet = time.monotonic() - (receipts.last or start)
-                if quiet > (IDLE_END_S if receipts.count else 120):
-                    await sub.close()
-                    return
-
-        watchdog = asyncio.create_task(end_when_quiet())
-        async for event in sub.batches():
+        def take(event: BatchEvent) -> None:
             if isinstance(event, Batch):
                 done = False
                 for item in event.items:
@@ -109,13 +96,36 @@ async def pb_sub(endpoint: str, pattern: str, expected: int, current: str) -> No
                         done = receipts.got()
                     elif type(value) is int and value > 10**9:  # not the declared 0
                         done = receipts.got(value)
-                if done:
-                    break
+                if done and not finished.done():
+                    finished.set_result(None)
             elif isinstance(event, Gap):
                 print(f"gap {event.count}", file=sys.stderr)
             elif isinstance(event, Synced) and current == "current":
+                finished.set_result(None)
+
+        async def read() -> None:
+            async for event in sub.batches():
+                take(event)
+                if finished.done():
+                    return
+
+        start = time.monotonic()  # a snapshot is timed from the subscribe request
+        sub = await client.subscribe(pattern, policy="all", current=current == "current",
+                                     queue_limit=1_000_000,
+                                     on_batch=take if reader == "callback" else None)
+        iterating = asyncio.create_task(read()) if reader == "batches" else None
+        if current != "current":
+            ready()
+        # Ended by the last value or by a quiet spell: one timer a quarter second, none
+        # per event on the measured path.
+        while not finished.done():
+            await asyncio.wait([finished], timeout=0.25)
+            if time.monotonic() - (receipts.last or start) > (
+                    IDLE_END_S if receipts.count else 120):
                 break
-        watchdog.cancel()
+        await sub.close()
+        if iterating is not None:
+            await iterating
         if current == "current":
             report(received=receipts.count, seconds=time.monotonic() - start)
         else:
@@ -445,6 +455,29 @@ def pbraw_write(endpoint: str, mode: str, count: int) -> None:
     report(seconds=time.monotonic() - start)
 
 
+def pbsync_sub(endpoint: str, expected: int) -> None:
+    """The SDK's blocking SyncClient as the subscriber, a batch at a time."""
+    from plugboard.sdk import Batch, RequestTimeout, SyncClient
+
+    with SyncClient(endpoint, timeout=60) as client:
+        sub = client.subscribe("bench/x", policy="all", current=False,
+                               queue_limit=1_000_000)
+        ready()
+        receipts = Receipts(expected)
+        done = False
+        while not done:
+            try:
+                event = sub.next_batch(IDLE_END_S if receipts.count else 120)
+            except RequestTimeout:
+                break
+            if isinstance(event, Batch):
+                for item in event.items:
+                    value = item[1]
+                    if type(value) is int and value > 10**9:  # not the declared 0
+                        done = receipts.got(value)
+        receipts.report()
+
+
 def pbsync_write(endpoint: str, mode: str, count: int) -> None:
     """The SDK's blocking SyncClient as the writer (no event loop at all)."""
     from plugboard.sdk import SyncClient
@@ -458,6 +491,11 @@ def pbsync_write(endpoint: str, mode: str, count: int) -> None:
             for _ in range(count):
                 client.set("bench/x", time.monotonic_ns())
                 time.sleep(PACE_S)
+        elif mode == "latency-nowait":
+            for _ in range(count):
+                client.set_nowait("bench/x", time.monotonic_ns())
+                time.sleep(PACE_S)
+            client.ping()
         elif mode == "single":
             for _ in range(count):
                 client.set("bench/x", time.monotonic_ns())
@@ -735,7 +773,8 @@ async def nats_write(port: str, kv: bool, mode: str, count: int) -> None:
 
 
 ROLES = {
-    "pb-sub": lambda a: asyncio.run(pb_sub(a[0], a[1], int(a[2]), a[3])),
+    "pb-sub": lambda a: asyncio.run(pb_sub(a[0], a[1], int(a[2]), a[3], "callback")),
+    "pb-sub-batches": lambda a: asyncio.run(pb_sub(a[0], a[1], int(a[2]), a[3], "batches")),
     "pb-subs": lambda a: asyncio.run(pb_subs(a[0], int(a[1]), int(a[2]))),
     "pb-write": lambda a: asyncio.run(pb_write(a[0], a[1], int(a[2]))),
     "pb-fill": lambda a: asyncio.run(pb_fill(a[0], int(a[1]))),
@@ -746,6 +785,7 @@ ROLES = {
     "direct-sub": lambda a: direct_sub(a[0], int(a[1])),
     "pbraw-sub": lambda a: pbraw_sub(a[0], int(a[1])),
     "pbraw-write": lambda a: pbraw_write(a[0], a[1], int(a[2])),
+    "pbsync-sub": lambda a: pbsync_sub(a[0], int(a[1])),
     "pbsync-write": lambda a: pbsync_write(a[0], a[1], int(a[2])),
     "pb-sessions": lambda a: pb_sessions(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), a[5]),
     "redis-sub": lambda a: redis_sub(a[0], int(a[1])),

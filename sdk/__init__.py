@@ -16,13 +16,24 @@ from plugboard.protocol.errors import (
 from plugboard.protocol.values import Duration, Timestamp
 
 from ._client import Client
-from ._events import Batch, Change, Gap, Message, PropertyInfo, Reconnected, Removed, Synced
+from ._events import (
+    Batch,
+    BatchEvent,
+    Change,
+    Gap,
+    Message,
+    PropertyInfo,
+    Reconnected,
+    Removed,
+    Synced,
+)
 from ._plugin import Plugin
 from ._subscription import Listener, Subscription
 from ._sync import SyncClient, SyncSubscription
 
 __all__ = [
     "Batch",
+    "BatchEvent",
     "CallFailed",
     "Change",
     "Client",

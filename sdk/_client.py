@@ -47,7 +47,7 @@ from plugboard.protocol.errors import (
 )
 
 from . import _operations as ops
-from ._events import Message, PropertyInfo, Reconnected, events_of
+from ._events import BatchEvent, Message, PropertyInfo, Reconnected, events_of
 from ._keys import CurveKeys, curve_keys
 from ._socket import (
     HANDSHAKE_FAILED,
@@ -701,11 +701,18 @@ class Client(SessionState):
     async def subscribe(
         self, pattern: str, *, current: bool = True, policy: str = "latest",
         queue_limit: int | None = None, min_interval: float | None = None,
-        deadband: float | None = None,
+        deadband: float | None = None, on_batch: Callable[[BatchEvent], Any] | None = None,
     ) -> Subscription:
-        """Subscribe; when this returns the subscription is live (no change is missed)."""
+        """Subscribe; when this returns the subscription is live (no change is missed).
+
+        ``on_batch``: instead of keeping events to iterate, call ``on_batch(event)`` with
+        each (a :class:`Batch` per notification, and :class:`Synced`, :class:`Gap`,
+        :class:`Removed`, :class:`Reconnected` as they come) in the read pass that
+        received it: the lowest latency the SDK offers. It runs in the event loop, so it
+        should be quick; a coroutine it returns becomes a task. What it raises is logged
+        and counted in ``callback_errors``, and the events after it still come."""
         options = ops.subscribe_options(current, policy, queue_limit, min_interval, deadband)
-        sub = Subscription(self, pattern, options)
+        sub = Subscription(self, pattern, options, on_batch)
         await self._do_subscribe(sub)
         self._all_subs.append(sub)
         return sub

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from plugboard.protocol.errors import RequestTimeout
+from plugboard.protocol.errors import PlugboardError, RequestTimeout
 
 from ._events import BatchEvent, Event, Message
 from ._queue import CLOSED, EventQueue
@@ -91,13 +91,41 @@ class Subscription(_Stream[Event]):
     ``async for event in sub.batches()`` yields each notification's changes as one
     :class:`Batch` (cheaper when many arrive at once). The broker bounds what it queues
     for a subscriber (see ``policy``); this side keeps what arrived until it is read.
+
+    Subscribed with ``on_batch``, the events are not kept: each is handed to the
+    callback as its frame is read, and the subscription has nothing to iterate.
     """
 
-    def __init__(self, client: Client, pattern: str, options: dict[str, Any]) -> None:
+    def __init__(self, client: Client, pattern: str, options: dict[str, Any],
+                 on_batch: Callable[[BatchEvent], Any] | None = None) -> None:
         super().__init__(client, pattern)
         self.options = options
         self.sid: int | None = None
         """The broker's id for this subscription; changes after a reconnect."""
+        self._on_batch = on_batch
+
+    # Handing events to the callback here, in the read pass, skips what a reader
+    # task costs per notification: a future resolved, a loop turn, the task resumed
+    # (11-20 µs after an idle moment; docs/BENCHMARKS.md section 9).
+
+    def _put(self, item: Any) -> None:
+        if self._on_batch is None or item is CLOSED:
+            super()._put(item)
+        else:
+            self._client._run_callback(self._on_batch, item)
+
+    def _put_many(self, items: list[Any]) -> None:
+        if self._on_batch is None:
+            super()._put_many(items)
+        else:
+            for item in items:
+                self._client._run_callback(self._on_batch, item)
+
+    async def _wait(self) -> None:
+        if self._on_batch is not None:
+            raise PlugboardError(f"the subscription to {self.pattern!r} hands its events "
+                                 "to on_batch; it has none to iterate")
+        await super()._wait()
 
     async def batches(self) -> AsyncIterator[BatchEvent]:
         """Each notification's changes as one :class:`Batch`; other events as they are."""

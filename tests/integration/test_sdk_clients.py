@@ -18,6 +18,7 @@ from plugboard.sdk import (
     Change,
     Client,
     InvalidValue,
+    PlugboardError,
     Reconnected,
     Removed,
     RequestTimeout,
@@ -119,6 +120,44 @@ async def test_async_batches_and_per_item_view_share_one_queue(broker: BrokerPro
         whole = await asyncio.wait_for(anext(aiter(sub.batches())), 5)
         assert isinstance(whole, Batch)
         assert [(c.name, c.value) for c in whole] == [("abatch/a", 3), ("abatch/b", 4)]
+
+
+async def test_on_batch_hands_each_event_to_the_callback_as_it_is_read(
+        broker: BrokerProcess) -> None:
+    """A subscription with on_batch keeps nothing: the snapshot, Synced, each
+    notification's batch and a removal reach the callback in order; a callback that
+    raises is counted and the events after it still come; iterating is refused."""
+    async with Client(broker.ipc, role="plugin", name="onb") as plugin, \
+            Client(broker.ipc) as monitor:
+        await plugin.declare("onb/a", "int", 7)
+        seen: list[Any] = []
+        arrived = asyncio.Event()
+
+        def on_batch(event: Any) -> None:
+            seen.append(event)
+            arrived.set()
+            if isinstance(event, Batch) and [c.value for c in event] == [1]:
+                raise ValueError("a bug of the callback's own")
+
+        sub = await monitor.subscribe("onb/#", policy="all", on_batch=on_batch)
+        await plugin.set("onb/a", 1)
+        await plugin.set_many({"onb/a": 2})
+        await plugin.delete("onb/a")
+        async with asyncio.timeout(5):
+            while not any(isinstance(event, Removed) for event in seen):
+                arrived.clear()
+                await arrived.wait()
+        described = [(type(e).__name__, [(c.value, c.snapshot) for c in e])
+                     if isinstance(e, Batch) else type(e).__name__ for e in seen]
+        assert described == [("Batch", [(7, True)]), "Synced", ("Batch", [(1, False)]),
+                             ("Batch", [(2, False)]), "Removed"]
+        assert monitor.callback_errors == 1
+        with pytest.raises(PlugboardError, match="'onb/#' hands its events to on_batch"):
+            await sub.next_batch(1)
+        await sub.close()
+        await plugin.declare("onb/b", "int", 0)
+        await monitor.request("ping")  # a batch sent before it would have arrived first
+        assert len(seen) == 5
 
 
 async def test_a_closed_client_is_freed_without_the_cycle_collector(
