@@ -39,7 +39,7 @@ def test_methods_in_the_spec() -> None:
 
 def test_sdk_public_surface_is_pinned() -> None:
     assert sorted(sdk.__all__) == sorted([
-        "Batch", "CallFailed", "Change", "Client", "Conflict", "ConnectionFailed", "Duration",
+        "Batch", "BatchEvent", "CallFailed", "Change", "Client", "Conflict", "ConnectionFailed", "Duration",
         "Gap", "InvalidRequest", "InvalidValue", "KeyRefused", "Listener", "Message",
         "NotAllowed", "NotFound",
         "PlugboardError", "Plugin", "PropertyInfo", "Reconnected", "RemoteError", "Removed",
