@@ -39,9 +39,9 @@ def test_methods_in_the_spec() -> None:
 
 def test_sdk_public_surface_is_pinned() -> None:
     assert sorted(sdk.__all__) == sorted([
-        "Batch", "BatchEvent", "CallFailed", "Change", "Client", "Conflict", "ConnectionFailed", "Duration",
-        "Gap", "InvalidRequest", "InvalidValue", "KeyRefused", "Listener", "Message",
-        "NotAllowed", "NotFound",
+        "Batch", "BatchEvent", "CallFailed", "Change", "Client", "Conflict",
+        "ConnectionFailed", "Duration", "Gap", "InvalidRequest", "InvalidValue", "KeyRefused",
+        "Listener", "Message", "NotAllowed", "NotFound",
         "PlugboardError", "Plugin", "PropertyInfo", "Reconnected", "RemoteError", "Removed",
         "RequestTimeout", "Subscription", "Synced", "SyncClient", "SyncSubscription",
         "Timestamp",
