@@ -9,6 +9,8 @@ import pytest
 
 from plugboard.protocol import Duration, Timestamp
 from plugboard.sdk import (
+    Batch,
+    BatchEvent,
     Change,
     Client,
     InvalidValue,
@@ -91,6 +93,17 @@ async def test_clients_reconnect_after_broker_restart(processes: Processes,
         events: list[Reconnected] = []
         monitor.on_reconnect(events.append)
         sub = await monitor.subscribe("survivor/echo", policy="all")
+        handed: list[BatchEvent] = []
+        back = asyncio.Event()
+
+        def on_batch(event: BatchEvent) -> None:
+            """A callback subscription is told of the reconnect, then gets a snapshot."""
+            handed.append(event)
+            if any(isinstance(e, Reconnected) for e in handed) and isinstance(event, Batch) \
+                    and ("survivor/echo", 14.0) in list(event.values()):
+                back.set()
+
+        await monitor.subscribe("survivor/echo", policy="all", on_batch=on_batch)
         await processes.until(sub, is_change("survivor/echo"))
         await monitor.set("survivor/setpoint", 7.0)
         await processes.until(sub, is_change("survivor/echo", 14.0))
@@ -108,6 +121,7 @@ async def test_clients_reconnect_after_broker_restart(processes: Processes,
         # peers wrote survive a restart only when persistent).
         assert (await monitor.get("survivor/echo")).value == 14.0
         assert events and events[0].instance_changed
+        await asyncio.wait_for(back.wait(), 20)
 
 
 async def test_sync_client_facade(broker: BrokerProcess, processes: Processes) -> None:
