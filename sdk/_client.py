@@ -752,9 +752,12 @@ class Client(SessionState):
         """Publish on a topic; returns how many listeners it was delivered to."""
         return await self._run(ops.publish(topic, payload))
 
-    async def listen(self, pattern: str) -> Listener:
-        """Messages published on topics matching ``pattern``, as an async iterator."""
-        listener = Listener(self, pattern)
+    async def listen(self, pattern: str, *,
+                     on_message: Callable[[Message], Any] | None = None) -> Listener:
+        """Messages published on topics matching ``pattern``, as an async iterator; or,
+        with ``on_message``, each handed to ``on_message(message)`` as it is read (as
+        ``subscribe``'s ``on_batch``)."""
+        listener = Listener(self, pattern, on_message)
         await self._do_listen(listener)
         self._all_listeners.append(listener)
         return listener

@@ -1,10 +1,11 @@
-"""Subscriptions and topic listeners as async iterators fed by the connection."""
+"""Subscriptions and topic listeners: async iterators fed by the connection, or callbacks
+it calls as frames are read."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from plugboard.protocol.errors import PlugboardError, RequestTimeout
 
@@ -25,18 +26,34 @@ class _Stream(Generic[T]):
     suspend.
     """
 
-    def __init__(self, client: Client, pattern: str) -> None:
+    _CALLBACK: ClassVar[str]
+    """The name of the argument that hands what arrives to a callback instead."""
+
+    def __init__(self, client: Client, pattern: str,
+                 callback: Callable[[Any], Any] | None = None) -> None:
         self.pattern = pattern
         self._client = client
         self._queue = EventQueue()
         self._waiter: asyncio.Future[None] | None = None
+        self._callback = callback
         self.closed = False
 
+    # With a callback, what arrives goes to it here, in the read pass that received
+    # it: no future resolved, no loop turn, no reader task resumed per notification
+    # (11-20 µs after an idle moment; docs/BENCHMARKS.md section 9).
+
     def _put(self, item: Any) -> None:
+        if self._callback is not None and item is not CLOSED:
+            self._client._run_callback(self._callback, item)
+            return
         self._queue.put(item)
         self._wake()
 
     def _put_many(self, items: list[Any]) -> None:
+        if self._callback is not None:
+            for item in items:
+                self._client._run_callback(self._callback, item)
+            return
         self._queue.put_many(items)
         self._wake()
 
@@ -45,6 +62,9 @@ class _Stream(Generic[T]):
             self._waiter.set_result(None)
 
     async def _wait(self) -> None:
+        if self._callback is not None:
+            raise PlugboardError(f"{self.pattern!r} hands what arrives to {self._CALLBACK}; "
+                                 "there is nothing to iterate")
         while not self._queue:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -96,36 +116,14 @@ class Subscription(_Stream[Event]):
     callback as its frame is read, and the subscription has nothing to iterate.
     """
 
+    _CALLBACK = "on_batch"
+
     def __init__(self, client: Client, pattern: str, options: dict[str, Any],
                  on_batch: Callable[[BatchEvent], Any] | None = None) -> None:
-        super().__init__(client, pattern)
+        super().__init__(client, pattern, on_batch)
         self.options = options
         self.sid: int | None = None
         """The broker's id for this subscription; changes after a reconnect."""
-        self._on_batch = on_batch
-
-    # Handing events to the callback here, in the read pass, skips what a reader
-    # task costs per notification: a future resolved, a loop turn, the task resumed
-    # (11-20 µs after an idle moment; docs/BENCHMARKS.md section 9).
-
-    def _put(self, item: Any) -> None:
-        if self._on_batch is None or item is CLOSED:
-            super()._put(item)
-        else:
-            self._client._run_callback(self._on_batch, item)
-
-    def _put_many(self, items: list[Any]) -> None:
-        if self._on_batch is None:
-            super()._put_many(items)
-        else:
-            for item in items:
-                self._client._run_callback(self._on_batch, item)
-
-    async def _wait(self) -> None:
-        if self._on_batch is not None:
-            raise PlugboardError(f"the subscription to {self.pattern!r} hands its events "
-                                 "to on_batch; it has none to iterate")
-        await super()._wait()
 
     async def batches(self) -> AsyncIterator[BatchEvent]:
         """Each notification's changes as one :class:`Batch`; other events as they are."""
@@ -154,10 +152,14 @@ class Subscription(_Stream[Event]):
 
 
 class Listener(_Stream[Message]):
-    """Messages published on topics matching ``pattern``."""
+    """Messages published on topics matching ``pattern``; with ``on_message``, each is
+    handed to the callback as it is read and there is nothing to iterate."""
 
-    def __init__(self, client: Client, pattern: str) -> None:
-        super().__init__(client, pattern)
+    _CALLBACK = "on_message"
+
+    def __init__(self, client: Client, pattern: str,
+                 on_message: Callable[[Message], Any] | None = None) -> None:
+        super().__init__(client, pattern, on_message)
         self.lid: int | None = None
 
     async def close(self) -> None:

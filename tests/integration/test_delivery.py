@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
-from plugboard.sdk import Change, Client, Message, RequestTimeout, Subscription
+from plugboard.sdk import Change, Client, Message, PlugboardError, RequestTimeout, Subscription
 
 from .conftest import Processes
 from .processes import BrokerProcess
@@ -169,6 +169,14 @@ async def test_publish_reaches_listeners_of_matching_topics(
         assert (message.topic, message.payload) == ("alerts/fire/kitchen", b"\x01")
         await alerts.close()
         assert await publisher.publish("alerts/fire/kitchen", b"\x03") == 0
+        # With on_message, each message goes to the callback as it is read.
+        heard: asyncio.Queue[Message] = asyncio.Queue()
+        called = await listener_side.listen("alerts/#", on_message=heard.put_nowait)
+        assert await publisher.publish("alerts/flood/cellar", b"\x04") == 1
+        message = await asyncio.wait_for(heard.get(), 5)
+        assert (message.topic, message.payload) == ("alerts/flood/cellar", b"\x04")
+        with pytest.raises(PlugboardError, match="hands what arrives to on_message"):
+            await called.next(1)
 
 
 async def test_writes_that_do_not_wait_arrive_in_order_and_refusals_come_back(

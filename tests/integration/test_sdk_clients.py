@@ -152,7 +152,7 @@ async def test_on_batch_hands_each_event_to_the_callback_as_it_is_read(
         assert described == [("Batch", [(7, True)]), "Synced", ("Batch", [(1, False)]),
                              ("Batch", [(2, False)]), "Removed"]
         assert monitor.callback_errors == 1
-        with pytest.raises(PlugboardError, match="'onb/#' hands its events to on_batch"):
+        with pytest.raises(PlugboardError, match="'onb/#' hands what arrives to on_batch"):
             await sub.next_batch(1)
         await sub.close()
         await plugin.declare("onb/b", "int", 0)
