@@ -100,7 +100,7 @@ async def pb_sub(endpoint: str, pattern: str, expected: int, current: str,
                     finished.set_result(None)
             elif isinstance(event, Gap):
                 print(f"gap {event.count}", file=sys.stderr)
-            elif isinstance(event, Synced) and current == "current":
+            elif isinstance(event, Synced) and current == "current" and not finished.done():
                 finished.set_result(None)
 
         async def read() -> None:
@@ -592,8 +592,8 @@ def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
     tick = 0
     while not select.select([sys.stdin], [], [], 0.01)[0]:
         # A two-hundredth of the sessions every 10 ms: each pings every 2 s, spread out
-        # as independent clients' pings would be (not a tenth of them at once, a burst
-        # that a set arriving behind it waits out); those pinged 2 s ago are read.
+        # as independent clients' pings would be (many at once would be a burst that a
+        # set arriving behind it waits out); those pinged 2 s ago are read.
         for index in range(tick % 200, count, 200):
             socks[index].send(ping)
         tick += 1
