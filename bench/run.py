@@ -891,7 +891,8 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
               "QoS 0 retained publishes (MQTT), core publishes (`nats`), JetStream KV `put`s "
               "each acknowledged, seen by a KV watch (`natskv`). `batched`: `set_many` of "
               "100 (Plugboard), "
-              "100 updates per frame (raw relay).", "",
+              "100 updates per frame (raw relay). Plugboard's subscriber takes the changes "
+              "as in section 1, through `on_batch`.", "",
               "## 3. Fan-out (one writer, N subscribers to the same property)", "",
               f"{FANOUT_WRITES:,} sets sent as notifications; subscribers read a batch at a "
               f"time, 10 per process. The median of {FANOUT_RUNS} runs (eleven processes "
