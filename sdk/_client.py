@@ -494,7 +494,7 @@ class Client(SessionState):
         """A user's callback never kills the loop: errors are logged and counted."""
         try:
             outcome = callback(arg)
-            if asyncio.iscoroutine(outcome):
+            if outcome is not None and asyncio.iscoroutine(outcome):  # None: the usual
                 task = asyncio.create_task(outcome)
                 task.add_done_callback(self._log_task_error)
         except Exception:
