@@ -532,20 +532,21 @@ class BrokerCore:
             except ProtocolError:
                 del self.sessions[peer]
                 raise
-        if role is Role.PLUGIN:
-            self.plugins[name] = session
-            contract = self.contracts.get(name)
-            config = dict(contract.config) if contract is not None else {}
-            self.request(session, "init", {"config": config, "name": name}, lambda reply:
-                         self._on_init_reply(session, reply), self.config.init_timeout_s)
-        else:
-            session.state = SessionState.READY
         log.info("session %s: %s %s", session.sid, role.value, name or "-")
-        return {
+        result = {
             "version": session.version, "session": session.sid, "instance": self.instance,
             "broker": f"plugboard {BROKER_VERSION}", "heartbeat_ms": self.config.heartbeat_ms,
             "timeout_ms": self.config.session_timeout_ms, "max_frame": self.config.max_frame,
         }
+        if role is not Role.PLUGIN:
+            session.state = SessionState.READY
+            return result
+        self.plugins[name] = session
+        contract = self.contracts.get(name)
+        config = dict(contract.config) if contract is not None else {}
+        return _ReplyThen(result, lambda: self.request(  # init follows the hello reply
+            session, "init", {"config": config, "name": name},
+            lambda reply: self._on_init_reply(session, reply), self.config.init_timeout_s))
 
     def _check_key(self, key: str, role: Role, name: str | None) -> None:
         """On CURVE, the key decides: its role (or the lesser ``client``) and, for a

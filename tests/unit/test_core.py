@@ -88,7 +88,10 @@ def test_a_managed_plugin_needs_its_launch_token() -> None:
 
 def test_plugin_gets_init_and_becomes_ready() -> None:
     h = Harness()
-    h.call(P, "hello", versions=[1], role="plugin", name="p")
+    h.raw(P, encode(Request(7, "hello", {"versions": [1], "role": "plugin", "name": "p"})))
+    reply, init = h.inbox[P]  # PROTOCOL.md: init comes after the hello reply
+    assert isinstance(reply, Response) and reply.msgid == 7 and reply.error is None
+    assert isinstance(init, Request) and init.method == "init"
     (init,) = h.take_requests(P, "init")
     assert init.params["name"] == "p" and init.params["config"] == {}
     assert h.core.plugins["p"].state.value == "connected"
