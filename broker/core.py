@@ -161,6 +161,11 @@ class BrokerCore:
         """One-time tokens of launched plugins, valid while their process lives."""
         self.persistence: Store | None = None
         """Where persistent properties are kept; None keeps nothing."""
+        self._stored_by_request = False
+        """The request being handled changed what the persistent store keeps."""
+        self._unstored: list[tuple[bytes, int]] = []
+        """This turn's replies that acknowledge a change to the persistent store, each
+        with its msgid, until the driver settles them (:meth:`settle_store`)."""
         self._extra_methods: dict[str, tuple[MethodHandler, tuple[Role, ...] | None]] = {}
         self.keys: KeyRing | None = None
         """CURVE keys allowed in, with their roles and names; None without CURVE."""
@@ -405,6 +410,7 @@ class BrokerCore:
         self._outbox.append((peer, encode(Notification(method, params))))
 
     def _on_request(self, peer: bytes, session: Session | None, request: Request) -> None:
+        self._stored_by_request = False
         try:
             if request.method == "hello":
                 result = self._hello(peer, session, request.params)
@@ -432,11 +438,14 @@ class BrokerCore:
             self._error_to(peer, request.msgid, ProtocolError(
                 "internal", f"{type(exc).__name__} while handling {request.method}"))
             return
+        then = None
         if isinstance(result, _ReplyThen):
-            self._reply(peer, request.msgid, result.result)
-            result.then()
-        else:
-            self._reply(peer, request.msgid, result)
+            result, then = result.result, result.then
+        self._reply(peer, request.msgid, result)
+        if self._stored_by_request:
+            self._unstored.append((self._outbox[-1][1], request.msgid))
+        if then is not None:
+            then()
         if request.method == "bye" and session is not None:
             self.end_session(session, "bye")
 
@@ -636,12 +645,12 @@ class BrokerCore:
                                     name=name, stored_type=prop.type.value)
             session.properties[prop] = None
             restored = dormant and prop.meta.persist and meta.persist and prop.revision > 0
-            prop.meta = meta
-            if self.persistence is not None:
+            unchanged, prop.meta = prop.meta == meta, meta
+            if self.persistence is not None and not unchanged:  # what is stored is current
                 if meta.persist:
                     self._persist(prop)
                 else:
-                    self.persistence.delete(name)
+                    self._unpersist(name)
             if restored:
                 # The stored value wins over the declaration's initial value.
                 return {"handle": prop.handle, "revision": prop.revision, "value": prop.value,
@@ -677,7 +686,7 @@ class BrokerCore:
             raise ProtocolError("forbidden", f"only its owner {prop.owner!r} deletes {prop.name}")
         self._remove_property(prop)
         if self.persistence is not None and prop.meta.persist:
-            self.persistence.delete(prop.name)
+            self._unpersist(prop.name)
         return {}
 
     def _remove_property(self, prop: Property) -> None:
@@ -731,6 +740,26 @@ class BrokerCore:
         assert self.persistence is not None
         self.persistence.put(Record(prop.name, prop.type, prop.meta.to_wire(), prop.value,
                                     prop.revision, Timestamp.from_unix_nano(prop.changed_ns)))
+        self._stored_by_request = True
+
+    def _unpersist(self, name: str) -> None:
+        assert self.persistence is not None
+        self.persistence.delete(name)
+        self._stored_by_request = True
+
+    def settle_store(self, failure: str | None = None) -> dict[int, bytes]:
+        """The driver committed this turn's store changes (``failure`` None) or could
+        not (``failure`` says why). On failure each reply that acknowledged such a change
+        is to be replaced by an ``internal`` error saying so, in its place in the peer's
+        order: the error frames are keyed by ``id`` of the reply frame :meth:`flush`
+        returned. The changes stay in effect (subscribers were told) and queued for the
+        next commit: nothing is acknowledged that the store did not keep."""
+        unstored, self._unstored = self._unstored, []
+        if failure is None:
+            return {}
+        error = ProtocolError("internal", f"not stored: {failure}; the write is in effect "
+                              "and is stored by the next commit that succeeds").to_wire()
+        return {id(frame): encode(Response(msgid, error, None)) for frame, msgid in unstored}
 
     def restore(self, records: list[Record]) -> None:
         """Load stored persistent properties, dormant until their plugin declares them."""

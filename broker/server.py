@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from plugboard.protocol.errors import ConfigError
+from plugboard.protocol.errors import ConfigError, StoreError
 
 from .core import BrokerCore, CoreConfig
 from .security import ZAP_DOMAIN
@@ -51,6 +51,9 @@ _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+STORE_RETRY_S = 1.0
+"""How soon a commit the store refused (a full disk) is tried again, writes or not."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +113,7 @@ class BrokerServer:
             self.core.restore(store.load())
             self.core.persistence = store
         self._commit_timer: asyncio.TimerHandle | None = None
+        self._store_failing = False
         self.endpoints: list[str] = []
         """The endpoints actually bound (with the port a ``*`` picked)."""
         self.ready = asyncio.Event()
@@ -315,8 +319,7 @@ class BrokerServer:
         for peer in gone:
             core.peer_gone(peer, "connection closed")
         core.tick()
-        outgoing = core.flush()
-        self._persist()
+        outgoing = self._persist(core.flush())
         self._send(outgoing)
         self._arm_timer(min(core.next_deadline(), core.retry_deadline()))
         if core.shutting_down and core.shutdown_complete:
@@ -383,22 +386,50 @@ class BrokerServer:
             frames.append(sock.recv())
         return frames
 
-    def _persist(self) -> None:
+    def _persist(self, outgoing: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Group commit: under ``always`` this turn's writes are committed before its
-        replies are sent; under ``batch`` a timer commits them within batch_ms."""
+        replies are sent, and a reply whose write the store could not keep becomes an
+        error in its place; under ``batch`` a timer commits them within batch_ms."""
         store = self.store
         if store is None or not store.dirty:
-            return
+            return outgoing
+        failure = None
         if store.durability is Durability.ALWAYS:
-            store.commit()
-        elif store.durability is Durability.BATCH and self._commit_timer is None:
-            self._commit_timer = asyncio.get_running_loop().call_later(
-                self.config.batch_ms / 1000, self._commit_batch)
+            failure = self._commit()
+        elif store.durability is Durability.BATCH:
+            self._commit_later(self.config.batch_ms / 1000)
+        replaced = self.core.settle_store(failure)
+        if replaced:
+            outgoing = [(peer, replaced.get(id(frame), frame)) for peer, frame in outgoing]
+        return outgoing
 
-    def _commit_batch(self) -> None:
-        self._commit_timer = None
-        if self.store is not None:
+    def _commit(self) -> str | None:
+        """Commit what is queued; None, or why the store could not (a full disk). It
+        keeps what it could not write and is tried again every STORE_RETRY_S, so writes
+        that were in effect when the disk filled are stored once it has room."""
+        assert self.store is not None
+        try:
             self.store.commit()
+        except StoreError as exc:
+            if not self._store_failing:
+                log.error("%s; until it can, writes to persistent properties are in effect "
+                          "but answered with an error", exc)
+                self._store_failing = True
+            self._commit_later(STORE_RETRY_S)
+            return " ".join(str(exc.__cause__ or exc).split())
+        if self._store_failing:
+            log.warning("store %s writes again", self.store.path)
+            self._store_failing = False
+        return None
+
+    def _commit_later(self, delay: float) -> None:
+        if self._commit_timer is None:
+            self._commit_timer = asyncio.get_running_loop().call_later(delay, self._commit_due)
+
+    def _commit_due(self) -> None:
+        self._commit_timer = None
+        if self.store is not None and self.store.dirty:
+            self._commit()
 
     def _send(self, frames: list[tuple[bytes, bytes]]) -> None:
         core = self.core

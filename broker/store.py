@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from plugboard.protocol.codec import decode_value, encode_value
-from plugboard.protocol.errors import ConfigError, ProtocolError
+from plugboard.protocol.errors import ConfigError, ProtocolError, StoreError
 from plugboard.protocol.values import Timestamp, ValueType
 
 log = logging.getLogger(__name__)
@@ -148,16 +148,24 @@ class Store:
         self._pending[name] = None
 
     def commit(self) -> int:
-        """Write everything queued in one transaction; returns how many rows changed."""
+        """Write everything queued in one transaction; returns how many rows changed.
+        Raises StoreError when SQLite cannot (a full disk, an I/O error): the
+        transaction is rolled back and everything stays queued for the next commit."""
         if not self._pending:
             return 0
         pending, self._pending = self._pending, {}
         upserts = [(n, r.encode(), 0) for n, r in pending.items() if r is not None]
         upserts = [(n, blob, _crc(n, blob)) for n, blob, _ in upserts]
         deletes = [(n,) for n, r in pending.items() if r is None]
-        with self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO properties VALUES (?, ?, ?)", upserts)
-            self._db.executemany("DELETE FROM properties WHERE name = ?", deletes)
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT OR REPLACE INTO properties VALUES (?, ?, ?)",
+                                     upserts)
+                self._db.executemany("DELETE FROM properties WHERE name = ?", deletes)
+        except sqlite3.Error as exc:
+            self._pending = {**pending, **self._pending}  # what was queued since wins
+            raise StoreError(f"store {self.path} could not commit {len(pending)} "
+                             f"write(s): {' '.join(str(exc).split())}") from exc
         self.commits += 1
         return len(pending)
 
@@ -169,7 +177,16 @@ class Store:
                 db.execute("BEGIN IMMEDIATE")
 
             def __exit__(self, kind: object, *rest: object) -> None:
-                db.execute("COMMIT" if kind is None else "ROLLBACK")
+                if kind is None:
+                    try:
+                        db.execute("COMMIT")
+                        return
+                    except sqlite3.Error:
+                        if db.in_transaction:  # a failed COMMIT (SQLITE_FULL) stays open
+                            db.execute("ROLLBACK")
+                        raise
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
 
         return _Tx()
 
@@ -192,6 +209,11 @@ class Store:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     def close(self) -> None:
-        self.commit()
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            self.commit()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except StoreError as exc:
+            log.error("%s; they are lost with this stop", exc)
+        except sqlite3.Error as exc:  # the checkpoint: the log keeps what it holds
+            log.warning("store %s: no checkpoint at close (%s)", self.path, exc)
         self._db.close()

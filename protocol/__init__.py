@@ -29,6 +29,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     RequestTimeout,
+    StoreError,
 )
 from .names import matches, validate_name, validate_pattern, validate_plugin_name
 from .values import Duration, Timestamp, ValueType, check_value
@@ -38,7 +39,8 @@ __all__ = [
     "ConfigError", "Conflict", "ConnectionFailed", "Duration", "InvalidRequest",
     "InvalidValue", "KeyRefused", "Message", "NotAllowed", "NotFound", "Notification",
     "PlugboardError",
-    "ProtocolError", "RemoteError", "Request", "RequestTimeout", "Response", "Timestamp",
+    "ProtocolError", "RemoteError", "Request", "RequestTimeout", "Response", "StoreError",
+    "Timestamp",
     "ValueType", "check_value", "decode", "decode_value", "encode", "encode_value",
     "matches", "validate_name", "validate_pattern", "validate_plugin_name",
 ]

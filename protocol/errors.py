@@ -62,6 +62,11 @@ class ConfigError(PlugboardError):
     """A setting, path or file given to Plugboard is unusable; the message says which."""
 
 
+class StoreError(PlugboardError):
+    """The persistent store could not write (a full disk, an I/O error); what it held
+    before is intact and the writes stay queued for its next commit."""
+
+
 ERROR_CODES: Final[dict[str, str]] = {
     "malformed": "the frame is not exactly one valid msgpack object",
     "invalid_message": "the envelope or a field has the wrong shape",

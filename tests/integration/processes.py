@@ -130,7 +130,7 @@ class BrokerProcess(ManagedProcess):
     def __init__(self, state_dir: Path | None = None, *extra: str, timeout: float = 15.0,
                  allow_unmanaged: bool = True, tcp: str = "tcp://127.0.0.1:*",
                  insecure: bool = True, ipc: bool = True,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, stderr_path: Path | None = None) -> None:
         self.state_dir = state_dir or short_tmpdir()
         argv = [*PLUGBOARD, "--state-dir", str(self.state_dir),
                 "--log-level", "DEBUG", "broker",
@@ -138,7 +138,7 @@ class BrokerProcess(ManagedProcess):
                 "--endpoint", tcp, "--heartbeat-ms", "200", "--session-timeout-ms", "1500",
                 *(["--allow-unmanaged-plugins"] if allow_unmanaged else []),
                 *(["--insecure"] if insecure else []), *extra]
-        super().__init__(argv, stderr_path=self.state_dir / "broker.stderr",
+        super().__init__(argv, stderr_path=stderr_path or self.state_dir / "broker.stderr",
                          stdout=subprocess.PIPE, env=env)
         ready = self.wait_for_line(READY, timeout)
         self.instance, self.endpoints = ready.group(1), ready.group(2).split()

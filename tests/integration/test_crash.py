@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from plugboard.sdk import Change, Client
+from plugboard.sdk import Change, Client, RemoteError
 
 from .conftest import Processes
 from .processes import ROOT, ManagedProcess, make_plugin, short_tmpdir
@@ -128,3 +130,56 @@ async def test_a_plugin_gives_up_on_a_broker_gone_too_long_with_a_failure(
     broker.signal(signal.SIGKILL)
     broker.wait(5)
     assert await asyncio.to_thread(plugin.wait, 15) == 75, plugin.describe()
+
+
+async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
+        processes: Processes) -> None:
+    """The state directory on a 2 MiB tmpfs, filled up: a write to a persistent property
+    is answered with an error (it is in effect, not stored), everything else is served,
+    and once there is room again the store takes the writes it had queued by itself: a
+    broker killed afterwards restarts with them."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = short_tmpdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this machine does not let a test mount a tmpfs")
+    try:
+        logs = short_tmpdir()  # not on the full disk
+        broker = processes.broker(disk, stderr_path=logs / "broker.stderr")
+        async with Client(broker.ipc, role="plugin", name="disk") as plugin, \
+                Client(broker.ipc) as watcher:
+            await plugin.declare("disk/x", "bytes", persist=True)
+            await plugin.declare("disk/y", "int")
+            changes = await watcher.subscribe("disk/x", current=False)
+            commits = await watcher.subscribe("system/broker/store_commits", current=False)
+            await plugin.set("disk/x", b"stored")
+            filler = disk / "filler"
+            with filler.open("wb") as out:  # up to the last byte
+                try:
+                    while True:
+                        out.write(b"\0" * 65536)
+                        out.flush()
+                except OSError:
+                    pass
+            with pytest.raises(RemoteError) as refused:
+                await plugin.set("disk/x", b"queued" * 20_000)
+            assert refused.value.code == "internal"
+            assert "not stored" in refused.value.message and "full" in refused.value.message
+            await processes.until(changes, lambda e: isinstance(e, Change)
+                                  and e.value.startswith(b"queued"))  # in effect
+            await plugin.set("disk/y", 1)  # the rest is served as ever
+            assert (await watcher.get("disk/y")).value == 1
+            assert "could not commit" in broker.stderr_path.read_text()
+
+            filler.unlink()
+            await processes.until(commits, lambda e: isinstance(e, Change), timeout=10)
+        broker.signal(signal.SIGKILL)
+        broker.wait(10)
+        restarted = processes.broker(disk, stderr_path=logs / "restarted.stderr")
+        async with Client(restarted.ipc) as checker:
+            assert (await checker.get("disk/x")).value == b"queued" * 20_000
+        assert "writes again" in broker.stderr_path.read_text()
+        restarted.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

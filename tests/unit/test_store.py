@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from plugboard.broker.store import Durability, Record, Store
-from plugboard.protocol import ConfigError, Duration, Timestamp, ValueType
+from plugboard.protocol import ConfigError, Duration, StoreError, Timestamp, ValueType
 
 
 def record(i: int, value: object = None) -> Record:
@@ -142,3 +142,31 @@ def test_durability_policy_is_recorded(tmp_path: Path) -> None:
     Store(tmp_path / "s.sqlite", Durability.BATCH).close()
     assert Store(tmp_path / "s.sqlite", None).last_durability == "batch"
     shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
+
+
+def test_a_commit_the_disk_refuses_keeps_the_writes_queued_and_the_file_intact(
+        tmp_path: Path) -> None:
+    """SQLite's own limit on the file's pages makes the same SQLITE_FULL a full disk
+    does: the commit raises StoreError naming the file, nothing half-written is kept,
+    and the queued writes go in with the first commit that has room."""
+    path = tmp_path / "store.sqlite"
+    store = Store(path)
+    store.put(record(1))
+    store.commit()
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")
+    big = record(1, "y" * 100_000)
+    store.put(big)
+    with pytest.raises(StoreError, match="full") as raised:
+        store.commit()
+    assert str(path) in str(raised.value)
+    assert store.dirty
+    assert Store(path).load() == [record(1)]  # another reader: the last commit only
+    store.put(record(2))  # queued meanwhile; both go in together
+    with pytest.raises(StoreError):
+        store.commit()
+    store._db.execute("PRAGMA max_page_count=1000000")
+    assert store.commit() == 2
+    assert not store.dirty
+    store.close()
+    assert sorted(Store(path).load(), key=lambda r: r.name) == [big, record(2)]
