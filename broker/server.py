@@ -113,7 +113,8 @@ class BrokerServer:
             self.core.restore(store.load())
             self.core.persistence = store
         self._commit_timer: asyncio.TimerHandle | None = None
-        self._store_failing = False
+        self._store_failure: str | None = None
+        """Why the store's last commit failed; None while it writes."""
         self.endpoints: list[str] = []
         """The endpoints actually bound (with the port a ``*`` picked)."""
         self.ready = asyncio.Event()
@@ -395,7 +396,9 @@ class BrokerServer:
             return outgoing
         failure = None
         if store.durability is Durability.ALWAYS:
-            failure = self._commit()
+            # While the store fails, only its retry timer tries: a busy broker does not
+            # pay a failing transaction every turn.
+            failure = self._store_failure or self._commit()
         elif store.durability is Durability.BATCH:
             self._commit_later(self.config.batch_ms / 1000)
         replaced = self.core.settle_store(failure)
@@ -411,15 +414,15 @@ class BrokerServer:
         try:
             self.store.commit()
         except StoreError as exc:
-            if not self._store_failing:
+            if self._store_failure is None:
                 log.error("%s; until it can, writes to persistent properties are in effect "
                           "but answered with an error", exc)
-                self._store_failing = True
+            self._store_failure = " ".join(str(exc.__cause__ or exc).split())
             self._commit_later(STORE_RETRY_S)
-            return " ".join(str(exc.__cause__ or exc).split())
-        if self._store_failing:
+            return self._store_failure
+        if self._store_failure is not None:
             log.warning("store %s writes again", self.store.path)
-            self._store_failing = False
+            self._store_failure = None
         return None
 
     def _commit_later(self, delay: float) -> None:

@@ -152,8 +152,12 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
             await plugin.declare("disk/x", "bytes", persist=True)
             await plugin.declare("disk/y", "int")
             changes = await watcher.subscribe("disk/x", current=False)
-            commits = await watcher.subscribe("system/broker/store_commits", current=False)
+            commits = await watcher.subscribe("system/broker/store_commits")
             await plugin.set("disk/x", b"stored")
+            # The figure is refreshed every second: wait until it counts that commit.
+            seen = await processes.until(commits, lambda e: isinstance(e, Change)
+                                         and e.value >= 1)
+            committed = seen[-1].value
             filler = disk / "filler"
             with filler.open("wb") as out:  # up to the last byte
                 try:
@@ -172,8 +176,9 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
             assert (await watcher.get("disk/y")).value == 1
             assert "could not commit" in broker.stderr_path.read_text()
 
-            filler.unlink()
-            await processes.until(commits, lambda e: isinstance(e, Change), timeout=10)
+            filler.unlink()  # the retry timer stores the queued write by itself
+            await processes.until(commits, lambda e: isinstance(e, Change)
+                                  and e.value > committed, timeout=10)
         broker.signal(signal.SIGKILL)
         broker.wait(10)
         restarted = processes.broker(disk, stderr_path=logs / "restarted.stderr")
