@@ -113,8 +113,6 @@ class BrokerServer:
             self.core.restore(store.load())
             self.core.persistence = store
         self._commit_timer: asyncio.TimerHandle | None = None
-        self._store_failure: str | None = None
-        """Why the store's last commit failed; None while it writes."""
         self.endpoints: list[str] = []
         """The endpoints actually bound (with the port a ``*`` picked)."""
         self.ready = asyncio.Event()
@@ -398,7 +396,7 @@ class BrokerServer:
         if store.durability is Durability.ALWAYS:
             # While the store fails, only its retry timer tries: a busy broker does not
             # pay a failing transaction every turn.
-            failure = self._store_failure or self._commit()
+            failure = store.failure or self._commit()
         elif store.durability is Durability.BATCH:
             self._commit_later(self.config.batch_ms / 1000)
         replaced = self.core.settle_store(failure)
@@ -410,19 +408,19 @@ class BrokerServer:
         """Commit what is queued; None, or why the store could not (a full disk). It
         keeps what it could not write and is tried again every STORE_RETRY_S, so writes
         that were in effect when the disk filled are stored once it has room."""
-        assert self.store is not None
+        store = self.store
+        assert store is not None
+        failing = store.failure is not None
         try:
-            self.store.commit()
+            store.commit()
         except StoreError as exc:
-            if self._store_failure is None:
+            if not failing:
                 log.error("%s; until it can, writes to persistent properties are in effect "
                           "but answered with an error", exc)
-            self._store_failure = " ".join(str(exc.__cause__ or exc).split())
             self._commit_later(STORE_RETRY_S)
-            return self._store_failure
-        if self._store_failure is not None:
-            log.warning("store %s writes again", self.store.path)
-            self._store_failure = None
+            return store.failure
+        if failing:
+            log.warning("store %s writes again", store.path)
         return None
 
     def _commit_later(self, delay: float) -> None:

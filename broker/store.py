@@ -87,6 +87,8 @@ class Store:
         self._pending: dict[str, Record | None] = {}
         self.commits = 0
         """Transactions written since the store was opened (system/broker/store_commits)."""
+        self.failure: str | None = None
+        """Why the last commit failed (a full disk); None while the store writes."""
         self.dropped: list[str] = []
         """Names of records dropped at load because they were damaged."""
         try:
@@ -164,8 +166,10 @@ class Store:
                 self._db.executemany("DELETE FROM properties WHERE name = ?", deletes)
         except sqlite3.Error as exc:
             self._pending = {**pending, **self._pending}  # what was queued since wins
+            self.failure = " ".join(str(exc).split())
             raise StoreError(f"store {self.path} could not commit {len(pending)} "
-                             f"write(s): {' '.join(str(exc).split())}") from exc
+                             f"write(s): {self.failure}") from exc
+        self.failure = None
         self.commits += 1
         return len(pending)
 

@@ -43,6 +43,8 @@ class SystemProperties:
                  "messages"),
                 ("store_commits", ValueType.INT, 0, "store transactions written (persistent "
                  "properties)", "commits"),
+                ("store_error", ValueType.STR, "", "why the store cannot write (a full disk); "
+                 "empty while it writes", None),
             ]
         }
 
@@ -59,6 +61,8 @@ class SystemProperties:
             "messages_out": core.messages_out,
             "drops": core.drops,
             "store_commits": core.persistence.commits if core.persistence is not None else 0,
+            "store_error": (core.persistence.failure or "") if core.persistence is not None
+            else "",
         }
         for key, value in current.items():
             prop = self._figures[key]

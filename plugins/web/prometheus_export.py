@@ -47,6 +47,11 @@ class PlugboardCollector(Collector):
             value = self._value(f"system/broker/{key}")
             if value is not None:
                 yield CounterMetricFamily(f"plugboard_broker_{key}", text, value=value)
+        store_error = self.props.get("system/broker/store_error")
+        if store_error is not None:
+            yield GaugeMetricFamily("plugboard_broker_store_failing", "1 while the store cannot "
+                                    "write (system/broker/store_error says why)",
+                                    value=1.0 if store_error.value else 0.0)
         yield GaugeMetricFamily("plugboard_broker_queued_bytes", "bytes held for peers that "
                                 "read too slowly", value=sum(s.get("queued_bytes", 0)
                                                              for s in self.sessions))

@@ -175,10 +175,13 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
             await plugin.set("disk/y", 1)  # the rest is served as ever
             assert (await watcher.get("disk/y")).value == 1
             assert "could not commit" in broker.stderr_path.read_text()
+            errors = await watcher.subscribe("system/broker/store_error")
+            await processes.until(errors, lambda e: isinstance(e, Change) and "full" in e.value)
 
             filler.unlink()  # the retry timer stores the queued write by itself
             await processes.until(commits, lambda e: isinstance(e, Change)
                                   and e.value > committed, timeout=10)
+            await processes.until(errors, lambda e: isinstance(e, Change) and e.value == "")
         broker.signal(signal.SIGKILL)
         broker.wait(10)
         restarted = processes.broker(disk, stderr_path=logs / "restarted.stderr")

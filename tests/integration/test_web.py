@@ -161,7 +161,9 @@ async def test_the_page_and_metrics_need_the_token_off_loopback(
         assert refused.value.code == 401
     with await asyncio.to_thread(urllib.request.urlopen, f"{base}/metrics?token=s3cret",
                                  timeout=5) as answer:
-        assert b"plugboard_broker_sessions" in answer.read()
+        metrics = answer.read()
+    assert b"plugboard_broker_sessions" in metrics
+    assert b"plugboard_broker_store_failing 0.0" in metrics
 
 
 async def test_prometheus_scrapes_the_metrics(served: Served, processes: Processes) -> None:
