@@ -19,6 +19,9 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 from plugboard.runtime.contract import check_contracts
 from plugboard.runtime.link import BrokerLink
@@ -34,6 +37,14 @@ PLUGBOARD = [sys.executable, "-m", "plugboard.broker.cli"]
 """The plugboard command, run by the interpreter the tests run under."""
 MADE_DIRS: list[Path] = []
 """Every short temp dir made, removed when the suite ends."""
+
+
+def cannot_run(why: str) -> NoReturn:
+    """A skip saying why this machine cannot run the test; a failure under CI=true,
+    where .ci/run sets up everything the suite needs."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true: {why}")
+    pytest.skip(why)
 
 
 def short_tmpdir() -> Path:

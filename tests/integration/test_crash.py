@@ -21,7 +21,7 @@ import pytest
 from plugboard.sdk import Change, Client, RemoteError
 
 from .conftest import Processes
-from .processes import ROOT, ManagedProcess, make_plugin, short_tmpdir
+from .processes import ROOT, ManagedProcess, cannot_run, make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -139,11 +139,12 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
     and once there is room again the store takes the writes it had queued by itself: a
     broker killed afterwards restarts with them."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
+        cannot_run("mounting a tmpfs needs root and mount")
     disk = short_tmpdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("this machine does not let a test mount a tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        cannot_run(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         logs = short_tmpdir()  # not on the full disk
         broker = processes.broker(disk, stderr_path=logs / "broker.stderr")

@@ -26,7 +26,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 from plugboard.sdk import Change, Client
 
 from .conftest import Processes
-from .processes import ROOT, BrokerProcess, ManagedProcess, bundled_plugin, free_port, short_tmpdir
+from .processes import (
+    ROOT,
+    BrokerProcess,
+    ManagedProcess,
+    bundled_plugin,
+    cannot_run,
+    free_port,
+    short_tmpdir,
+)
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(os.environ.get("PLUGBOARD_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -37,9 +45,7 @@ def needs(program: str, package: str) -> str:
     CI=true, where .ci/run installs it)."""
     path = shutil.which(program)
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {program} is missing (Debian package {package})")
-        pytest.skip(f"{program} is not installed (Debian package {package})")
+        cannot_run(f"{program} is not installed (Debian package {package})")
     return path
 
 
