@@ -582,6 +582,11 @@ class BrokerCore:
         return ended
 
     def _reload_keys(self, session: Session, params: dict[str, Any], msgid: int) -> Any:
+        return self.reload_keys()
+
+    def reload_keys(self) -> dict[str, Any]:
+        """Re-read the authorized keys and end the sessions of keys no longer granted
+        (``keys.reload``, and SIGHUP to the daemon)."""
         if self.keys is None:
             return {"ended": 0, "curve": False}
         self.keys.reload()

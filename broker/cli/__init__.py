@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser = _with_parents(commands.add_parser, common)  # type: ignore[method-assign]
     cmd = commands.add_parser("broker", help="run the broker daemon in the foreground",
                               description="Run the broker in the foreground until Ctrl-C "
-                                          "or SIGTERM.")
+                                          "or SIGTERM (a clean stop: plugins ended, store "
+                                          "committed). SIGHUP re-reads the authorized keys "
+                                          "(what plugboard keys allow and revoke change).")
     daemon.add_arguments(cmd)
     cmd.set_defaults(handler=daemon.run)
     cmd = commands.add_parser(
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "plugins in --plugins under supervision, as plugboard broker --plugins "
                     "does. Logs and launch records go to STATE_DIR/agents/NAME. Over tcp "
                     "the agent needs a key the broker allows as agent (plugboard keys "
-                    "allow KEY --role agent) and the broker's public key.")
+                    "allow KEY --role agent) and the broker's public key. Ctrl-C or SIGTERM "
+                    "stops its plugins and it; SIGHUP is ignored.")
     agent_command.add_arguments(cmd)
     cmd.set_defaults(handler=agent_command.run)
     cmd = commands.add_parser("spec", help="print the wire protocol (PROTOCOL.md)",

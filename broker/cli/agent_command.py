@@ -92,6 +92,9 @@ async def _serve(supervisor: Supervisor) -> None:
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    # A hangup (its terminal closed) would end it on the spot, its plugins with it.
+    loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: the agent has "
+                            "nothing to re-read (plugboard plugins reread does that)")
     link = supervisor.link
     log.info("agent %s: connecting to %s", link.name, link.endpoint)
     try:

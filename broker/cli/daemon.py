@@ -1,4 +1,5 @@
-"""``plugboard broker``: the daemon in the foreground; SIGINT/SIGTERM stop it cleanly.
+"""``plugboard broker``: the daemon in the foreground; SIGINT/SIGTERM stop it cleanly,
+SIGHUP re-reads the authorized keys.
 
 With ``--plugins``, every contract is checked before anything starts (all problems
 reported at once), then the plugins start in dependency order under supervision; on
@@ -155,6 +156,7 @@ async def _serve(server: BrokerServer, contracts: list[Contract], plugin_paths: 
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_keys, server)
     serving = asyncio.create_task(server.serve())
     ready = asyncio.create_task(server.ready.wait())
     await asyncio.wait([serving, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -177,6 +179,23 @@ async def _serve(server: BrokerServer, contracts: list[Contract], plugin_paths: 
     await agent
     server.stop()
     await serving
+
+
+def _reload_keys(server: BrokerServer) -> None:
+    """SIGHUP, as daemons take it: reload what can be, here the authorized keys (what
+    ``plugboard keys allow`` and ``revoke`` change). Without it a hangup would end the
+    broker on the spot, with no clean stop."""
+    try:
+        outcome = server.core.reload_keys()
+    except PlugboardError as exc:  # a broken keys file: the broker keeps the keys it had
+        log.error("SIGHUP: %s; the authorized keys stay as they were", exc)
+        return
+    server.poke()
+    if outcome["curve"]:
+        log.warning("SIGHUP: authorized keys re-read; %d session(s) of revoked keys ended",
+                    outcome["ended"])
+    else:
+        log.warning("SIGHUP: no CURVE endpoint, so no authorized keys to re-read")
 
 
 def collect_less() -> None:

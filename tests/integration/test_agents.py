@@ -56,6 +56,10 @@ async def test_an_agent_runs_its_plugins_for_a_remote_broker(processes: Processe
     assert (home / "agents" / "host-b" / "logs" / "faraway.log").exists()
     restarted = plugboard(broker, "plugins", "restart", "faraway")
     assert restarted.returncode == 0 and "ready true" in restarted.stdout, restarted
+    agent.signal(signal.SIGHUP)  # a closed terminal: ignored, its plugins run on
+    logs = plugboard(broker, "logs", "faraway")  # routed to the agent, answered by it
+    assert logs.returncode == 0 and "--- starting" in logs.stdout, agent.describe()
+    assert "SIGHUP ignored" in agent.stderr_path.read_text()
     agent.signal(signal.SIGTERM)
     assert agent.wait(15) == 0, agent.describe()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import selectors
+import signal
 import socket
 import stat
 import subprocess
@@ -312,3 +313,38 @@ def test_plugboard_keys_from_a_new_pair_to_a_revoked_one(processes: Processes) -
     assert "forbidden" in written.stderr  # a client key writes as a client
     assert plugboard("keys", "revoke", str(state / "alice.key")).returncode == 0
     assert "refused this key" in plugboard("get", "system/broker/version", *as_alice).stderr
+
+
+async def test_sighup_rereads_the_authorized_keys_and_the_broker_serves_on(
+        processes: Processes) -> None:
+    """A hangup, as daemons take it (systemctl reload): the keys file is read again and
+    the sessions of a key taken out of it end, as after plugboard keys revoke; before,
+    SIGHUP ended the broker on the spot."""
+    broker = processes.broker(insecure=False)
+    alice = pair()
+    allowed = subprocess.run([*PLUGBOARD, "--state-dir", str(broker.state_dir), "keys",
+                              "allow", alice[0], "--role", "client"],
+                             capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert allowed.returncode == 0, allowed.stderr  # it told the broker, which re-read
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        CurveKeys(broker.local_admin_keys().server, *alice).apply(sock)
+        sock.connect(broker.tcp)
+
+        async def ask(method: str) -> list[object]:
+            sock.send(msgpack.packb([0, 1, method, {"versions": [1], "role": "client"}]))
+            assert await answered(sock, 5), f"no answer to {method}\n{broker.describe()}"
+            return msgpack.unpackb(sock.recv())  # type: ignore[no-any-return]
+
+        assert (await ask("hello"))[2] is None
+        write_authorized(broker.state_dir / "curve" / "authorized_keys.json", [])
+        broker.signal(signal.SIGHUP)
+        async with asyncio.timeout(5):
+            while (await ask("ping"))[2] is None:  # answered until the session ends
+                pass
+        assert broker.proc.poll() is None, "SIGHUP ended the broker"
+        assert "SIGHUP: authorized keys re-read; 1 session(s)" in broker.stderr_path.read_text()
+    finally:
+        ctx.destroy(linger=0)
