@@ -488,7 +488,10 @@ class BrokerCore:
         if self.shutting_down:
             raise ProtocolError("shutting_down", "the broker is stopping")
         versions = _param(params, "versions", list)
-        common = [v for v in versions if type(v) is int and v in SUPPORTED_VERSIONS]
+        if not all(type(v) is int for v in versions):
+            raise ProtocolError("invalid_params", "versions must be a list of ints, got "
+                                f"{versions!r}")
+        common = [v for v in versions if v in SUPPORTED_VERSIONS]
         if not common:
             raise ProtocolError("unsupported_version", f"offered {versions!r}, the broker "
                                 f"speaks {list(SUPPORTED_VERSIONS)}",

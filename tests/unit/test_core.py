@@ -47,6 +47,8 @@ def test_requests_before_hello_get_hello_required() -> None:
 
 @pytest.mark.parametrize("params,code", [
     ({"versions": [7], "role": "client"}, "unsupported_version"),
+    ({"versions": ["1"], "role": "client"}, "invalid_params"),
+    ({"versions": [True], "role": "client"}, "invalid_params"),
     ({"versions": [1], "role": "emperor"}, "invalid_params"),
     ({"role": "client"}, "invalid_params"),
     ({"versions": [1], "role": "plugin"}, "invalid_params"),
