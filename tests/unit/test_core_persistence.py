@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from plugboard.broker.store import Store
-from plugboard.protocol import RemoteError
+from plugboard.protocol import RemoteError, decode
 
 from .harness import REMOVED, Harness
 
@@ -81,3 +81,31 @@ def test_delete_removes_the_stored_value(h: Harness) -> None:
     assert store is not None
     store.commit()
     assert [r.name for r in store.load()] == []
+
+
+def test_a_reply_the_store_could_not_keep_becomes_an_error_in_its_place(h: Harness) -> None:
+    """The driver replaces, by the frame's identity, each reply acknowledging a write to
+    the store with the error settle_store gives; the peer's order stays: a writer that
+    also subscribes gets the error, then the batch holding its write (it is in effect)."""
+    h.call(P, "declare", name="p/kept", type="int", persist=True, writable_by="clients")
+    h.call(P, "declare", name="p/plain", type="int", writable_by="clients")
+    h.call(C, "subscribe", pattern="p/#")
+    h.notes(C)
+    h.core.settle_store()
+    conn = h.conns[C]
+    frames = [conn.request("set", {"target": "p/kept", "value": 7}),
+              conn.request("set", {"target": "p/plain", "value": 8}),
+              conn.request("ping", {})]
+    for _msgid, frame in frames:
+        h.core.receive(C, [frame])
+    outgoing = h.core.flush()
+    replaced = h.core.settle_store("database or disk is full")
+    assert len(replaced) == 1  # the persistent write's reply only
+    sent = [decode(replaced.get(id(frame), frame)) for peer, frame in outgoing if peer == C]
+    assert [type(m).__name__ for m in sent] == ["Response"] * 3 + ["Notification"]
+    assert sent[0].error["code"] == "internal"
+    assert sent[0].error["message"].startswith("not stored: database or disk is full")
+    assert sent[1].error is None and sent[2].error is None
+    assert [item[1] for item in sent[3].params["items"]] == [7, 8]  # both in effect
+    assert h.core.settle_store("still full") == {}  # settled: nothing left to replace
+    assert h.core.persistence is not None and h.core.persistence.dirty  # queued
