@@ -39,7 +39,7 @@ from .agents import AgentDesk
 from .datastore import Datastore, Property
 from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
-from .store import Record, Store
+from .store import Durability, Record, Store
 from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription, Written
 from .system import SystemProperties
 
@@ -765,8 +765,7 @@ class BrokerCore:
         unstored, self._unstored = self._unstored, []
         if failure is None:
             return {}
-        error = ProtocolError("internal", f"not stored: {failure}; the write is in effect "
-                              "and is stored by the next commit that succeeds").to_wire()
+        error = _not_stored(failure).to_wire()
         return {id(frame): encode(Response(msgid, error, None)) for frame, msgid in unstored}
 
     def restore(self, records: list[Record]) -> None:
@@ -808,12 +807,19 @@ class BrokerCore:
 
     def _write_unanswered(self, session: Session, method: str, params: dict[str, Any]) -> None:
         """A write sent as a notification: applied as the request would be, with no
-        reply; a refusal comes back as an ``error`` notification naming the write."""
+        reply; a refusal comes back as an ``error`` notification naming the write, and
+        so does a write to the store while it is known to fail (``always``: it is in
+        effect, not stored; the store's failure found in this very turn tells no one)."""
+        self._stored_by_request = False
         try:
             if method == "set":
                 self._set(session, params)
             else:
                 self._set_many(session, params)
+            store = self.persistence
+            if self._stored_by_request and store is not None and store.failure is not None \
+                    and store.durability is Durability.ALWAYS:
+                raise _not_stored(store.failure)
         except ProtocolError as exc:
             target = params.get("target")
             self._notify(session.peer, "error", {
@@ -1008,6 +1014,11 @@ class BrokerCore:
             raise ProtocolError("not_found", f"no listen {lid} in this session")
         self.listeners.remove(pattern, (session, lid))
         return {}
+
+
+def _not_stored(failure: str) -> ProtocolError:
+    return ProtocolError("internal", f"not stored: {failure}; the write is in effect and is "
+                         "stored by the next commit that succeeds")
 
 
 def _news_first(replies: list[tuple[bytes, bytes]], news: list[tuple[bytes, bytes]]

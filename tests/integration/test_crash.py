@@ -173,6 +173,12 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
             assert "not stored" in refused.value.message and "full" in refused.value.message
             await processes.until(changes, lambda e: isinstance(e, Change)
                                   and e.value.startswith(b"queued"))  # in effect
+            told: list[RemoteError] = []
+            plugin.on_error(told.append)  # a write sent as a notification is told too
+            plugin.set_nowait("disk/x", b"queued" * 20_000)
+            await plugin.request("ping")  # answered after the write's error
+            assert [e.details.get("method") for e in told] == ["set"]
+            assert "not stored" in told[0].message
             await plugin.set("disk/y", 1)  # the rest is served as ever
             assert (await watcher.get("disk/y")).value == 1
             assert "could not commit" in broker.stderr_path.read_text()
