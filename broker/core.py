@@ -39,7 +39,7 @@ from .agents import AgentDesk
 from .datastore import Datastore, Property
 from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
-from .store import Durability, Record, Store
+from .store import Record, Store
 from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription, Written
 from .system import SystemProperties
 
@@ -808,8 +808,8 @@ class BrokerCore:
     def _write_unanswered(self, session: Session, method: str, params: dict[str, Any]) -> None:
         """A write sent as a notification: applied as the request would be, with no
         reply; a refusal comes back as an ``error`` notification naming the write, and
-        so does a write to the store while it is known to fail (``always``: it is in
-        effect, not stored; the store's failure found in this very turn tells no one)."""
+        so does a write to the store while it is known to fail (it is in effect, not
+        stored; the store's failure found in this very turn tells no one)."""
         self._stored_by_request = False
         try:
             if method == "set":
@@ -817,8 +817,7 @@ class BrokerCore:
             else:
                 self._set_many(session, params)
             store = self.persistence
-            if self._stored_by_request and store is not None and store.failure is not None \
-                    and store.durability is Durability.ALWAYS:
+            if self._stored_by_request and store is not None and store.failure is not None:
                 raise _not_stored(store.failure)
         except ProtocolError as exc:
             target = params.get("target")

@@ -387,16 +387,17 @@ class BrokerServer:
 
     def _persist(self, outgoing: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Group commit: under ``always`` this turn's writes are committed before its
-        replies are sent, and a reply whose write the store could not keep becomes an
-        error in its place; under ``batch`` a timer commits them within batch_ms."""
+        replies are sent; under ``batch`` a timer commits them within batch_ms. A reply
+        whose write the store could not keep (or, under ``batch``, is known to fail to
+        keep) becomes an error in its place."""
         store = self.store
         if store is None or not store.dirty:
             return outgoing
-        failure = None
+        # While the store fails, only its retry timer tries: a busy broker does not pay
+        # a failing transaction every turn.
+        failure = store.failure
         if store.durability is Durability.ALWAYS:
-            # While the store fails, only its retry timer tries: a busy broker does not
-            # pay a failing transaction every turn.
-            failure = store.failure or self._commit()
+            failure = failure or self._commit()
         elif store.durability is Durability.BATCH:
             self._commit_later(self.config.batch_ms / 1000)
         replaced = self.core.settle_store(failure)
