@@ -65,18 +65,21 @@ class StateDir:
             self._lock.close()
             raise ConfigError(f"another broker (pid {owner}) is running with state directory "
                               f"{self.path}; stop it or pass another --state-dir") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(str(os.getpid()))
-        self._lock.flush()
         self.admin_token = secrets.token_urlsafe(32)
         token_path = self.path / TOKEN_NAME
-        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.admin_token.encode() + b"\n")
-        finally:
-            os.close(fd)
+            os.ftruncate(self._lock.fileno(), 0)  # unbuffered: nothing left to flush
+            os.pwrite(self._lock.fileno(), str(os.getpid()).encode(), 0)
+            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, self.admin_token.encode() + b"\n")
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a full disk, a read-only one
+            self._lock.close()
+            raise ConfigError(f"cannot write to state directory {self.path}: "
+                              f"{exc.strerror}") from exc
 
     def close(self) -> None:
         for name in (TOKEN_NAME, SOCKET_NAME):

@@ -77,6 +77,21 @@ def damaged(path: Path, why: str) -> ConfigError:
                        "an export with 'plugboard store import'")
 
 
+_DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+"""What SQLite says of a file that is not (or no longer) a database. Anything else (a
+full disk, a read-only file, an I/O error) is the machine's problem, not the file's."""
+
+
+def unusable(path: Path, exc: sqlite3.Error) -> ConfigError:
+    """Why the store cannot be opened: damaged, with the way out, or the machine's
+    problem, which moving the file aside would not solve and could lose it."""
+    if getattr(exc, "sqlite_errorname", None) in _DAMAGE:
+        return damaged(path, str(exc))
+    why = " ".join(str(exc).split())[:200]
+    return ConfigError(f"store {path} cannot be used ({why}); the file itself is kept as "
+                       "it is: free some space or fix its permissions, then start again")
+
+
 class Store:
     """One SQLite file; ``put``/``delete`` queue changes, ``commit`` writes them at once."""
 
@@ -114,8 +129,8 @@ class Store:
             if durability is not None:
                 self._db.execute("INSERT OR REPLACE INTO info VALUES ('durability', ?)",
                                  (self.durability.value,))
-        except sqlite3.DatabaseError as exc:
-            raise damaged(self.path, str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise unusable(self.path, exc) from exc
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -124,8 +139,8 @@ class Store:
         records = []
         try:
             rows = self._db.execute("SELECT name, record, crc FROM properties").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise damaged(self.path, str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise unusable(self.path, exc) from exc
         for name, blob, crc in rows:
             try:
                 if not isinstance(name, str) or _crc(name, blob) != crc:

@@ -21,7 +21,7 @@ import pytest
 from plugboard.sdk import Change, Client, RemoteError
 
 from .conftest import Processes
-from .processes import ROOT, ManagedProcess, cannot_run, make_plugin, short_tmpdir
+from .processes import PLUGBOARD, ROOT, ManagedProcess, cannot_run, make_plugin, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +171,15 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
                         out.flush()
                 except OSError:
                     pass
+            if durability == "always":  # a broker started on the full disk says why
+                second = await asyncio.to_thread(
+                    subprocess.run, [*PLUGBOARD, "--state-dir", str(disk / "second"),
+                                     "broker", "--endpoint", "tcp://127.0.0.1:*",
+                                     "--insecure"],
+                    capture_output=True, text=True, timeout=60, cwd=ROOT)
+                assert second.returncode == 1, second.stderr
+                assert "No space left on device" in second.stderr, second.stderr
+                assert "Traceback" not in second.stderr
             if durability == "batch":  # acknowledged at once; the timer's commit fails
                 await plugin.set("disk/x", b"early")
                 await processes.until(errors, lambda e: isinstance(e, Change)

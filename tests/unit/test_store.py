@@ -138,6 +138,16 @@ def test_garbage_file_is_refused_in_one_line(tmp_path: Path) -> None:
     assert f"mv {path} {path}.broken" in str(caught.value)
 
 
+def test_a_store_the_machine_cannot_open_is_not_called_damaged(tmp_path: Path) -> None:
+    """A full disk or a path SQLite cannot open is not the file's fault: the message
+    must not advise moving the file aside, which could lose it."""
+    with pytest.raises(ConfigError) as refused:
+        Store(tmp_path)  # a directory: SQLite cannot open it (SQLITE_CANTOPEN)
+    message = str(refused.value)
+    assert str(tmp_path) in message and "cannot be used" in message
+    assert "damaged" not in message and "move it aside" not in message
+
+
 def test_durability_policy_is_recorded(tmp_path: Path) -> None:
     Store(tmp_path / "s.sqlite", Durability.BATCH).close()
     assert Store(tmp_path / "s.sqlite", None).last_durability == "batch"
