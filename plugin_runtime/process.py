@@ -11,6 +11,8 @@ import asyncio
 import ctypes
 import datetime
 import enum
+import errno
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +33,10 @@ CREDENTIAL_VARIABLES = (ENV_KEY_FILE, ENV_PUBLIC_KEY, ENV_SECRET_KEY, ENV_SERVER
                         "PLUGBOARD_TOKEN")
 LOG_MAX_BYTES = 1024 * 1024
 LOG_BACKUPS = 3
+LINE_LIMIT = 64 * 1024
+"""The longest line of a plugin's output kept whole; a longer one is cut to this."""
+
+log = logging.getLogger(__name__)
 
 
 def _die_with_parent() -> None:
@@ -39,6 +45,26 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the SDK's give-up timer remains
         pass
+
+
+async def _read_line(stream: asyncio.StreamReader) -> bytes:
+    """The next line of output, b"" at its end; one longer than LINE_LIMIT is cut there
+    and the rest of it read and dropped."""
+    try:
+        return await stream.readuntil(b"\n")
+    except asyncio.IncompleteReadError as end:  # the last line, with no newline
+        return end.partial
+    except asyncio.LimitOverrunError as long:
+        head = await stream.readexactly(long.consumed)
+    while True:
+        try:
+            await stream.readuntil(b"\n")
+            break
+        except asyncio.IncompleteReadError:
+            break
+        except asyncio.LimitOverrunError as more:
+            await stream.readexactly(more.consumed)
+    return head[:LINE_LIMIT] + b" [cut]\n"
 
 
 def _stamped(line: bytes, stream: str = "-") -> bytes:
@@ -59,20 +85,42 @@ class StopStep(enum.StrEnum):
 
 
 class RotatingLog:
-    """Appends a plugin's output to ``NAME.log``, rotating to ``.1`` .. ``.3`` at 1 MiB."""
+    """Appends a plugin's output to ``NAME.log``, rotating to ``.1`` .. ``.3`` at 1 MiB.
+    A write the disk refuses (full) drops those lines, said once in the broker's log and
+    once in the file when it takes lines again: the plugin's pipe is read on regardless,
+    or the plugin would block on its next write."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path.parent, 0o700)  # plugins' output may hold secrets: owner only
         self._file = self._open()
+        self.dropped = 0
+        """Lines not written since the disk last refused one."""
 
     def _open(self) -> BinaryIO:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "ab")
+        # Unbuffered: each line is written at once anyway, and a refused write leaves
+        # nothing behind in a buffer for the next one (or for close) to fail on.
+        return os.fdopen(fd, "ab", buffering=0)
 
     def write(self, data: bytes) -> None:
+        try:
+            if self.dropped:
+                self._append(_stamped(f"--- {self.dropped} line(s) not kept: "
+                                      "the disk refused them\n".encode()))
+                self.dropped = 0
+            self._append(data)
+        except OSError as exc:
+            if not self.dropped:
+                log.warning("%s: %s; the plugin's output is not kept until it can be",
+                            self.path, exc.strerror)
+            self.dropped += 1
+
+    def _append(self, data: bytes) -> None:
+        if self._file.closed:  # a rotation the disk refused halfway
+            self._file = self._open()
         if self._file.tell() + len(data) > LOG_MAX_BYTES:
             self._file.close()
             for index in range(LOG_BACKUPS - 1, 0, -1):
@@ -81,8 +129,12 @@ class RotatingLog:
                     older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
             self._file = self._open()
-        self._file.write(data)
-        self._file.flush()
+        view = memoryview(data)
+        while view:  # a write the disk could take only part of, then the rest (or raise)
+            written = self._file.write(view)
+            if not written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[written:]
 
     def close(self) -> None:
         self._file.close()
@@ -142,7 +194,7 @@ class PluginProcess:
         self._watch_exit(proc)
         assert proc.stdout is not None and proc.stderr is not None
         for pipe, is_stderr in ((proc.stdout, False), (proc.stderr, True)):
-            reader = asyncio.StreamReader()
+            reader = asyncio.StreamReader(limit=LINE_LIMIT)
             transport, _ = await loop.connect_read_pipe(
                 lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)  # type: ignore[misc]
             self._pipes.append(transport)
@@ -182,15 +234,20 @@ class PluginProcess:
         loop.add_reader(pidfd, readable)
 
     async def _capture(self, stream: asyncio.StreamReader, is_stderr: bool) -> None:
-        try:
-            while line := await stream.readline():
-                stamped = _stamped(line, "E" if is_stderr else "O")
-                self.log.write(stamped)
-                self.on_output(stamped)
-                if is_stderr:
-                    self.stderr_lines.append(line.decode(errors="replace").rstrip())
-        except (ValueError, OSError):  # a line over the reader's limit, a closed pipe
-            pass
+        """Read the plugin's output to its end, whatever it holds: a pipe nobody reads
+        would block the plugin at its next write."""
+        while True:
+            try:
+                line = await _read_line(stream)
+            except OSError:  # the pipe closed under us
+                return
+            if not line:
+                return
+            stamped = _stamped(line, "E" if is_stderr else "O")
+            self.log.write(stamped)
+            self.on_output(stamped)
+            if is_stderr:
+                self.stderr_lines.append(line.decode(errors="replace").rstrip())
 
     def stderr_tail(self) -> str:
         return "\n".join(self.stderr_lines)

@@ -13,11 +13,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from plugboard.runtime.process import RotatingLog
 from plugboard.sdk import Change, Client, RemoteError
 
 from .conftest import Processes
@@ -132,14 +134,9 @@ async def test_a_plugin_gives_up_on_a_broker_gone_too_long_with_a_failure(
     assert await asyncio.to_thread(plugin.wait, 15) == 75, plugin.describe()
 
 
-@pytest.mark.parametrize("durability", ["always", "batch"])
-async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
-        processes: Processes, durability: str) -> None:
-    """The state directory on a 2 MiB tmpfs, filled up: a write to a persistent property
-    is answered with an error (it is in effect, not stored), everything else is served,
-    and once there is room again the store takes the writes it had queued by itself: a
-    broker killed afterwards restarts with them. Under batch, once a timer's commit
-    found the failure."""
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 2 MiB tmpfs, unmounted afterwards (lazily: a broker may still hold files)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         cannot_run("mounting a tmpfs needs root and mount")
     disk = short_tmpdir()
@@ -148,71 +145,107 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
     if mounted.returncode != 0:
         cannot_run(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        logs = short_tmpdir()  # not on the full disk
-        broker = processes.broker(disk, "--durability", durability,
-                                  stderr_path=logs / "broker.stderr")
-        async with Client(broker.ipc, role="plugin", name="disk") as plugin, \
-                Client(broker.ipc) as watcher:
-            await plugin.declare("disk/x", "bytes", persist=True)
-            await plugin.declare("disk/y", "int")
-            changes = await watcher.subscribe("disk/x", current=False)
-            commits = await watcher.subscribe("system/broker/store_commits")
-            await plugin.set("disk/x", b"stored")
-            # The figure is refreshed every second: wait until it counts that commit.
-            seen = await processes.until(commits, lambda e: isinstance(e, Change)
-                                         and e.value >= 1)
-            committed = seen[-1].value
-            errors = await watcher.subscribe("system/broker/store_error")
-            filler = disk / "filler"
-            with filler.open("wb") as out:  # up to the last byte
-                try:
-                    while True:
-                        out.write(b"\0" * 65536)
-                        out.flush()
-                except OSError:
-                    pass
-            if durability == "always":  # a broker started on the full disk says why
-                second = await asyncio.to_thread(
-                    subprocess.run, [*PLUGBOARD, "--state-dir", str(disk / "second"),
-                                     "broker", "--endpoint", "tcp://127.0.0.1:*",
-                                     "--insecure"],
-                    capture_output=True, text=True, timeout=60, cwd=ROOT)
-                assert second.returncode == 1, second.stderr
-                assert "No space left on device" in second.stderr, second.stderr
-                assert "Traceback" not in second.stderr
-            if durability == "batch":  # acknowledged at once; the timer's commit fails
-                await plugin.set("disk/x", b"early")
-                await processes.until(errors, lambda e: isinstance(e, Change)
-                                      and "full" in e.value)
-            with pytest.raises(RemoteError) as refused:
-                await plugin.set("disk/x", b"queued" * 20_000)
-            assert refused.value.code == "internal"
-            assert "not stored" in refused.value.message and "full" in refused.value.message
-            await processes.until(changes, lambda e: isinstance(e, Change)
-                                  and e.value.startswith(b"queued"))  # in effect
-            told: list[RemoteError] = []
-            plugin.on_error(told.append)  # a write sent as a notification is told too
-            plugin.set_nowait("disk/x", b"queued" * 20_000)
-            await plugin.request("ping")  # answered after the write's error
-            assert [e.details.get("method") for e in told] == ["set"]
-            assert "not stored" in told[0].message
-            await plugin.set("disk/y", 1)  # the rest is served as ever
-            assert (await watcher.get("disk/y")).value == 1
-            assert "could not commit" in broker.stderr_path.read_text()
-            if durability == "always":
-                await processes.until(errors, lambda e: isinstance(e, Change)
-                                      and "full" in e.value)
-
-            filler.unlink()  # the retry timer stores the queued write by itself
-            await processes.until(commits, lambda e: isinstance(e, Change)
-                                  and e.value > committed, timeout=10)
-            await processes.until(errors, lambda e: isinstance(e, Change) and e.value == "")
-        broker.signal(signal.SIGKILL)
-        broker.wait(10)
-        restarted = processes.broker(disk, stderr_path=logs / "restarted.stderr")
-        async with Client(restarted.ipc) as checker:
-            assert (await checker.get("disk/x")).value == b"queued" * 20_000
-        assert "writes again" in broker.stderr_path.read_text()
-        restarted.stop()
+        yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk takes no more; deleting it makes room again."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:  # unbuffered: closing flushes nothing
+        try:
+            while out.write(b"\0" * 65536):
+                pass
+        except OSError:
+            pass
+    return filler
+
+
+def test_plugin_output_on_a_full_disk_is_dropped_said_and_kept_again(
+        small_disk: Path) -> None:
+    """The log of a plugin's output: lines the disk refuses are counted, not raised
+    (the capture reads on, or the plugin would block on its pipe), and the file says
+    how many were lost once it takes lines again."""
+    log = RotatingLog(small_disk / "logs" / "p.log")
+    log.write(b"before\n")
+    filler = fill(small_disk)
+    for _ in range(3):
+        log.write(b"x" * 8192 + b"\n")  # more than the last page can hold
+    assert log.dropped >= 1
+    filler.unlink()
+    log.write(b"after\n")
+    log.close()
+    lines = (small_disk / "logs" / "p.log").read_bytes().splitlines()
+    assert lines[0] == b"before" and lines[-1] == b"after"
+    assert lines[-2].endswith(b"line(s) not kept: the disk refused them")
+
+
+@pytest.mark.parametrize("durability", ["always", "batch"])
+async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
+        processes: Processes, small_disk: Path, durability: str) -> None:
+    """The state directory on a 2 MiB tmpfs, filled up: a write to a persistent property
+    is answered with an error (it is in effect, not stored), everything else is served,
+    and once there is room again the store takes the writes it had queued by itself: a
+    broker killed afterwards restarts with them. Under batch, once a timer's commit
+    found the failure."""
+    disk = small_disk
+    logs = short_tmpdir()  # not on the full disk
+    broker = processes.broker(disk, "--durability", durability,
+                              stderr_path=logs / "broker.stderr")
+    async with Client(broker.ipc, role="plugin", name="disk") as plugin, \
+            Client(broker.ipc) as watcher:
+        await plugin.declare("disk/x", "bytes", persist=True)
+        await plugin.declare("disk/y", "int")
+        changes = await watcher.subscribe("disk/x", current=False)
+        commits = await watcher.subscribe("system/broker/store_commits")
+        await plugin.set("disk/x", b"stored")
+        # The figure is refreshed every second: wait until it counts that commit.
+        seen = await processes.until(commits, lambda e: isinstance(e, Change)
+                                     and e.value >= 1)
+        committed = seen[-1].value
+        errors = await watcher.subscribe("system/broker/store_error")
+        filler = fill(disk)
+        if durability == "always":  # a broker started on the full disk says why
+            second = await asyncio.to_thread(
+                subprocess.run, [*PLUGBOARD, "--state-dir", str(disk / "second"),
+                                 "broker", "--endpoint", "tcp://127.0.0.1:*",
+                                 "--insecure"],
+                capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert second.returncode == 1, second.stderr
+            assert "No space left on device" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr
+        if durability == "batch":  # acknowledged at once; the timer's commit fails
+            await plugin.set("disk/x", b"early")
+            await processes.until(errors, lambda e: isinstance(e, Change)
+                                  and "full" in e.value)
+        with pytest.raises(RemoteError) as refused:
+            await plugin.set("disk/x", b"queued" * 20_000)
+        assert refused.value.code == "internal"
+        assert "not stored" in refused.value.message and "full" in refused.value.message
+        await processes.until(changes, lambda e: isinstance(e, Change)
+                              and e.value.startswith(b"queued"))  # in effect
+        told: list[RemoteError] = []
+        plugin.on_error(told.append)  # a write sent as a notification is told too
+        plugin.set_nowait("disk/x", b"queued" * 20_000)
+        await plugin.request("ping")  # answered after the write's error
+        assert [e.details.get("method") for e in told] == ["set"]
+        assert "not stored" in told[0].message
+        await plugin.set("disk/y", 1)  # the rest is served as ever
+        assert (await watcher.get("disk/y")).value == 1
+        assert "could not commit" in broker.stderr_path.read_text()
+        if durability == "always":
+            await processes.until(errors, lambda e: isinstance(e, Change)
+                                  and "full" in e.value)
+
+        filler.unlink()  # the retry timer stores the queued write by itself
+        await processes.until(commits, lambda e: isinstance(e, Change)
+                              and e.value > committed, timeout=10)
+        await processes.until(errors, lambda e: isinstance(e, Change) and e.value == "")
+    broker.signal(signal.SIGKILL)
+    broker.wait(10)
+    restarted = processes.broker(disk, stderr_path=logs / "restarted.stderr")
+    async with Client(restarted.ipc) as checker:
+        assert (await checker.get("disk/x")).value == b"queued" * 20_000
+    assert "writes again" in broker.stderr_path.read_text()
+    restarted.stop()

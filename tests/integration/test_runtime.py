@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
-from plugboard.runtime.process import StopStep
+from plugboard.runtime.process import LINE_LIMIT, StopStep
 from plugboard.runtime.supervisor import PluginState, Supervisor
 from plugboard.sdk import Change, Client, Removed
 
@@ -273,3 +273,18 @@ async def test_a_daemon_holding_the_pipes_does_not_hang_the_stop_and_is_killed(
     plugin = supervisor.plugins["forker"]
     assert plugin.state is PluginState.STOPPED
     assert "escaped its process group" in plugin.reason and f"{daemon} (sleep)" in plugin.reason
+
+
+async def test_a_line_longer_than_the_limit_is_cut_and_the_output_read_on(
+        runtime: Runtime) -> None:
+    """A 200 KB line: kept cut at 64 KiB, and every line after it captured. The capture
+    used to end at such a line, and the plugin then blocked on its full pipe."""
+    root = short_tmpdir()
+    make_plugin(root, "verbose", restart="never", LONG_LINE="1")
+    supervisor = await runtime.start(root)  # ready: its init wrote everything
+    assert supervisor.plugins["verbose"].state is PluginState.READY
+    text = b"".join(path.read_bytes() for path in sorted(
+        (runtime.state_dir / "logs").glob("verbose.log*"), reverse=True))
+    cut = [line for line in text.splitlines() if line.endswith(b" [cut]")]
+    assert len(cut) == 1 and cut[0].count(b"L") == LINE_LIMIT
+    assert b"short line 3999 " in text
