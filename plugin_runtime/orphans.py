@@ -134,11 +134,19 @@ class LaunchLog:
             self._write()
 
     def _write(self) -> None:
+        """Best effort: the record only lets the next broker end what a killed one left
+        running, so a full disk is logged and the launch goes on."""
         temporary = self.path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump([asdict(launch) for launch in self._launches.values()], file)
-        temporary.replace(self.path)
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                json.dump([asdict(launch) for launch in self._launches.values()], file)
+            temporary.replace(self.path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            log.warning("cannot record the running plugins in %s (%s): if this broker is "
+                        "killed, the next one cannot end what they leave running",
+                        self.path, exc.strerror)
 
     def end_leftovers(self) -> list[str]:
         """End what a previous broker in this state directory left running; log each."""

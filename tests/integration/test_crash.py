@@ -6,6 +6,7 @@ Runs PLUGBOARD_CRASH_ROUNDS rounds (3 by default; set it higher for a long run).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from plugboard.runtime.orphans import LaunchLog
 from plugboard.runtime.process import RotatingLog
 from plugboard.sdk import Change, Client, RemoteError
 
@@ -179,6 +181,20 @@ def test_plugin_output_on_a_full_disk_is_dropped_said_and_kept_again(
     lines = (small_disk / "logs" / "p.log").read_bytes().splitlines()
     assert lines[0] == b"before" and lines[-1] == b"after"
     assert lines[-2].endswith(b"line(s) not kept: the disk refused them")
+
+
+def test_the_launch_record_on_a_full_disk_is_skipped_not_fatal(small_disk: Path) -> None:
+    """launches.json only lets the next broker end what a killed one left: a full disk
+    must not stop a launch. Nothing half-written stays; with room it is written again."""
+    launches = LaunchLog(small_disk)
+    filler = fill(small_disk)
+    launches.add("p", os.getpid(), "token")  # logged, not raised
+    assert not (small_disk / "launches.json").exists()
+    assert not (small_disk / "launches.tmp").exists()
+    filler.unlink()
+    launches.add("q", os.getpid(), "token")
+    assert {entry["name"] for entry in json.loads(
+        (small_disk / "launches.json").read_text())} == {"p", "q"}
 
 
 @pytest.mark.parametrize("durability", ["always", "batch"])
