@@ -125,11 +125,16 @@ def read_authorized(path: Path) -> list[Grant]:
 
 
 def write_authorized(path: Path, grants: list[Grant]) -> None:
+    """Replace the file at once (a rename): a full disk leaves the old one as it was."""
     temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump({"keys": [g.to_json() for g in grants]}, file, indent=1)
-    temporary.replace(path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump({"keys": [g.to_json() for g in grants]}, file, indent=1)
+        temporary.replace(path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}; it is unchanged") from exc
 
 
 def curve_dir(state_dir: Path) -> Path:

@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     except PlugboardError as exc:
         print(f"plugboard {args.command}: {exc}", file=sys.stderr)
         return exit_codes.for_error(exc)
+    except OSError as exc:  # a file or disk the command needed (full, read-only, gone)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"plugboard {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return exit_codes.ERROR
     except KeyboardInterrupt:
         return exit_codes.INTERRUPTED
 

@@ -131,6 +131,16 @@ def test_no_broker_is_one_line_and_non_zero() -> None:
             "(socket file missing)"]
 
 
+def test_a_file_the_command_cannot_write_is_one_line(tmp_path: Path) -> None:
+    """An OSError from any command (a missing folder, a full disk) is its message and
+    the path, exit status 1, never a traceback."""
+    (tmp_path / "plain").write_text("a file, not a folder")
+    out = plugboard(tmp_path / "state", "keys", "new", "zed", "--dir",
+                    str(tmp_path / "plain" / "keys"))
+    assert out.returncode == 1, out
+    assert out.stderr.strip() == f"plugboard keys: Not a directory: {tmp_path / 'plain' / 'keys'}"
+
+
 def test_second_broker_on_the_same_state_dir_is_refused(broker: BrokerProcess) -> None:
     out = plugboard(broker.state_dir, "broker")
     assert out.returncode == 1
