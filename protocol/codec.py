@@ -221,11 +221,23 @@ def decode(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> Message:
 
 
 def request_msgid(frame: bytes) -> int | None:
-    """Best-effort msgid of a frame that failed to decode, so the error can be answered."""
+    """Best-effort msgid of a frame that failed to decode, so the error can be answered:
+    read from its first two elements alone, whatever follows them (nesting past the
+    decoder's stack, a length no frame holds, bytes that are not msgpack)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_no_ext,
+                                max_buffer_size=max(len(frame), 1))
+    unpacker.feed(frame)
     try:
-        obj = msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=lambda c, d: None)
+        if unpacker.read_array_header() < 2:
+            return None
+        kind = unpacker.unpack()
+        msgid = unpacker.unpack()
     except Exception:
         return None
-    if type(obj) is list and len(obj) >= 2 and obj[0] == REQUEST and _int_in(obj[1], 0, MAX_MSGID):
-        return obj[1]  # type: ignore[no-any-return]
+    if type(kind) is int and kind == REQUEST and _int_in(msgid, 0, MAX_MSGID):
+        return msgid  # type: ignore[no-any-return]
+    return None
+
+
+def _no_ext(code: int, data: bytes) -> None:
     return None

@@ -84,6 +84,12 @@ def test_msgid_is_recovered_from_a_request_that_fails_validation() -> None:
         decode(frame)
     assert request_msgid(frame) == 42
     assert request_msgid(b"\xc1") is None
+    # Whatever follows the msgid: nesting past the decoder's stack, an impossible length,
+    # a byte that is not msgpack, the frame cut short.
+    for rest in (b"\x91" * 100_000 + b"\xc0", b"\xdf\xff\xff\xff\xff", b"\xc1", b""):
+        assert request_msgid(b"\x94\x00\x07\xa4ping" + rest) == 7
+    assert request_msgid(b"\x94\xc2\x07") is None  # false is not a request's 0
+    assert request_msgid(b"\x94\x02\x07") is None  # a notification has no msgid
 
 
 @given(st.binary(max_size=64))
