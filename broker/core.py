@@ -40,7 +40,14 @@ from .datastore import Datastore, Property
 from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
 from .store import Record, Store
-from .subscriptions import POLICY_ALL, POLICY_LATEST, PatternIndex, Subscription, Written
+from .subscriptions import (
+    POLICY_ALL,
+    POLICY_LATEST,
+    PatternIndex,
+    Subscription,
+    Written,
+    approx_size,
+)
 from .system import SystemProperties
 
 log: Final = logging.getLogger(__name__)
@@ -719,9 +726,15 @@ class BrokerCore:
         if not 1 <= limit <= 10_000:
             raise ProtocolError("invalid_params", "limit must be 1..10000")
         names = sorted(p.name for p in self.store.matching(pattern) if p.name > after)
-        page = names[:limit]
-        return {"items": [self.store.by_name[n].describe() for n in page],
-                "more": len(names) > limit}
+        items: list[dict[str, Any]] = []
+        size = 0
+        for name in names[:limit]:
+            prop = self.store.by_name[name]
+            items.append(prop.describe())
+            size += len(name) + approx_size(prop.value)
+            if size >= limits.LIST_PAGE_BYTES:
+                break
+        return {"items": items, "more": len(names) > len(items)}
 
     def _may_write(self, session: Session, prop: Property) -> None:
         if prop.owner == SYSTEM_NAMESPACE:

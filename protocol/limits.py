@@ -33,6 +33,10 @@ SNAPSHOT_CHUNK: Final = 1000
 BATCH_ITEMS: Final = 1000
 """A ``changes`` notification carries at most this many items."""
 
+LIST_PAGE_BYTES: Final = 1024 * 1024
+"""A ``list`` page also ends once its values reach about this many bytes (at least one
+item), so a reply never grows with the values stored: the client pages on ``more``."""
+
 DEFAULT_QUEUE_LIMIT: Final = 10_000
 """Default bound of a subscription's queue under policy ``all``."""
 

@@ -194,6 +194,20 @@ def test_list_pages_by_name(h: Harness) -> None:
     assert [i["name"] for i in rest["items"]] == ["p/n2", "p/n3", "p/n4"] and not rest["more"]
 
 
+def test_a_list_page_ends_at_about_a_mebibyte_of_values(h: Harness) -> None:
+    """Its reply does not grow with the values stored: fewer items than the limit, more
+    true, and paging on gets every item once."""
+    big = b"v" * 400_000
+    for i in range(5):
+        h.call(P, "declare", name=f"p/big{i}", type="bytes", value=big)
+    first = h.call(C, "list", pattern="p/#", limit=1000)
+    assert [i["name"] for i in first["items"]] == ["p/big0", "p/big1", "p/big2"]
+    assert first["more"]
+    rest = h.call(C, "list", pattern="p/#", after="p/big2")
+    assert [i["name"] for i in rest["items"]] == ["p/big3", "p/big4"] and not rest["more"]
+    assert all(item["value"] == big for item in first["items"] + rest["items"])
+
+
 # -- subscriptions ---------------------------------------------------------------------------
 
 def test_snapshot_then_live_changes_then_removal(h: Harness) -> None:
