@@ -165,7 +165,12 @@ class Client(SessionState):
     # -- life cycle -------------------------------------------------------------------
 
     async def connect(self) -> Client:
-        """Open the socket and say hello; ConnectionFailed if no broker answers in time."""
+        """Open the socket and say hello; ConnectionFailed if no broker answers in time.
+        A failed connect releases everything, and connect may be called again (an agent
+        started before its broker retries so)."""
+        if self._ctx.closed:  # released by a failed connect
+            self._ctx = zmq.Context()
+            self.closed.clear()
         try:
             await self._open_and_hello()
         except BaseException:

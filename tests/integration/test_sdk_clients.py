@@ -17,6 +17,7 @@ from plugboard.sdk import (
     Batch,
     Change,
     Client,
+    ConnectionFailed,
     InvalidValue,
     PlugboardError,
     Reconnected,
@@ -28,7 +29,7 @@ from plugboard.sdk import (
 from plugboard.sdk import SyncSubscription as SyncSub
 
 from .conftest import Processes
-from .processes import BrokerProcess
+from .processes import BrokerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +237,22 @@ async def test_a_write_the_broker_never_confirmed_does_not_stop_the_restore(
             await processes.until(sub, both_back, timeout=20)
         assert values == {"stubborn/a": 1, "stubborn/b": 2}
         assert await plugin.set("stubborn/a", 3)  # the plugin's session works on
+
+
+async def test_a_client_whose_connect_failed_connects_once_a_broker_is_there(
+        processes: Processes) -> None:
+    """An agent started before its broker retries connect on one client: a failed
+    connect released everything, and used to leave a terminated ZeroMQ context behind,
+    so the retry failed with "Operation not supported"."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    client = Client(endpoint, timeout=0.5, reconnect=False)
+    with pytest.raises(ConnectionFailed, match="no broker answered"):
+        await client.connect()
+    assert client.closed.is_set()
+    processes.broker(tcp=endpoint)
+    await client.connect()
+    try:
+        assert not client.closed.is_set()
+        assert (await client.request("ping"))["instance"]
+    finally:
+        await client.close()
