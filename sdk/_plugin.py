@@ -6,7 +6,9 @@ plugin started by the runtime finds its endpoint, name and one-time token in
 
 A plugin that loses the broker keeps reconnecting for ``give_up_after`` seconds
 (``PLUGBOARD_GIVE_UP_AFTER``, default 30), then exits with status 75 (EX_TEMPFAIL), a
-failure: its agent restarts it, and starts it again when it has the broker back.
+failure: its agent restarts it, and starts it again when it has the broker back. One
+that finds no broker at its start exits with 75 as well; one the broker refuses (a
+key, a token, a name) exits with 1. Either says why in one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from plugboard.protocol.errors import RemoteError
+from plugboard.protocol.errors import ConnectionFailed, KeyRefused, PlugboardError, RemoteError
 
 from ._client import Client
 from ._events import Message
@@ -141,7 +143,17 @@ class Plugin:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await self.client.connect()
+        try:
+            await self.client.connect()
+        except KeyRefused as exc:
+            log.error("%s", exc)
+            raise SystemExit(1) from None
+        except ConnectionFailed as exc:  # no broker (yet): its agent starts it again
+            log.error("%s; exiting with status %d", exc, EX_TEMPFAIL)
+            raise SystemExit(EX_TEMPFAIL) from None
+        except PlugboardError as exc:  # refused at hello: a credential, a taken name
+            log.error("the broker refused this plugin: %s", exc)
+            raise SystemExit(1) from None
         waits = [asyncio.create_task(e.wait()) for e in (
             self.client.end_requested, stop, self.client.closed, self.init_failed)]
         try:

@@ -25,7 +25,16 @@ from plugboard.runtime.process import RotatingLog
 from plugboard.sdk import Change, Client, RemoteError
 
 from .conftest import Processes
-from .processes import PLUGBOARD, ROOT, ManagedProcess, cannot_run, make_plugin, short_tmpdir
+from .processes import (
+    PLUGBOARD,
+    ROOT,
+    ManagedProcess,
+    PluginProcess,
+    cannot_run,
+    free_port,
+    make_plugin,
+    short_tmpdir,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +143,23 @@ async def test_a_plugin_gives_up_on_a_broker_gone_too_long_with_a_failure(
     broker.signal(signal.SIGKILL)
     broker.wait(5)
     assert await asyncio.to_thread(plugin.wait, 15) == 75, plugin.describe()
+
+
+async def test_a_plugin_started_without_a_broker_says_so_and_exits_to_be_restarted(
+        processes: Processes) -> None:
+    """No broker at start: status 75 too, in one line; one the broker refuses (here an
+    unmanaged plugin where they are not allowed): status 1, in one line."""
+    workdir = short_tmpdir()
+    early = PluginProcess("misbehave.py", "early", f"tcp://127.0.0.1:{free_port()}", workdir)
+    processes.started.append(early)
+    assert await asyncio.to_thread(early.wait, 30) == 75, early.describe()
+    stderr = early.stderr_path.read_text()
+    assert "no broker answered" in stderr and "Traceback" not in stderr, stderr
+    broker = processes.broker(allow_unmanaged=False)
+    refused = processes.plugin("misbehave.py", "uninvited", broker)
+    assert await asyncio.to_thread(refused.wait, 30) == 1, refused.describe()
+    stderr = refused.stderr_path.read_text()
+    assert "refused this plugin" in stderr and "Traceback" not in stderr, stderr
 
 
 @pytest.fixture
