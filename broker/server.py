@@ -194,7 +194,11 @@ class BrokerServer:
                 self._listeners.append(listener)
                 self._socks[index] = listener.sock
                 for endpoint in endpoints:
-                    listener.sock.bind(check_endpoint(endpoint))
+                    try:
+                        listener.sock.bind(check_endpoint(endpoint))
+                    except zmq.ZMQError as exc:  # a port in use, an address not this host's
+                        why = zmq.strerror(exc.errno or 0)
+                        raise ConfigError(f"cannot listen on {endpoint}: {why}") from exc
                     self.endpoints.append(listener.sock.getsockopt_string(zmq.LAST_ENDPOINT))
                 fds += [listener.fd, listener.monitor_fd]
                 loop.add_reader(listener.fd, self._readable, listener)

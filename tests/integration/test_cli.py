@@ -394,3 +394,14 @@ async def test_top_is_a_live_view_on_a_terminal(processes: Processes) -> None:
         top.kill()
         top.wait()
         os.close(main)
+
+
+def test_an_endpoint_the_broker_cannot_bind_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        out = plugboard(short_tmpdir(), "broker", "--endpoint", endpoint, "--insecure")
+    assert out.returncode == 1, out
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"plugboard broker: cannot listen on {endpoint}: Address already in use")
