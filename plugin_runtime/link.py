@@ -19,7 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from plugboard.protocol.errors import PlugboardError
+from plugboard.protocol.errors import ConnectionFailed, PlugboardError
 from plugboard.protocol.names import LOG_TOPIC
 from plugboard.sdk import Client
 from plugboard.sdk._keys import CurveKeys
@@ -66,15 +66,14 @@ class BrokerLink:
 
     async def connect(self, stopping: asyncio.Event | None = None) -> None:
         """Say hello, retrying until a broker answers (or ``stopping`` is set). A refusal
-        (a plugin another agent manages, a bad credential) is raised at once."""
+        (a plugin another agent manages, a bad credential) or an endpoint ZeroMQ cannot
+        use is raised at once."""
         delay = 0.1
         while True:
             try:
                 await self.client.connect()
                 return
-            except PlugboardError as exc:
-                if getattr(exc, "code", None) is not None:
-                    raise  # the broker answered: a refusal, not an absence
+            except ConnectionFailed as exc:  # a refusal or a bad endpoint is raised
                 log.info("no broker yet at %s (%s); retrying", self.endpoint, exc)
             if stopping is not None and stopping.is_set():
                 raise asyncio.CancelledError

@@ -145,15 +145,13 @@ class Plugin:
             loop.add_signal_handler(signum, stop.set)
         try:
             await self.client.connect()
-        except KeyRefused as exc:
-            log.error("%s", exc)
-            raise SystemExit(1) from None
-        except ConnectionFailed as exc:  # no broker (yet): its agent starts it again
-            log.error("%s; exiting with status %d", exc, EX_TEMPFAIL)
-            raise SystemExit(EX_TEMPFAIL) from None
-        except PlugboardError as exc:  # refused at hello: a credential, a taken name
-            log.error("the broker refused this plugin: %s", exc)
-            raise SystemExit(1) from None
+        except PlugboardError as exc:
+            # No broker (yet) is a failure its agent starts it again from; a refusal (a
+            # key, a token, a name) or an unusable endpoint is not.
+            absent = isinstance(exc, ConnectionFailed) and not isinstance(exc, KeyRefused)
+            status = EX_TEMPFAIL if absent else 1
+            log.error("%s; exiting with status %d", exc, status)
+            raise SystemExit(status) from None
         waits = [asyncio.create_task(e.wait()) for e in (
             self.client.end_requested, stop, self.client.closed, self.init_failed)]
         try:

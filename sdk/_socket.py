@@ -13,7 +13,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from plugboard.protocol.discovery import default_endpoint, default_state_dir
-from plugboard.protocol.errors import ConnectionFailed, KeyRefused
+from plugboard.protocol.errors import ConfigError, ConnectionFailed, KeyRefused
 
 from ._keys import CurveKeys
 
@@ -64,7 +64,7 @@ def _ipc_absence(path: str) -> str | None:
 def open_socket(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, curve: CurveKeys | None,
                 timeout: float) -> zmq.Socket[bytes]:
     """A DEALER connected to ``endpoint``; ConnectionFailed at once when an ipc endpoint
-    has no broker behind it."""
+    has no broker behind it, ConfigError for an endpoint ZeroMQ cannot use."""
     if endpoint.startswith("ipc://"):
         why = _ipc_absence(endpoint[len("ipc://"):])
         if why is not None:
@@ -77,7 +77,12 @@ def open_socket(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, curve: Curve
     if curve is not None:
         curve.apply(sock)
         sock.setsockopt(zmq.HANDSHAKE_IVL, int(timeout * 1000))
-    sock.connect(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)  # a socket left open would hold its context's term forever
+        raise ConfigError(f"cannot connect to {endpoint!r}: {zmq.strerror(exc.errno or 0)}; "
+                          "an endpoint is ipc://PATH or tcp://HOST:PORT") from exc
     return sock
 
 

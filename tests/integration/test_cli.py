@@ -10,6 +10,7 @@ import pty
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -405,3 +406,15 @@ def test_an_endpoint_the_broker_cannot_bind_is_one_line() -> None:
     assert out.returncode == 1, out
     assert out.stderr.strip().splitlines()[-1] == (
         f"plugboard broker: cannot listen on {endpoint}: Address already in use")
+
+
+def test_an_endpoint_zeromq_cannot_use_is_one_line_at_once() -> None:
+    """It used to hang: the socket the failed connect made held its context open."""
+    for endpoint in ("bogus", "tcp://127.0.0.1", "tcp://127.0.0.1:notaport"):
+        started = time.monotonic()
+        out = plugboard(short_tmpdir(), "get", "x/y", "--endpoint", endpoint)
+        assert out.returncode == 1, out
+        assert out.stderr.strip() == (f"plugboard get: cannot connect to {endpoint!r}: "
+                                      "Invalid argument; an endpoint is ipc://PATH or "
+                                      "tcp://HOST:PORT")
+        assert time.monotonic() - started < 10
