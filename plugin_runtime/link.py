@@ -66,14 +66,15 @@ class BrokerLink:
 
     async def connect(self, stopping: asyncio.Event | None = None) -> None:
         """Say hello, retrying until a broker answers (or ``stopping`` is set). A refusal
-        (a plugin another agent manages, a bad credential) or an endpoint ZeroMQ cannot
-        use is raised at once."""
+        (a plugin another agent manages, a wrong token) or an endpoint ZeroMQ cannot use
+        is raised at once; a CURVE key refused in the handshake is retried, as it may be
+        allowed later."""
         delay = 0.1
         while True:
             try:
                 await self.client.connect()
                 return
-            except ConnectionFailed as exc:  # a refusal or a bad endpoint is raised
+            except ConnectionFailed as exc:  # no broker yet, or the key not allowed yet
                 log.info("no broker yet at %s (%s); retrying", self.endpoint, exc)
             if stopping is not None and stopping.is_set():
                 raise asyncio.CancelledError
