@@ -66,6 +66,9 @@ def read_key_pair(path: str | Path) -> tuple[str, str]:
 
 
 def _load(path: Path) -> tuple[str, str | None]:
+    if not path.is_file():  # pyzmq says "Invalid certificate file" for a missing one too
+        raise ConfigError(f"{path} is neither a Z85 key ({Z85_KEY_LENGTH} characters) nor "
+                          "a certificate file")
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:

@@ -408,6 +408,14 @@ def test_an_endpoint_the_broker_cannot_bind_is_one_line() -> None:
         f"plugboard broker: cannot listen on {endpoint}: Address already in use")
 
 
+def test_a_key_that_is_neither_text_nor_a_file_says_so(tmp_path: Path) -> None:
+    for key in ("notakey", str(tmp_path / "missing.key")):
+        out = plugboard(tmp_path / "state", "keys", "allow", key, "--role", "client")
+        assert out.returncode == 1, out
+        assert out.stderr.strip() == (f"plugboard keys: {key} is neither a Z85 key "
+                                      "(40 characters) nor a certificate file")
+
+
 def test_an_endpoint_zeromq_cannot_use_is_one_line_at_once() -> None:
     """It used to hang: the socket the failed connect made held its context open."""
     for endpoint in ("bogus", "tcp://127.0.0.1", "tcp://127.0.0.1:notaport"):
