@@ -231,9 +231,8 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
     and once there is room again the store takes the writes it had queued by itself: a
     broker killed afterwards restarts with them. Under batch, once a timer's commit
     found the failure."""
-    disk = small_disk
     logs = short_tmpdir()  # not on the full disk
-    broker = processes.broker(disk, "--durability", durability,
+    broker = processes.broker(small_disk, "--durability", durability,
                               stderr_path=logs / "broker.stderr")
     async with Client(broker.ipc, role="plugin", name="disk") as plugin, \
             Client(broker.ipc) as watcher:
@@ -247,10 +246,10 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
                                      and e.value >= 1)
         committed = seen[-1].value
         errors = await watcher.subscribe("system/broker/store_error")
-        filler = fill(disk)
+        filler = fill(small_disk)
         if durability == "always":  # a broker started on the full disk says why
             second = await asyncio.to_thread(
-                subprocess.run, [*PLUGBOARD, "--state-dir", str(disk / "second"),
+                subprocess.run, [*PLUGBOARD, "--state-dir", str(small_disk / "second"),
                                  "broker", "--endpoint", "tcp://127.0.0.1:*",
                                  "--insecure"],
                 capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -286,7 +285,7 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
         await processes.until(errors, lambda e: isinstance(e, Change) and e.value == "")
     broker.signal(signal.SIGKILL)
     broker.wait(10)
-    restarted = processes.broker(disk, stderr_path=logs / "restarted.stderr")
+    restarted = processes.broker(small_disk, stderr_path=logs / "restarted.stderr")
     async with Client(restarted.ipc) as checker:
         assert (await checker.get("disk/x")).value == b"queued" * 20_000
     assert "writes again" in broker.stderr_path.read_text()
