@@ -938,9 +938,14 @@ class BrokerCore:
         if target is None or target.state is not SessionState.READY:
             raise ProtocolError("unavailable", f"plugin {name!r} is not connected and ready",
                                 plugin=name)
+        if session.calls >= limits.MAX_CALLS_IN_FLIGHT:
+            raise ProtocolError("limit_exceeded", f"this session has {session.calls} calls "
+                                "waiting for answers already", plugin=name)
         peer, label = session.peer, f"{name}.{method}"
+        session.calls += 1
 
         def answered(reply: Response | None) -> None:
+            session.calls -= 1
             if reply is None:
                 if self.sessions.get(target.peer) is target:
                     error = ProtocolError("timeout", f"{label} did not answer within "

@@ -83,6 +83,8 @@ class Session:
     listens: dict[int, str] = field(default_factory=dict)
     """Topic listen id → pattern."""
     requests: dict[int, PendingRequest] = field(default_factory=dict)
+    calls: int = 0
+    """This session's ``call``s waiting for their plugins' answers."""
     budget: QueueBudget = field(default_factory=lambda: QueueBudget(0))
     backlog: deque[bytes] = field(default_factory=deque)
     """Frames ZeroMQ refused (the peer's pipe is full), sent first when it takes again."""

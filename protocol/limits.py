@@ -48,3 +48,7 @@ DEFAULT_CALL_TIMEOUT_MS: Final = 5000
 
 MAX_CALL_TIMEOUT_MS: Final = 300_000
 """The longest ``timeout_ms`` a ``call`` may ask for."""
+
+MAX_CALLS_IN_FLIGHT: Final = 1000
+"""Most ``call``s one session may have waiting for their plugins' answers: each is held
+by the broker until answered or timed out, so a caller cannot make it hold without end."""

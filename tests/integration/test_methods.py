@@ -10,7 +10,15 @@ import pytest
 
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
 from plugboard.runtime.supervisor import PluginState, Supervisor
-from plugboard.sdk import CallFailed, Client, InvalidRequest, InvalidValue, NotAllowed, NotFound
+from plugboard.sdk import (
+    CallFailed,
+    Client,
+    InvalidRequest,
+    InvalidValue,
+    NotAllowed,
+    NotFound,
+    RemoteError,
+)
 
 from .processes import make_plugin, short_tmpdir, start_agent, stop_agent
 
@@ -120,3 +128,21 @@ async def test_a_plugin_that_ends_mid_call_answers_the_caller_at_once(
         with pytest.raises(CallFailed) as down:
             await client.call("calc", "add", a=1, b=2)
         assert down.value.code == "unavailable"
+
+
+async def test_calls_waiting_per_session_are_bounded(served: tuple[str, Supervisor]) -> None:
+    """The broker holds each call until it is answered: one session may not make it hold
+    without end. The 1001st is refused at once; the next is served once one is over."""
+    endpoint, _ = served
+    async with Client(endpoint) as client, Client(endpoint) as other:
+        waiting = [asyncio.ensure_future(client.call("calc", "slow", seconds=30.0, timeout=2))
+                   for _ in range(1000)]
+        await asyncio.sleep(0)  # each task sends its call before this one goes on
+        with pytest.raises(RemoteError) as refused:
+            await client.call("calc", "add", a=1, b=1)
+        assert refused.value.code == "limit_exceeded", refused.value
+        assert "1000 calls waiting" in refused.value.message
+        assert await other.call("calc", "add", a=1, b=2) == 3  # another session is served
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert {getattr(o, "code", o) for o in outcomes} == {"timeout"}
+        assert await client.call("calc", "add", a=2, b=2) == 4
