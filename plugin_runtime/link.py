@@ -65,10 +65,27 @@ class BrokerLink:
         return params
 
     async def connect(self, stopping: asyncio.Event | None = None) -> None:
-        """Say hello, retrying until a broker answers (or ``stopping`` is set). A refusal
-        (a plugin another agent manages, a wrong token) or an endpoint ZeroMQ cannot use
-        is raised at once; a CURVE key refused in the handshake is retried, as it may be
-        allowed later."""
+        """Say hello, retrying until a broker answers; CancelledError once ``stopping``
+        is set, at once, even in the middle of an attempt (a stop must not wait out a
+        hello's timeout). A refusal (a plugin another agent manages, a wrong token) or
+        an endpoint ZeroMQ cannot use is raised at once; a CURVE key refused in the
+        handshake is retried, as it may be allowed later."""
+        if stopping is None:
+            return await self._connect_retrying()
+        attempts = asyncio.ensure_future(self._connect_retrying())
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait((attempts, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not attempts.done():  # the failed attempt releases its socket and context
+                attempts.cancel()
+                await asyncio.gather(attempts, return_exceptions=True)
+        if attempts.cancelled():
+            raise asyncio.CancelledError
+        return attempts.result()
+
+    async def _connect_retrying(self) -> None:
         delay = 0.1
         while True:
             try:
@@ -76,8 +93,6 @@ class BrokerLink:
                 return
             except ConnectionFailed as exc:  # no broker yet, or the key not allowed yet
                 log.info("no broker yet at %s (%s); retrying", self.endpoint, exc)
-            if stopping is not None and stopping.is_set():
-                raise asyncio.CancelledError
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

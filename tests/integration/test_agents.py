@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
+import time
 
 import psutil
 import pytest
@@ -140,3 +142,21 @@ async def test_a_plugin_waits_for_a_capability_another_agent_provides(
                         env=agent_key(broker, providing, "host-f"))
         await until_state(client, "consumer", "ready", processes)
         assert (await client.get("system/plugins/provider/state")).value == "ready"
+
+
+async def test_an_agent_waiting_for_its_broker_stops_at_once(processes: Processes) -> None:
+    """SIGTERM in the middle of a connect attempt (here to a port that accepts but never
+    answers) stops the agent at once, cleanly; it used to wait the attempt's 5 s out."""
+    root = short_tmpdir()
+    make_plugin(root, "idle")
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(15)
+        port = silent.getsockname()[1]
+        agent = processes.agent(f"tcp://127.0.0.1:{port}", root, name="host-w",
+                                state_dir=root, wait=False)
+        connection, _ = silent.accept()  # the agent is in its attempt, handlers set
+        with connection:
+            agent.signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert agent.wait(10) == 0, agent.describe()
+            assert time.monotonic() - started < 2, agent.describe()
