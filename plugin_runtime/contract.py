@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import re
 import sys
 import tomllib
@@ -176,10 +177,18 @@ def load_contract(directory: Path) -> tuple[Contract | None, list[Problem]]:
     directory = Path(directory).absolute()
     file = str(directory / MANIFEST)
     try:
-        data = tomllib.loads((directory / MANIFEST).read_text())
+        # UTF-8 whatever the locale, as TOML is; a byte-order mark some editors write
+        # is not a problem worth refusing a plugin for.
+        data = tomllib.loads((directory / MANIFEST).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        return None, [Problem(file, "-", "file not found")]
-    except (OSError, UnicodeDecodeError) as exc:
+        link = directory / MANIFEST
+        return None, [Problem(file, "-", f"a link to {os.readlink(link)}, which does not "
+                              "exist" if link.is_symlink() else "file not found")]
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        return None, [Problem(file, "-", f"not UTF-8: byte 0x{exc.object[exc.start]:02x} "
+                                         f"on line {line}")]
+    except OSError as exc:
         return None, [Problem(file, "-", f"cannot read: {exc}")]
     except tomllib.TOMLDecodeError as exc:
         return None, [Problem(file, "-", f"not valid TOML: {exc}")]
@@ -363,7 +372,9 @@ def find_plugin_dirs(paths: list[Path]) -> list[Path]:
     found = []
     for path in paths:
         path = bundled_plugins() if path == BUNDLED else Path(path)
-        inside = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
+        # lexists: a manifest that is a broken link is reported, not passed over.
+        inside = sorted(p for p in path.iterdir() if os.path.lexists(p / MANIFEST)
+                        ) if path.is_dir() else []
         # A folder with no plugin at all is reported as its own missing manifest.
         found.extend(inside if inside and not (path / MANIFEST).exists() else [path])
     return found

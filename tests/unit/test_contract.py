@@ -175,3 +175,29 @@ def test_a_command_given_as_a_string_says_how_to_write_it(tmp_path: Path) -> Non
 def test_config_is_free_form(tmp_path: Path) -> None:
     contract, problems = load_contract(write(tmp_path, GOOD + "\n[config]\nanswr = 42\n"))
     assert problems == [] and contract is not None and contract.config == {"answr": 42}
+
+
+def test_a_manifest_in_utf8_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    directory = write(tmp_path, GOOD)
+    (directory / "plugin.toml").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    contract, problems = load_contract(directory)
+    assert problems == [] and contract is not None
+
+
+def test_a_manifest_not_in_utf8_names_the_line(tmp_path: Path) -> None:
+    directory = write(tmp_path, GOOD)
+    (directory / "plugin.toml").write_bytes(b'# ok\nname = "d\xe9mo"\n')
+    _, problems = load_contract(directory)
+    assert [p.reason for p in problems] == ["not UTF-8: byte 0xe9 on line 2"]
+
+
+def test_a_manifest_that_is_a_broken_link_is_reported_not_passed_over(
+        tmp_path: Path) -> None:
+    plugin(tmp_path, "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "plugin.toml").symlink_to(tmp_path / "b" / "gone.toml")
+    contracts, problems = check_contracts([tmp_path])
+    assert [c.name for c in contracts] == ["a"]
+    assert [(p.file, p.reason) for p in problems] == [
+        (str(tmp_path / "b" / "plugin.toml"),
+         f"a link to {tmp_path / 'b' / 'gone.toml'}, which does not exist")]
