@@ -24,6 +24,7 @@ from plugboard.runtime.link import BrokerLink, default_agent_name
 from plugboard.runtime.orphans import become_subreaper
 from plugboard.runtime.supervisor import Supervisor
 
+from .arguments import seconds
 from .client_commands import curve_for
 from .plugin_commands import contracts_to_run
 
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tcp: this agent's key pair, a .key_secret file whose public "
                              "key the broker allows as agent (plugboard keys allow KEY "
                              "--role agent); default: $PLUGBOARD_KEY_FILE")
-    parser.add_argument("--timeout", type=float, default=5.0,
+    parser.add_argument("--timeout", type=seconds, default=5.0,
                         help="seconds to wait for each reply from the broker (default 5)")
 
 

@@ -27,6 +27,7 @@ from plugboard.sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, Cu
 
 from ..security import CURVE_DIR
 from . import exit_codes
+from .arguments import count, seconds
 from .tables import print_table
 from .values import format_table, format_value, parse_value
 
@@ -38,7 +39,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", metavar="EP",
                         help="broker endpoint (default: $PLUGBOARD_ENDPOINT, else "
                              "ipc://STATE_DIR/broker.sock)")
-    parser.add_argument("--timeout", type=float, default=3.0,
+    parser.add_argument("--timeout", type=seconds, default=3.0,
                         help="seconds to wait for each reply (default 3)")
     parser.add_argument("--server-key", metavar="KEY",
                         help="tcp with CURVE: the broker's public key, as Z85 text or a .key "
@@ -266,9 +267,9 @@ def add_commands(commands: Any) -> None:
                      help="skip the current values, show only new changes")
     cmd.add_argument("--policy", choices=["latest", "all"], default="all",
                      help="all: every change (default); latest: coalesce per property")
-    cmd.add_argument("-C", "--count", type=int, default=0, metavar="N",
+    cmd.add_argument("-C", "--count", type=count, default=0, metavar="N",
                      help="exit after N changes (default: run until Ctrl-C)")
-    cmd.add_argument("-W", "--wait", type=float, default=None, metavar="SECONDS",
+    cmd.add_argument("-W", "--wait", type=seconds, default=None, metavar="SECONDS",
                      help="exit after SECONDS; with -C, exit status 6 if fewer changes came")
     cmd.add_argument("-F", "--format", metavar="TEMPLATE",
                      help="print each change with TEMPLATE, e.g. '{name}={value}'; fields: "

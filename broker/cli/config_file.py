@@ -53,19 +53,26 @@ def _checked(path: Path, key: str, value: Any, default: Any) -> Any:
 
 
 def resolve(args: argparse.Namespace, defaults: dict[str, Any],
-            choices: dict[str, list[str]]) -> dict[str, Any]:
+            choices: dict[str, list[str]],
+            ranges: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """Command line, then the config file, then the defaults; written back into ``args``.
-    A list option given on the command line replaces the file's list."""
+    A list option given on the command line replaces the file's list. A value outside
+    its choices or its range is a ConfigError naming the option and where it came from."""
     from_file = read_config(Path(args.config), defaults) if args.config else {}
-    settings = {}
+    settings, origin = {}, {}
     for key, default in defaults.items():
         given = getattr(args, key, None)
         settings[key] = given if given is not None else from_file.get(key, default)
+        origin[key] = ("--" + key.replace("_", "-") if given is not None
+                       else f"{args.config}: {key}")
         setattr(args, key, settings[key])
     for key, allowed in choices.items():
         if settings[key] not in allowed:
-            raise ConfigError(f"{args.config}: {key} must be one of {', '.join(allowed)}, "
+            raise ConfigError(f"{origin[key]} must be one of {', '.join(allowed)}, "
                               f"got {settings[key]!r}")
+    for key, (low, high) in ranges.items():
+        if not low <= settings[key] <= high:
+            raise ConfigError(f"{origin[key]} must be {low}..{high}, got {settings[key]}")
     return settings
 
 

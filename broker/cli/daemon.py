@@ -17,9 +17,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from plugboard.protocol import build
+from plugboard.protocol import build, limits
 from plugboard.protocol.discovery import default_endpoint
-from plugboard.protocol.errors import PlugboardError
+from plugboard.protocol.errors import ConfigError, PlugboardError
 from plugboard.runtime.contract import BUNDLED, Contract
 from plugboard.runtime.link import BrokerLink, default_agent_name
 from plugboard.runtime.orphans import LaunchLog, become_subreaper
@@ -47,6 +47,17 @@ def defaults() -> dict[str, Any]:
             "insecure": False, "agent_name": default_agent_name(), "handshake_ms": 5000}
 
 
+RANGES: dict[str, tuple[int, int]] = {
+    "heartbeat_ms": (10, 3_600_000),
+    "session_timeout_ms": (20, 86_400_000),
+    "max_frame": (64 * 1024, limits.MAX_FRAME_BYTES),  # no more than protocol v1 allows
+    "batch_ms": (1, 60_000),
+    "peer_queue_bytes": (64 * 1024, 2**40),
+    "handshake_ms": (100, 600_000),
+}
+"""The values each numeric option may take (a config file's too); --help says them."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options default to None here: the defaults are applied after the config file."""
     parser.add_argument("--config", metavar="FILE", type=Path,
@@ -65,21 +76,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "repeatable; without PATH, the bundled ones; contracts are "
                              "checked first")
     parser.add_argument("--heartbeat-ms", type=int,
-                        help="how often peers must send something (default 2000)")
+                        help="how often peers must send something, 10..3600000 (default 2000)")
     parser.add_argument("--session-timeout-ms", type=int,
-                        help="silence after which a session ends (default 6000)")
+                        help="silence after which a session ends, more than --heartbeat-ms and at "
+                             "most 86400000 (default 6000)")
     parser.add_argument("--max-frame", type=int,
-                        help="largest accepted frame in bytes (default 4 MiB)")
+                        help="largest accepted frame in bytes, 65536..4194304 (default 4 MiB, "
+                             "the most protocol v1 allows)")
     parser.add_argument("--durability", choices=[d.value for d in Durability],
                         help="persistent writes: always = committed before the reply "
                              "(default); batch = committed within --batch-ms, a crash loses "
                              "at most that window; off = written at a clean stop only")
     parser.add_argument("--batch-ms", type=int,
-                        help="commit window of --durability batch (default 100)")
+                        help="commit window of --durability batch, 1..60000 (default 100)")
     parser.add_argument("--peer-queue-bytes", type=int,
                         help="most bytes held for one peer that reads too slowly (frames "
                              "ZeroMQ would not take, changes queued under policy all); "
-                             "beyond it changes are dropped and counted (default 8 MiB)")
+                             "beyond it changes are dropped and counted; at least 65536 "
+                             "(default 8 MiB)")
     parser.add_argument("--allow-unmanaged-plugins", action="store_true", default=None,
                         help="accept plugins started by hand (a plugin hello whose name no "
                              "--plugins contract manages); off by default, since anyone who "
@@ -93,12 +107,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: this host's name)")
     parser.add_argument("--handshake-ms", type=int,
                         help="close tcp connections that have not finished the ZeroMQ "
-                             "handshake within this (default 5000)")
+                             "handshake within this, 100..600000 (default 5000)")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = config_file.resolve(args, defaults(),
-                                   {"durability": [d.value for d in Durability]})
+                                   {"durability": [d.value for d in Durability]}, RANGES)
+    if args.session_timeout_ms <= args.heartbeat_ms:
+        raise ConfigError(f"session_timeout_ms ({args.session_timeout_ms}) must be more than "
+                          f"heartbeat_ms ({args.heartbeat_ms}): every idle session would "
+                          "end between two heartbeats")
     if args.print_config:
         print(config_file.as_toml(settings), end="")
         return 0

@@ -262,6 +262,40 @@ async def test_a_config_file_sets_every_option_and_the_command_line_wins(
     assert bad.returncode == 1 and "durability must be one of always" in bad.stderr
 
 
+@pytest.mark.parametrize("args,said", [
+    (["--heartbeat-ms", "0"], "--heartbeat-ms must be 10..3600000, got 0"),
+    (["--max-frame", "10"], "--max-frame must be 65536..4194304, got 10"),
+    (["--max-frame", str(8 * 1024 * 1024)], "--max-frame must be 65536..4194304"),
+    (["--peer-queue-bytes", "0"], "--peer-queue-bytes must be 65536.."),
+    (["--handshake-ms", "-1"], "--handshake-ms must be 100..600000, got -1"),
+    (["--batch-ms", "0"], "--batch-ms must be 1..60000, got 0"),
+    (["--heartbeat-ms", "7000"], "session_timeout_ms (6000) must be more than heartbeat_ms"),
+    (["--config", "{folder}/broker.toml"], "broker.toml: max_frame must be 65536..4194304"),
+])
+def test_broker_options_out_of_range_are_refused_before_anything_starts(
+        args: list[str], said: str) -> None:
+    """A broker that could not even read a hello (max_frame 10) or would end every idle
+    session (heartbeat 0) is refused with one line naming the option and its range."""
+    folder = short_tmpdir()
+    (folder / "broker.toml").write_text("max_frame = 100\n")
+    done = plugboard(folder, "broker", *(a.format(folder=folder) for a in args))
+    assert done.returncode == 1, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (folder / "broker.sock").exists()
+
+
+@pytest.mark.parametrize("args,said", [
+    (["get", "x", "--timeout", "-1"], "--timeout: must be more than 0 seconds, got -1"),
+    (["watch", "x", "-C", "-2"], "-C/--count: must be 0 or more, got -2"),
+    (["watch", "x", "-W", "soon"], "-W/--wait: 'soon' is not a number of seconds"),
+    (["logs", "x", "-n", "abc"], "-n/--lines: 'abc' is not a whole number"),
+    (["agent", "--plugins", "--timeout", "0"], "--timeout: must be more than 0 seconds"),
+])
+def test_numbers_out_of_range_are_usage_errors(args: list[str], said: str) -> None:
+    done = plugboard(short_tmpdir(), *args)
+    assert done.returncode == 2 and said in done.stderr, done.stderr
+
+
 async def test_plugins_reread_add_and_remove(processes: Processes) -> None:
     root = short_tmpdir()
     make_plugin(root, "first")

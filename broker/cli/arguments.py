@@ -1,0 +1,28 @@
+"""Argument types for numbers that must be in range, so a bad one is a usage error
+naming the option (exit status 2) instead of a hang or a traceback later."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, more than 0 (``--timeout``, ``--wait``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more (``--count``, ``--lines``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
