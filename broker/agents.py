@@ -21,6 +21,7 @@ from plugboard.protocol.errors import ProtocolError
 from plugboard.protocol.names import LOG_TOPIC, PLUGINS_PREFIX
 from plugboard.protocol.plugin_spec import PluginSpec
 from plugboard.protocol.values import ValueType, check_value
+from plugboard.sdk._keys import Z85_KEY_LENGTH, is_z85_key
 
 from .sessions import Role, Session
 
@@ -47,6 +48,9 @@ CONTROL_TIMEOUT_S = 300.0
 the plugin to be ready; a forced reload restarts its dependents too)."""
 REGISTERED = "registered"
 """A plugin's state from its registration until its agent reports the first one."""
+STATES = (REGISTERED, "stopped", "starting", "ready", "stopping", "backoff", "failed",
+          "exited")
+"""The values of the ``state`` figure (PROTOCOL.md, section 10)."""
 LIST_FIGURES = ("state", "restarts", "exit_code", "reason", "pid", "uptime",
                 "cpu_percent", "memory_rss")
 
@@ -90,11 +94,14 @@ class AgentDesk:
         if not isinstance(entries, list):
             raise ProtocolError("invalid_params", "plugins must be a list of "
                                 "{contract, token, key}")
-        parsed = []
+        parsed: list[tuple[PluginSpec, str | None, str | None]] = []
         for entry in entries:
             if not isinstance(entry, dict):
                 raise ProtocolError("invalid_params", "each plugin is {contract, token, key}")
             spec = PluginSpec.from_wire(entry.get("contract"))
+            if any(spec.name == earlier.name for earlier, _, _ in parsed):
+                raise ProtocolError("invalid_params", f"plugin {spec.name!r} is registered "
+                                    "twice in one request", plugin=spec.name)
             owner = self.managed.get(spec.name)
             if owner is not None and owner.agent not in (agent, replacing):
                 raise ProtocolError("name_taken", f"plugin {spec.name!r} is managed by "
@@ -176,13 +183,15 @@ class AgentDesk:
     def _exited(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
         """The launch is over: its credential is void and its session, if any, ends."""
         managed = self._mine(agent, params)
+        reason = params.get("reason", "exited")
+        if not isinstance(reason, str):
+            raise ProtocolError("invalid_params", "reason must be a string")
         name = managed.spec.name
         self._set_credential(name, None, None)
         self.core.end_sessions_of_revoked_keys()
         session = self.core.plugins.get(name)
         if session is not None:
-            reason = params.get("reason")
-            self.core.end_session(session, reason if isinstance(reason, str) else "exited")
+            self.core.end_session(session, reason)
         return {}
 
     def _end_plugin(self, agent: Session, params: dict[str, Any], _msgid: int) -> Any:
@@ -204,7 +213,14 @@ class AgentDesk:
             if vtype is None:
                 raise ProtocolError("invalid_params", f"unknown figure {key!r}; figures are "
                                     + ", ".join(FIGURES))
-            checked.append((key, vtype, check_value(vtype, value)))
+            try:
+                checked.append((key, vtype, check_value(vtype, value)))
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, f"figure {key!r}: {exc.message}",
+                                    **exc.details) from None
+            if key == "state" and value not in STATES:
+                raise ProtocolError("invalid_params", f"figure 'state': {value!r} is not "
+                                    "one of " + ", ".join(STATES))
         base = f"{PREFIX}{managed.spec.name}/"
         for key, vtype, value in checked:
             self.core.set_system(base + key, vtype, value)
@@ -347,4 +363,7 @@ def _credential(params: dict[str, Any], key: str) -> str | None:
     value = params.get(key)
     if value is not None and not isinstance(value, str):
         raise ProtocolError("invalid_params", f"{key} must be a string")
+    if key == "key" and value is not None and not is_z85_key(value):
+        raise ProtocolError("invalid_params", f"key must be a {Z85_KEY_LENGTH}-character "
+                            f"Z85 public key, got {value!r}")
     return value

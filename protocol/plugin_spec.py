@@ -14,7 +14,7 @@ from typing import Any
 
 from .declaration import Meta, parse_meta
 from .errors import ProtocolError
-from .names import matches, validate_pattern, validate_plugin_name
+from .names import matches, namespace, validate_pattern, validate_plugin_name
 from .values import ValueType
 
 
@@ -113,8 +113,16 @@ class PluginSpec:
         for index, item in enumerate(_maps(data.get("exports", []), f"{where}: exports")):
             etype = vtype(item.get("type"), f"exports[{index}].type")
             meta_params = {k: v for k, v in item.items() if k not in ("pattern", "type")}
-            exports.append(Export(pattern=validate_pattern(item.get("pattern")), type=etype,
-                                  meta=parse_meta(etype, meta_params)))
+            try:
+                pattern = validate_pattern(item.get("pattern"))
+                meta = parse_meta(etype, meta_params)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, f"{where}: exports[{index}]: {exc.message}",
+                                    **exc.details) from None
+            if namespace(pattern) != name:
+                raise ProtocolError("invalid_params", f"{where}: exports[{index}].pattern "
+                                    f"{pattern!r} is outside the plugin's namespace {name}/")
+            exports.append(Export(pattern=pattern, type=etype, meta=meta))
         methods = []
         for index, item in enumerate(_maps(data.get("methods", []), f"{where}: methods")):
             params = item.get("params", {})
@@ -133,10 +141,11 @@ class PluginSpec:
                 description=str(item.get("description", "")),
                 callable_by=tuple(str(c) for c in callable_by)))
         config = data.get("config", {})
+        if not isinstance(config, dict):
+            raise ProtocolError("invalid_params", f"{where}: config must be a map")
         version = data.get("version", "")
-        if not isinstance(config, dict) or not isinstance(version, str):
-            raise ProtocolError("invalid_params", f"{where}: config must be a map and "
-                                "version a string")
+        if not isinstance(version, str):
+            raise ProtocolError("invalid_params", f"{where}: version must be a string")
         known = {"name", "version", "provides", "needs", "exports", "methods", "config"}
         return cls(name=name, version=version, exports=tuple(exports),
                    methods=tuple(methods), provides=strings("provides"),

@@ -144,3 +144,39 @@ def test_a_registered_plugin_has_a_state_before_its_agent_reports_one(h: Harness
     assert h.call(ADMIN, "get", target="system/plugins/m/state")["value"] == "registered"
     h.call(AGENT, "agent.status", name="m", figures={"state": "starting"})
     assert h.call(ADMIN, "get", target="system/plugins/m/state")["value"] == "starting"
+
+
+@pytest.mark.parametrize("plugins,code,said", [
+    ([{"contract": {"name": "n", "exports": [{"pattern": "zz/+", "type": "int"}]}}],
+     "invalid_params", "exports[0].pattern 'zz/+' is outside the plugin's namespace n/"),
+    ([{"contract": {"name": "n", "exports": [{"pattern": "n/#/x", "type": "int"}]}}],
+     "invalid_pattern", "contract of 'n': exports[0]: pattern 'n/#/x'"),
+    ([{"contract": {"name": "n", "exports": [{"pattern": "n/+", "type": "str", "min": 1}]}}],
+     "invalid_params", "contract of 'n': exports[0]: min applies to"),
+    ([{"contract": {"name": "n", "version": 3}}], "invalid_params",
+     "contract of 'n': version must be a string"),
+    ([{"contract": {"name": "n"}}, {"contract": {"name": "n"}}], "invalid_params",
+     "plugin 'n' is registered twice in one request"),
+    ([{"contract": {"name": "n"}, "key": "nonsense"}], "invalid_params",
+     "key must be a 40-character Z85 public key"),
+])
+def test_a_malformed_registration_says_what_and_registers_nothing(
+        h: Harness, plugins: list[Any], code: str, said: str) -> None:
+    err = error_of(h, AGENT, "agent.register", plugins=[{"contract": {"name": "k"}}, *plugins])
+    assert err.code == code and said in err.message, err
+    assert "k" not in h.core.agents.managed and "n" not in h.core.agents.managed
+
+
+def test_reports_of_another_shape_are_refused(h: Harness) -> None:
+    err = error_of(h, AGENT, "agent.status", name="m", figures={"state": "dancing"})
+    assert err.code == "invalid_params" and "'dancing' is not one of registered" in err.message
+    err = error_of(h, AGENT, "agent.status", name="m", figures={"pid": "x"})
+    assert err.message.startswith("figure 'pid': expected int")
+    err = error_of(h, AGENT, "agent.exited", name="m", reason=5)
+    assert err.code == "invalid_params" and "reason must be a string" in err.message
+
+
+def test_the_states_the_broker_takes_are_the_runtime_s() -> None:
+    from plugboard.broker.agents import REGISTERED, STATES
+    from plugboard.runtime.supervisor import PluginState
+    assert set(STATES) == {s.value for s in PluginState} | {REGISTERED}
