@@ -304,7 +304,7 @@ class AgentDesk:
         def handler(session: Session, params: dict[str, Any], msgid: int) -> Any:
             from .core import DEFERRED
 
-            name = params.get("name")
+            name = _route_params(action, params)
             agent = self._host(params) if action in HOST_ACTIONS else None
             if agent is None:
                 managed = self.managed.get(name) if isinstance(name, str) else None
@@ -344,6 +344,23 @@ class AgentDesk:
                                  else "several agents are connected: say which (host)")
                                 + "; agents: " + (", ".join(map(str, agents)) or "none"))
         return agents[str(host)]
+
+
+def _route_params(action: str, params: dict[str, Any]) -> str | None:
+    """Check a routed request's params before the agent sees them; returns ``name``
+    (required but for ``reread``)."""
+    name = params.get("name")
+    if name is None and action != "reread":
+        raise ProtocolError("invalid_params", f"plugins.{action} needs name, the plugin's")
+    for key, kind, what in (("name", str, "a string"), ("host", str, "a string"),
+                            ("force", bool, "true or false"), ("lines", int, "an int")):
+        value = params.get(key)
+        if value is not None and (type(value) is not kind):
+            raise ProtocolError("invalid_params", f"{key} must be {what}, got {value!r}")
+    lines = params.get("lines")
+    if lines is not None and lines < 1:
+        raise ProtocolError("invalid_params", f"lines must be 1 or more, got {lines}")
+    return name
 
 
 def _who(session: Session) -> str:

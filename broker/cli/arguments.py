@@ -4,6 +4,7 @@ naming the option (exit status 2) instead of a hang or a traceback later."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def seconds(text: str) -> float:
@@ -17,12 +18,14 @@ def seconds(text: str) -> float:
     return value
 
 
-def count(text: str) -> int:
-    """A whole number, 0 or more (``--count``, ``--lines``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def at_least(low: int) -> Callable[[str], int]:
+    """A whole number, ``low`` or more (``--count`` 0 or more, ``--lines`` 1 or more)."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {text}")
+        return value
+    return whole

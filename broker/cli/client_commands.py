@@ -27,7 +27,7 @@ from plugboard.sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, Cu
 
 from ..security import CURVE_DIR
 from . import exit_codes
-from .arguments import count, seconds
+from .arguments import at_least, seconds
 from .tables import print_table
 from .values import format_table, format_value, parse_value
 
@@ -267,7 +267,7 @@ def add_commands(commands: Any) -> None:
                      help="skip the current values, show only new changes")
     cmd.add_argument("--policy", choices=["latest", "all"], default="all",
                      help="all: every change (default); latest: coalesce per property")
-    cmd.add_argument("-C", "--count", type=count, default=0, metavar="N",
+    cmd.add_argument("-C", "--count", type=at_least(0), default=0, metavar="N",
                      help="exit after N changes (default: run until Ctrl-C)")
     cmd.add_argument("-W", "--wait", type=seconds, default=None, metavar="SECONDS",
                      help="exit after SECONDS; with -C, exit status 6 if fewer changes came")

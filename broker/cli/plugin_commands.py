@@ -20,7 +20,7 @@ from plugboard.protocol.values import ValueType
 from plugboard.runtime.contract import Contract, check_contracts
 from plugboard.sdk import Client
 
-from .arguments import count
+from .arguments import at_least
 from .client_commands import add_connection_arguments, connect, print_json
 from .tables import on_terminal, print_table, rich_table
 from .values import format_table, format_value, parse_value
@@ -352,7 +352,8 @@ def add_runtime_commands(commands: Any) -> None:
     cmd.add_argument("name")
     cmd.add_argument("-f", "--follow", action="store_true",
                      help="keep printing new output as it is captured, until Ctrl-C")
-    cmd.add_argument("-n", "--lines", type=count, default=50, help="lines to show (default 50)")
+    cmd.add_argument("-n", "--lines", type=at_least(1), default=50,
+                     help="lines to show (default 50)")
     add_connection_arguments(cmd)
     cmd.set_defaults(handler=logs)
 

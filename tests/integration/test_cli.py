@@ -289,6 +289,7 @@ def test_broker_options_out_of_range_are_refused_before_anything_starts(
     (["watch", "x", "-C", "-2"], "-C/--count: must be 0 or more, got -2"),
     (["watch", "x", "-W", "soon"], "-W/--wait: 'soon' is not a number of seconds"),
     (["logs", "x", "-n", "abc"], "-n/--lines: 'abc' is not a whole number"),
+    (["logs", "x", "-n", "0"], "-n/--lines: must be 1 or more, got 0"),
     (["agent", "--plugins", "--timeout", "0"], "--timeout: must be more than 0 seconds"),
 ])
 def test_numbers_out_of_range_are_usage_errors(args: list[str], said: str) -> None:

@@ -180,3 +180,19 @@ def test_the_states_the_broker_takes_are_the_runtime_s() -> None:
     from plugboard.broker.agents import REGISTERED, STATES
     from plugboard.runtime.supervisor import PluginState
     assert set(STATES) == {s.value for s in PluginState} | {REGISTERED}
+
+
+@pytest.mark.parametrize("method,params,said", [
+    ("plugins.start", {}, "plugins.start needs name"),
+    ("plugins.start", {"name": 5}, "name must be a string, got 5"),
+    ("plugins.stop", {"name": "m", "force": "yes"}, "force must be true or false"),
+    ("plugins.logs", {"name": "m", "lines": "x"}, "lines must be an int"),
+    ("plugins.logs", {"name": "m", "lines": 0}, "lines must be 1 or more, got 0"),
+    ("plugins.add", {}, "plugins.add needs name"),
+    ("plugins.reread", {"host": 5}, "host must be a string, got 5"),
+])
+def test_a_routed_request_of_another_shape_is_refused_before_the_agent(
+        h: Harness, method: str, params: dict[str, Any], said: str) -> None:
+    err = error_of(h, ADMIN, method, **params)
+    assert err.code == "invalid_params" and said in err.message, err
+    assert h.take_requests(AGENT, method) == []
