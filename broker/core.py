@@ -874,11 +874,12 @@ class BrokerCore:
             raise ProtocolError("invalid_params",
                                 f"queue_limit must be 1..{limits.MAX_QUEUE_LIMIT}")
         min_interval_ms = _param(params, "min_interval_ms", int, 0)
-        if min_interval_ms < 0:
-            raise ProtocolError("invalid_params", "min_interval_ms must be >= 0")
+        if not 0 <= min_interval_ms <= limits.MAX_MIN_INTERVAL_MS:
+            raise ProtocolError("invalid_params", "min_interval_ms must be "
+                                f"0..{limits.MAX_MIN_INTERVAL_MS}")
         deadband = _param(params, "deadband", (int, float), None)
-        if deadband is not None and deadband < 0:
-            raise ProtocolError("invalid_params", "deadband must be >= 0")
+        if deadband is not None and not 0 <= deadband < math.inf:  # NaN fails both
+            raise ProtocolError("invalid_params", "deadband must be a finite number >= 0")
         current = _param(params, "current", bool, True)
         timestamp_ns = _param(params, "timestamp_ns", bool, False)
         sub = Subscription(self._new_id(), session.peer, pattern, policy=policy,

@@ -150,6 +150,9 @@ class Datastore:
                 raise ProtocolError("stale_handle", f"handle {target} refers to a deleted "
                                     "property; look the name up again", handle=target)
             raise ProtocolError("not_found", f"no property with handle {target}", handle=target)
+        if type(target) is int:
+            raise ProtocolError("invalid_params", f"{target} is not a handle: handles are "
+                                "0 or more")
         raise ProtocolError("invalid_params", "a property is named by a handle (int) or a "
                             f"name (str), got {type(target).__name__}")
 

@@ -43,6 +43,9 @@ DEFAULT_QUEUE_LIMIT: Final = 10_000
 MAX_QUEUE_LIMIT: Final = 1_000_000
 """Largest queue bound a subscriber may ask for."""
 
+MAX_MIN_INTERVAL_MS: Final = 3_600_000
+"""The longest ``min_interval_ms`` a subscription may ask for (an hour)."""
+
 DEFAULT_CALL_TIMEOUT_MS: Final = 5000
 """How long the broker waits for a plugin to answer a ``call`` unless told otherwise."""
 

@@ -2,6 +2,7 @@
 
 
 import gc
+from typing import Any
 
 import msgpack
 import pytest
@@ -303,6 +304,24 @@ def test_deadband_suppresses_small_numeric_changes(h: Harness) -> None:
     for value in (20.2, 20.4, 20.6, 20.7, 19.9):
         h.call(P, "set", target="p/t", value=value)
     assert [v for _, v in h.changes(C)] == [20.6, 19.9]
+
+
+@pytest.mark.parametrize("params,said", [
+    ({"deadband": float("nan")}, "deadband must be a finite number >= 0"),
+    ({"deadband": float("inf")}, "deadband must be a finite number >= 0"),
+    ({"deadband": -1}, "deadband must be a finite number >= 0"),
+    ({"min_interval_ms": 3_600_001}, "min_interval_ms must be 0..3600000"),
+    ({"min_interval_ms": -1}, "min_interval_ms must be 0..3600000"),
+])
+def test_subscription_options_out_of_range_are_refused(
+        h: Harness, params: dict[str, Any], said: str) -> None:
+    err = error_of(h, C, "subscribe", pattern="p/#", **params)
+    assert err.code == "invalid_params" and said in err.message, err
+
+
+def test_a_negative_handle_is_refused_as_one(h: Harness) -> None:
+    err = error_of(h, C, "get", target=-1)
+    assert err.code == "invalid_params" and "-1 is not a handle" in err.message
 
 
 def test_snapshot_of_100k_properties_arrives_complete_in_chunks() -> None:
