@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from plugboard.protocol._version import SUPPORTED_VERSIONS
-from plugboard.protocol.declaration import parse_meta
+from plugboard.protocol.declaration import parse_meta, who_may
 from plugboard.protocol.errors import ConfigError, ProtocolError
 from plugboard.protocol.names import validate_pattern, validate_plugin_name
 from plugboard.protocol.plugin_spec import Export, MethodSpec, PluginSpec
@@ -337,11 +337,11 @@ def _methods(r: _Reader) -> tuple[MethodSpec, ...]:
             if vtype is not None:
                 params[param] = vtype
         result = _value_type(r, f"{where}.result", item.get("result", "any"))
-        callable_by = item.get("callable_by", [])
-        if isinstance(callable_by, str):
-            callable_by = [callable_by]
-        if not isinstance(callable_by, list) or not all(isinstance(c, str) for c in callable_by):
-            r.problem(f"{where}.callable_by", "must be a list of strings")
+        try:
+            callable_by = who_may(item.get("callable_by", []), "callable_by")
+        except ProtocolError as exc:
+            r.problem(f"{where}.callable_by",
+                      exc.message.removeprefix("callable_by").lstrip(": "))
             continue
         description = item.get("description", "")
         if not isinstance(description, str):
@@ -349,7 +349,7 @@ def _methods(r: _Reader) -> tuple[MethodSpec, ...]:
             continue
         if result is not None and len(params) == len(raw_params):
             found.append(MethodSpec(name=name, params=params, result=result,
-                                    description=description, callable_by=tuple(callable_by)))
+                                    description=description, callable_by=callable_by))
     return tuple(found)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import ProtocolError
+from .names import validate_plugin_name
 from .values import NUMERIC_TYPES, ValueType, check_value, numeric
 
 WRITERS_ANY: Final = "*"
@@ -60,6 +61,9 @@ def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
                 raise ProtocolError("invalid_params", f"{key} applies to int, float and "
                                     f"duration properties, not {vtype.value}")
             bounds[key] = _declared(vtype, key, value)
+            if value != value:  # NaN: every comparison with it is false, no bound at all
+                raise ProtocolError("invalid_params", f"{key} must be a number, not NaN",
+                                    field=key)
     if "min" in bounds and "max" in bounds and numeric(bounds["min"]) > numeric(bounds["max"]):
         raise ProtocolError("invalid_params", "min is greater than max")
     enum_values = params.get("enum")
@@ -67,20 +71,36 @@ def parse_meta(vtype: ValueType, params: dict[str, Any]) -> Meta:
         if not isinstance(enum_values, list) or not enum_values:
             raise ProtocolError("invalid_params", "enum must be a non-empty list")
         enum_values = [_declared(vtype, "enum", v) for v in enum_values]
-    writable_by = params.get("writable_by", [])
-    if isinstance(writable_by, str):
-        writable_by = [writable_by]
-    if not isinstance(writable_by, list) or not all(isinstance(w, str) for w in writable_by):
-        raise ProtocolError("invalid_params", "writable_by must be a list of strings")
+    writable_by = who_may(params.get("writable_by", []), "writable_by")
     persist = params.get("persist", False)
     if not isinstance(persist, bool):
         raise ProtocolError("invalid_params", "persist must be a bool")
     return _shared(Meta(
         unit=_text(params, "unit"), description=_text(params, "description"),
         min=bounds.get("min"),
-        max=bounds.get("max"), enum=enum_values, writable_by=tuple(writable_by),
+        max=bounds.get("max"), enum=enum_values, writable_by=writable_by,
         persist=persist,
     ))
+
+
+def who_may(value: Any, field: str) -> tuple[str, ...]:
+    """A ``writable_by`` or ``callable_by`` rule, checked: plugin names, ``plugins``,
+    ``clients`` or ``*``; one string is a list of one. A name that can never match is
+    refused rather than kept as a rule that allows no one."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        raise ProtocolError("invalid_params", f"{field} must be a list of strings")
+    for who in value:
+        if who in (WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS):
+            continue
+        try:
+            validate_plugin_name(who)
+        except ProtocolError:
+            raise ProtocolError("invalid_params", f"{field}: {who!r} is not a plugin name, "
+                                f"{WRITERS_PLUGINS}, {WRITERS_CLIENTS} or {WRITERS_ANY}",
+                                field=field) from None
+    return tuple(value)
 
 
 def _text(params: dict[str, Any], key: str) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .declaration import Meta, parse_meta
+from .declaration import Meta, parse_meta, who_may
 from .errors import ProtocolError
 from .names import matches, namespace, validate_pattern, validate_plugin_name
 from .values import ValueType
@@ -130,16 +130,17 @@ class PluginSpec:
             if not isinstance(method_name, str) or not isinstance(params, dict):
                 raise ProtocolError("invalid_params", f"{where}: methods[{index}] needs a "
                                     "name and a params map")
-            callable_by = item.get("callable_by", [])
-            if not isinstance(callable_by, list):
-                raise ProtocolError("invalid_params", f"{where}: methods[{index}]."
-                                    "callable_by must be a list")
+            try:
+                callable_by = who_may(item.get("callable_by", []), "callable_by")
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, f"{where}: methods[{index}].{exc.message}"
+                                    ) from None
             methods.append(MethodSpec(
                 name=method_name, params={str(k): vtype(v, f"methods[{index}].params.{k}")
                                           for k, v in params.items()},
                 result=vtype(item.get("result", "any"), f"methods[{index}].result"),
                 description=str(item.get("description", "")),
-                callable_by=tuple(str(c) for c in callable_by)))
+                callable_by=callable_by))
         config = data.get("config", {})
         if not isinstance(config, dict):
             raise ProtocolError("invalid_params", f"{where}: config must be a map")

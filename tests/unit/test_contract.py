@@ -76,6 +76,11 @@ BROKEN = [
     ("negative timeout", GOOD.replace("[run]\n", "[run]\nstop_timeout = -1\n"),
      "run.stop_timeout", "must be positive"),
     ("not toml", "name = ", "-", "not valid TOML"),
+    ("callable_by no one", GOOD + '[[methods]]\nname = "m"\ncallable_by = "every one"\n',
+     "methods[0].callable_by", "'every one' is not a plugin name, plugins, clients or *"),
+    ("writable_by no one",
+     GOOD.replace('type = "float"', 'type = "float"\nwritable_by = ["Kitchen"]'), "exports[0]",
+     "writable_by: 'Kitchen' is not a plugin name, plugins, clients or *"),
 ]
 
 

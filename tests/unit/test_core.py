@@ -319,6 +319,18 @@ def test_subscription_options_out_of_range_are_refused(
     assert err.code == "invalid_params" and said in err.message, err
 
 
+@pytest.mark.parametrize("meta,said", [
+    ({"type": "float", "min": float("nan")}, "min must be a number, not NaN"),
+    ({"type": "int", "writable_by": ["Bad Name"]},
+     "writable_by: 'Bad Name' is not a plugin name, plugins, clients or *"),
+    ({"type": "int", "writable_by": "system"}, "writable_by: 'system' is not a plugin"),
+])
+def test_a_declaration_that_could_never_apply_is_refused(
+        h: Harness, meta: dict[str, Any], said: str) -> None:
+    err = error_of(h, P, "declare", name="p/x", **meta)
+    assert err.code == "invalid_params" and said in err.message, err
+
+
 def test_a_negative_handle_is_refused_as_one(h: Harness) -> None:
     err = error_of(h, C, "get", target=-1)
     assert err.code == "invalid_params" and "-1 is not a handle" in err.message
