@@ -487,7 +487,15 @@ class Client(SessionState):
                 error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}
         if sock is not None and sock is self._sock:  # not to a connection since replaced
             try:
-                self._send(self._conn.answer(request, result, error))
+                frame = self._conn.answer(request, result, error)
+            except ProtocolError as exc:  # a result no protocol value can carry
+                self.callback_errors += 1
+                log.error("the answer to %s cannot be sent: %s", request.method, exc.message)
+                frame = self._conn.answer(request, None, {
+                    "code": "internal", "message": f"the answer to {request.method} cannot "
+                    f"be encoded: {exc.message}"})
+            try:
+                self._send(frame)
             except zmq.Again:
                 log.warning("could not answer %s: the broker is not reading", request.method)
         if request.method == "end":

@@ -49,6 +49,11 @@ result = "any"
 callable_by = ["*"]
 
 [[methods]]
+name = "unsendable"
+result = "any"
+callable_by = ["*"]
+
+[[methods]]
 name = "private"
 result = "any"
 """
@@ -96,6 +101,11 @@ async def test_a_call_is_checked_both_ways(served: tuple[str, Supervisor]) -> No
             await client.call("calc", "fail")
         assert failed.value.code == "call_failed"
         assert failed.value.details["plugin_code"] == "not_found"
+        started = time.monotonic()  # answered at once, not at the call's timeout
+        with pytest.raises(CallFailed, match="cannot be encoded") as unsent:
+            await client.call("calc", "unsendable", timeout=10)
+        assert unsent.value.details["plugin_code"] == "internal"
+        assert time.monotonic() - started < 5
         methods = (await client.get("system/plugins/calc/contract/methods")).value
         assert {m["name"]: m["params"] for m in methods}["add"] == {"a": "int", "b": "int"}
 
