@@ -20,7 +20,15 @@ from typing import Any, Final
 
 from plugboard.protocol import limits
 from plugboard.protocol._version import SUPPORTED_VERSIONS
-from plugboard.protocol.codec import Notification, Request, Response, decode, encode, request_msgid
+from plugboard.protocol.codec import (
+    RESPONSE,
+    Notification,
+    Request,
+    Response,
+    decode,
+    encode,
+    frame_msgid,
+)
 from plugboard.protocol.declaration import WRITERS_ANY, WRITERS_CLIENTS, WRITERS_PLUGINS, parse_meta
 from plugboard.protocol.errors import ProtocolError
 from plugboard.protocol.names import (
@@ -201,7 +209,7 @@ class BrokerCore:
         try:
             message = decode(frame, self.config.max_frame)
         except ProtocolError as exc:
-            self._error_to(peer, request_msgid(frame), exc)
+            self._undecodable(peer, session, frame, exc)
             return
         if isinstance(message, Request):
             self._on_request(peer, session, message)
@@ -455,6 +463,21 @@ class BrokerCore:
             then()
         if request.method == "bye" and session is not None:
             self.end_session(session, "bye")
+
+    def _undecodable(self, peer: bytes, session: Session | None, frame: bytes,
+                     exc: ProtocolError) -> None:
+        """A request's error goes back as its response; an answer to one of the broker's
+        requests (a plugin's ``call`` result no decoder reads) fails that request at
+        once, so its caller is not left waiting for the timeout; the peer is told."""
+        head = frame_msgid(frame)
+        if head is not None and head[0] == RESPONSE:
+            self._error_to(peer, None, exc)
+            if session is not None and head[1] in session.requests:
+                self._on_response(peer, session, Response(head[1], {
+                    "code": exc.code, "message": f"its answer could not be decoded: "
+                    f"{exc.message}"}, None))
+            return
+        self._error_to(peer, head[1] if head is not None else None, exc)
 
     def _on_response(self, peer: bytes, session: Session | None, response: Response) -> None:
         pending = session.requests.pop(response.msgid, None) if session else None

@@ -220,9 +220,10 @@ def decode(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> Message:
     raise ProtocolError("invalid_message", f"message type must be 0, 1 or 2, got {kind!r}")
 
 
-def request_msgid(frame: bytes) -> int | None:
-    """Best-effort msgid of a frame that failed to decode, so the error can be answered:
-    read from its first two elements alone, whatever follows them (nesting past the
+def frame_msgid(frame: bytes) -> tuple[int, int] | None:
+    """Best-effort kind (REQUEST or RESPONSE) and msgid of a frame that failed to
+    decode, so a request's error can be answered and a response's waiter told: read
+    from its first two elements alone, whatever follows them (nesting past the
     decoder's stack, a length no frame holds, bytes that are not msgpack)."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_no_ext,
                                 max_buffer_size=max(len(frame), 1))
@@ -234,8 +235,8 @@ def request_msgid(frame: bytes) -> int | None:
         msgid = unpacker.unpack()
     except Exception:
         return None
-    if type(kind) is int and kind == REQUEST and _int_in(msgid, 0, MAX_MSGID):
-        return msgid  # type: ignore[no-any-return]
+    if type(kind) is int and kind in (REQUEST, RESPONSE) and _int_in(msgid, 0, MAX_MSGID):
+        return kind, msgid
     return None
 
 

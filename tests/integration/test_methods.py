@@ -54,6 +54,11 @@ result = "any"
 callable_by = ["*"]
 
 [[methods]]
+name = "int_keys"
+result = "any"
+callable_by = ["*"]
+
+[[methods]]
 name = "private"
 result = "any"
 """
@@ -105,6 +110,9 @@ async def test_a_call_is_checked_both_ways(served: tuple[str, Supervisor]) -> No
         with pytest.raises(CallFailed, match="cannot be encoded") as unsent:
             await client.call("calc", "unsendable", timeout=10)
         assert unsent.value.details["plugin_code"] == "internal"
+        with pytest.raises(CallFailed, match="its answer could not be decoded") as bad:
+            await client.call("calc", "int_keys", timeout=10)
+        assert bad.value.details["plugin_code"] == "malformed"
         assert time.monotonic() - started < 5
         methods = (await client.get("system/plugins/calc/contract/methods")).value
         assert {m["name"]: m["params"] for m in methods}["add"] == {"a": "int", "b": "int"}

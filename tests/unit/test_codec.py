@@ -17,7 +17,7 @@ from plugboard.protocol import (
     decode,
     encode,
 )
-from plugboard.protocol.codec import decode_value, encode_value, request_msgid
+from plugboard.protocol.codec import decode_value, encode_value, frame_msgid
 from plugboard.protocol.limits import MAX_FRAME_BYTES
 
 scalars = st.one_of(
@@ -78,18 +78,19 @@ def test_oversize_frame_is_refused_before_decoding() -> None:
     assert caught.value.code == "too_large"
 
 
-def test_msgid_is_recovered_from_a_request_that_fails_validation() -> None:
+def test_msgid_is_recovered_from_a_frame_that_fails_validation() -> None:
     frame = msgpack.packb([0, 42, "set", [1, 2]])
     with pytest.raises(ProtocolError):
         decode(frame)
-    assert request_msgid(frame) == 42
-    assert request_msgid(b"\xc1") is None
+    assert frame_msgid(frame) == (0, 42)
+    assert frame_msgid(b"\xc1") is None
     # Whatever follows the msgid: nesting past the decoder's stack, an impossible length,
     # a byte that is not msgpack, the frame cut short.
     for rest in (b"\x91" * 100_000 + b"\xc0", b"\xdf\xff\xff\xff\xff", b"\xc1", b""):
-        assert request_msgid(b"\x94\x00\x07\xa4ping" + rest) == 7
-    assert request_msgid(b"\x94\xc2\x07") is None  # false is not a request's 0
-    assert request_msgid(b"\x94\x02\x07") is None  # a notification has no msgid
+        assert frame_msgid(b"\x94\x00\x07\xa4ping" + rest) == (0, 7)
+    assert frame_msgid(msgpack.packb([1, 9, None, {"result": {1: 2}}])) == (1, 9)
+    assert frame_msgid(b"\x94\xc2\x07") is None  # false is not a request's 0
+    assert frame_msgid(b"\x94\x02\x07") is None  # a notification has no msgid
 
 
 @given(st.binary(max_size=64))

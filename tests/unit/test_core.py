@@ -102,6 +102,18 @@ def test_plugin_gets_init_and_becomes_ready() -> None:
     assert h.core.plugins["p"].state.value == "ready"
 
 
+def test_an_init_answer_no_decoder_reads_fails_init_at_once() -> None:
+    """The broker told the plugin what was wrong, and did not wait out init's timeout:
+    a plugin that answers init with an error has its session ended."""
+    h = Harness()
+    h.raw(P, encode(Request(7, "hello", {"versions": [1], "role": "plugin", "name": "p"})))
+    (init,) = h.take_requests(P, "init")
+    h.raw(P, msgpack.packb([1, init.msgid, None, {1: 2}]))
+    (told,) = h.notes(P, "error")
+    assert told["code"] == "malformed"
+    assert "p" not in h.core.plugins
+
+
 # -- declare and write rules --------------------------------------------------------------
 
 def test_declare_only_in_own_namespace(h: Harness) -> None:
