@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,17 @@ PAGE = Path(__file__).with_name("page.html")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 FLUSH_S = 0.1
 """Changes reach the pages at most this often, in one message."""
+PAGE_SEND_S = 2.0
+"""How long a page may take to read one message (its connection's buffers full) before
+it is dropped: one page that stopped reading must not hold the others' updates."""
+
+
+@dataclass(slots=True)
+class Page:
+    """An open page: its connection, and the plugin whose log it follows."""
+
+    request: web.BaseRequest
+    logs: str | None = None
 
 
 class Dashboard:
@@ -44,8 +56,7 @@ class Dashboard:
         self.client = plugin.client
         self.props: dict[str, Shown] = {}
         self.rows: list[dict[str, Any]] = []
-        self.pages: dict[web.WebSocketResponse, str | None] = {}
-        """Each open page and the plugin whose log it follows."""
+        self.pages: dict[web.WebSocketResponse, Page] = {}
         self.exporter = Exporter(self.props, list(config.get("metrics", [])))
         self.scrapes = 0
         # A deployment may override the contract's config (a container must listen on
@@ -104,11 +115,11 @@ class Dashboard:
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         page = web.WebSocketResponse(heartbeat=20)
         await page.prepare(request)
-        self.pages[page] = None
+        self.pages[page] = Page(request)
         await self.client.set("web/pages", len(self.pages))
-        await page.send_json({"t": "props", "reset": True,
-                              "items": [s.to_json() for s in self.props.values()]})
-        await page.send_json({"t": "plugins", "rows": _json_rows(self.rows)})
+        await self._send(page, {"t": "props", "reset": True,
+                                "items": [s.to_json() for s in self.props.values()]})
+        await self._send(page, {"t": "plugins", "rows": _json_rows(self.rows)})
         try:
             async for message in page:
                 if message.type == WSMsgType.TEXT:
@@ -120,14 +131,14 @@ class Dashboard:
 
     async def _from_page(self, page: web.WebSocketResponse, message: dict[str, Any]) -> None:
         if message.get("t") == "set":
-            await page.send_json({"t": "set", "id": message.get("id"),
-                                  **await self._set(str(message.get("name")),
-                                                    str(message.get("value", "")))})
+            await self._send(page, {"t": "set", "id": message.get("id"),
+                                    **await self._set(str(message.get("name")),
+                                                      str(message.get("value", "")))})
         elif message.get("t") == "logs":
             name = str(message.get("name"))
-            self.pages[page] = name
-            await page.send_json({"t": "log", "name": name, "reset": True,
-                                  **await self._log_tail(name)})
+            self.pages[page].logs = name
+            await self._send(page, {"t": "log", "name": name, "reset": True,
+                                    **await self._log_tail(name)})
 
     async def _set(self, name: str, text: str) -> dict[str, Any]:
         """A write from the page, as plugin ``web``; the broker's refusal is the answer."""
@@ -193,7 +204,7 @@ class Dashboard:
                     pass
             for page in list(self.pages):
                 for message in messages:
-                    await _send(page, message)
+                    await self._send(page, message)
             await asyncio.sleep(FLUSH_S)
 
     # -- log tails (admin) -------------------------------------------------------------------
@@ -230,21 +241,31 @@ class Dashboard:
         async for message in await self.admin.listen(LOG_TOPIC + "+"):
             name = message.topic[len(LOG_TOPIC):] if message.topic else ""
             text = message.payload.decode(errors="replace")
-            for page, following in list(self.pages.items()):
-                if following == name:
-                    await _send(page, {"t": "log", "name": name, "text": text})
+            for page, shown_page in list(self.pages.items()):
+                if shown_page.logs == name:
+                    await self._send(page, {"t": "log", "name": name, "text": text})
+
+    async def _send(self, page: web.WebSocketResponse, message: dict[str, Any]) -> None:
+        """One message to one page, or the page dropped if it cannot take it in time."""
+        if page.closed:
+            return
+        try:
+            await asyncio.wait_for(page.send_json(message), PAGE_SEND_S)
+        except ConnectionError:
+            pass
+        except TimeoutError:
+            shown_page = self.pages.get(page)
+            if shown_page is None:
+                return
+            log.warning("a page at %s read nothing for %g s; dropped",
+                        shown_page.request.remote, PAGE_SEND_S)
+            transport = shown_page.request.transport
+            if transport is not None:
+                transport.abort()  # its handler ends, and the page is forgotten
 
 
 def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: to_json(v) for k, v in row.items()} for row in rows]
-
-
-async def _send(page: web.WebSocketResponse, message: dict[str, Any]) -> None:
-    if not page.closed:
-        try:
-            await page.send_json(message)
-        except ConnectionError:
-            pass
 
 
 plugin = Plugin()

@@ -5,9 +5,11 @@ kept as an artefact) and a real Prometheus scraping /metrics."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import textwrap
 import urllib.parse
@@ -16,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -170,6 +173,33 @@ async def test_the_page_and_metrics_need_the_token_off_loopback(
         metrics = answer.read()
     assert b"plugboard_broker_sessions" in metrics
     assert b"plugboard_broker_store_failing 0.0" in metrics
+
+
+async def test_a_page_that_stops_reading_holds_no_other_page_back(served: Served) -> None:
+    """A page whose connection takes nothing more (a suspended tab, a client that never
+    reads) is dropped once a message waits PAGE_SEND_S for it; every other page keeps
+    getting each change. The dashboard used to wait on it forever, for every page."""
+    parts = urllib.parse.urlsplit(served.url)
+    await served.panel.declare("panel/blob", "str", "")
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect((parts.hostname, parts.port))
+    key = base64.b64encode(os.urandom(16))
+    stalled.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")  # and never reads
+    ws_url = urllib.parse.urlunsplit(("ws", parts.netloc, "/ws", parts.query, ""))
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as page:
+            for i in range(40):  # 10 MB for the stalled page, far past its buffers
+                value = f"{i}:" + "x" * 256 * 1024
+                await served.panel.set("panel/blob", value)
+                async with asyncio.timeout(10):
+                    while not any(item["n"] == "panel/blob" and item["v"] == value
+                                  for item in (await page.receive_json()).get("items", [])):
+                        pass
+    finally:
+        stalled.close()
 
 
 async def test_prometheus_scrapes_the_metrics(served: Served, processes: Processes) -> None:
