@@ -9,9 +9,13 @@ plugin's session, so the broker's rules for plugin ``mqtt_bridge`` decide
 paho-mqtt runs its network loop in a thread of its own and reconnects by itself; its
 callbacks hand over to the asyncio loop. After each (re)connect to the MQTT broker
 every current value is published again, so an MQTT broker that restarted without
-persistence has them all back; the SDK re-subscribes after a Plugboard restart. Nothing
-is dropped: paho's queue is unbounded and a subscription under policy ``latest`` keeps
-the newest value of every property.
+persistence has them all back; the SDK re-subscribes after a Plugboard restart.
+
+While the MQTT broker is away nothing is handed to paho: the bridge keeps the newest
+value of each property (and the names removed meanwhile), and publishes those on the
+reconnect. So an outage of any length costs one value per property, not a queue of
+every change, and the MQTT side ends with every current value, as the subscription
+under policy ``latest`` it is fed by promises.
 """
 
 from __future__ import annotations
@@ -48,22 +52,27 @@ class Bridge:
         self.values: dict[str, Any] = {}
         """The last value of every mirrored property, published again on reconnect."""
         self.types: dict[str, str] = {}
-        self.published = self.refused = 0
+        self.cleared: set[str] = set()
+        """Properties removed while the MQTT broker was away: cleared on the reconnect."""
+        self.up = False
+        """Connected to the MQTT broker (as the loop last heard from paho's thread)."""
+        self.published = self.refused = self.queued = 0
         self._counters_dirty = asyncio.Event()
         self.mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                 client_id=f"plugboard-{plugin.name}")
-        self.mqtt.max_queued_messages_set(0)  # unbounded: nothing is dropped here
+        self.mqtt.max_queued_messages_set(0)  # bounded by the bridge: none while away
         self.mqtt.max_inflight_messages_set(100)
         self.mqtt.reconnect_delay_set(0.2, 5)
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
-        self.mqtt.on_publish = self._on_publish
+        self.mqtt.on_publish = lambda *_: self.loop.call_soon_threadsafe(self._acked)
         self.mqtt.connect_async(str(config.get("host", "127.0.0.1")),
                                 int(config.get("port", 1883)))
 
     async def start(self) -> None:
-        for name, value in (("connected", False), ("published", 0), ("refused", 0)):
+        for name, value in (("connected", False), ("published", 0), ("refused", 0),
+                            ("queued", 0)):
             await self.client.declare(f"{self.plugin.name}/{name}",
                                       "bool" if isinstance(value, bool) else "int", value)
         self.mqtt.loop_start()
@@ -88,11 +97,31 @@ class Bridge:
                 self._publish(event.name, event.value)
             elif isinstance(event, Removed):
                 self.values.pop(event.name, None)
-                self.mqtt.publish(self.prefix + event.name, b"", self.qos, self.retain)
+                self._clear(event.name)
 
     def _publish(self, name: str, value: Any) -> None:
-        payload = encode_value(value) if self.msgpack else json.dumps(to_json(value))
-        self.mqtt.publish(self.prefix + name, payload, self.qos, self.retain)
+        """The value, retained; while the MQTT broker is away, kept for the reconnect."""
+        self.cleared.discard(name)
+        if self.up:
+            payload = encode_value(value) if self.msgpack else json.dumps(to_json(value))
+            self._hand_over(self.prefix + name, payload, self.retain)
+
+    def _clear(self, name: str) -> None:
+        """A removed property's retained message, cleared (now, or on the reconnect)."""
+        if self.up:
+            self._hand_over(self.prefix + name, b"", self.retain)
+        else:
+            self.cleared.add(name)
+
+    def _hand_over(self, topic: str, payload: str | bytes, retain: bool) -> None:
+        self.mqtt.publish(topic, payload, self.qos, retain)
+        self.queued += 1
+        self._counters_dirty.set()
+
+    def _acked(self) -> None:
+        self.published += 1
+        self.queued = max(0, self.queued - 1)
+        self._counters_dirty.set()
 
     # -- MQTT to Plugboard ----------------------------------------------------------------
 
@@ -114,7 +143,7 @@ class Bridge:
             report = {"name": name, "payload": payload.decode(errors="replace"),
                       "code": code, "message": str(exc)}
             log.info("refused %s: %s", topic, exc)
-            self.mqtt.publish(self.errors, json.dumps(report), self.qos, False)
+            self._hand_over(self.errors, json.dumps(report), False)
 
     # -- MQTT connection ------------------------------------------------------------------
 
@@ -132,15 +161,16 @@ class Bridge:
 
     def _connected(self, up: bool) -> None:
         log.info("MQTT %s", "connected: publishing every value" if up else "disconnected")
+        self.up = up
         self.client.set(f"{self.plugin.name}/connected", up).add_done_callback(_quiet)
         if up:
+            # What paho held at the disconnect it sends again or drops; all is sent anew.
+            self.queued = 0
+            for name in list(self.cleared):
+                self._clear(name)
+            self.cleared.clear()
             for name, value in list(self.values.items()):
                 self._publish(name, value)
-
-    def _on_publish(self, _client: Any, _userdata: Any, _mid: int, _reason: Any,
-                    _properties: Any) -> None:
-        self.published += 1
-        self.loop.call_soon_threadsafe(self._counters_dirty.set)
 
     async def _report_counters(self) -> None:
         while True:
@@ -148,7 +178,8 @@ class Bridge:
             self._counters_dirty.clear()
             try:
                 await self.client.set_many({f"{self.plugin.name}/published": self.published,
-                                            f"{self.plugin.name}/refused": self.refused})
+                                            f"{self.plugin.name}/refused": self.refused,
+                                            f"{self.plugin.name}/queued": self.queued})
             except (PlugboardError, ProtocolError) as exc:
                 log.debug("counters not written: %s", exc)
             await asyncio.sleep(REPORT_EVERY_S)

@@ -159,3 +159,31 @@ async def test_a_restarted_mqtt_broker_gets_every_value_again(
     first = await asyncio.to_thread(lines_of, bridged.sub(
         "-t", "plugboard/panel/level", "-C", "1", "-W", "10"), 15)
     assert first == ["plugboard/panel/level 1"]
+
+
+async def test_an_outage_costs_one_value_per_property_not_a_queue_of_changes(
+        bridged: Bridged, processes: Processes) -> None:
+    """While mosquitto is away the bridge hands paho nothing (its queue would grow with
+    every change for as long as the outage lasts): it keeps each property's newest
+    value and publishes that on the reconnect."""
+    async with Client(bridged.broker.ipc) as client:
+        await until_value(client, "mqtt_bridge/queued", lambda v: v == 0, processes)
+        before = (await client.get("mqtt_bridge/published")).value
+        connected = await client.subscribe("mqtt_bridge/connected", current=False)
+        bridged.mosquitto.stop()
+        await processes.until(connected, lambda e: isinstance(e, Change) and e.value is False)
+        seen = await client.subscribe("panel/level", current=False, policy="all")
+        for i in range(300):
+            await bridged.panel.set("panel/level", i % 11)
+        await bridged.panel.set("panel/level", 7)
+        await processes.until(seen, lambda e: isinstance(e, Change) and e.value == 7
+                              and e.revision >= 302)
+        bridged.mosquitto = mosquitto(processes, bridged.port)
+        await processes.until(connected, lambda e: isinstance(e, Change) and e.value is True,
+                              timeout=20)
+        retained = await asyncio.to_thread(lines_of, bridged.sub(
+            "-t", "plugboard/panel/level", "-C", "1", "-W", "10"), 15)
+        assert retained == ["plugboard/panel/level 7"]
+        await until_value(client, "mqtt_bridge/queued", lambda v: v == 0, processes)
+        after = (await client.get("mqtt_bridge/published")).value
+    assert after - before < 10, f"{after - before} publishes for one property's outage"
