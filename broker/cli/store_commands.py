@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 
 from plugboard.protocol.codec import decode_value, encode_value
-from plugboard.protocol.errors import ConfigError
+from plugboard.protocol.errors import ConfigError, ProtocolError
 from plugboard.protocol.values import ValueType
 
 from ..statedir import StateDir
@@ -75,12 +75,9 @@ def import_(args: argparse.Namespace) -> int:
             data = from_json(json.loads(source.read_text()))
         else:
             data = decode_value(source.read_bytes(), max_frame=2**31)
-        rows = data["properties"]
-        records = [Record(row["name"], ValueType(row["type"]), row.get("meta") or {},
-                          row["value"], int(row["revision"]), row["timestamp"])
-                   for row in rows]
-    except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (OSError, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ConfigError(f"cannot import {source}: {exc}") from exc
+    records = _records(source, data)
     lock = StateDir(Path(args.state_dir))  # refuses while a broker runs here
     try:
         store = Store(Path(args.state_dir) / STORE_NAME, durability=None)
@@ -90,6 +87,34 @@ def import_(args: argparse.Namespace) -> int:
         lock.close()
     print(f"imported {len(records)} properties into {Path(args.state_dir) / STORE_NAME}")
     return 0
+
+
+def _records(source: Path, data: Any) -> list[Record]:
+    """The export's records, each checked as a broker would restore it; ConfigError
+    names the first that is not, by its place in the file and its name."""
+    rows = data.get("properties") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ConfigError(f"cannot import {source}: not an export of 'plugboard store "
+                          "export' (a map with a list 'properties')")
+    records = []
+    for index, row in enumerate(rows):
+        name = row.get("name") if isinstance(row, dict) else None
+        where = f"cannot import {source}: properties[{index}]" + (
+            f" ({name})" if isinstance(name, str) else "")
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: not a map")
+        missing = [k for k in ("name", "type", "value", "revision", "timestamp")
+                   if k not in row]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
+        try:
+            records.append(Record(row["name"], ValueType(row["type"]), row.get("meta") or {},
+                                  row["value"], row["revision"], row["timestamp"]).checked())
+        except ValueError:
+            raise ConfigError(f"{where}: unknown type {row['type']!r}") from None
+        except ProtocolError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
+    return records
 
 
 def add_commands(commands: Any) -> None:

@@ -180,6 +180,13 @@ async def test_store_info_export_import(processes: Processes) -> None:
     info = plugboard(state, "store", "info").stdout
     assert "properties   2" in info and "integrity    ok" in info and "always" in info
     (state / "store.sqlite").unlink()
+    good = exported.read_text()
+    exported.write_text(good.replace('"value": 3.25', '"value": "high"'))
+    bad = plugboard(state, "store", "import", str(exported))
+    assert bad.returncode == 1 and "(saver/level): value: expected float, got str" in \
+        bad.stderr, bad.stderr
+    assert not (state / "store.sqlite").exists()  # nothing imported
+    exported.write_text(good)
     imported = plugboard(state, "store", "import", str(exported))
     assert imported.returncode == 0, imported.stderr
     restarted = processes.broker(state)

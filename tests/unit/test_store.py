@@ -67,6 +67,21 @@ def test_round_trip_of_every_value_type(tmp_path: Path) -> None:
     assert loaded == {f"p/{i}": v for i, v in enumerate(values) if i != 0}
 
 
+def test_a_record_no_broker_could_restore_is_dropped_at_load(tmp_path: Path) -> None:
+    """Written by another program or an old import: it would have failed the broker's
+    start (a timestamp that is not one); now it is dropped and named like a damaged one."""
+    store = Store(tmp_path / "s.sqlite")
+    store.put(Record("p/good", ValueType.INT, {}, 1, 1, Timestamp(1, 0)))
+    store.put(Record("p/when", ValueType.INT, {}, 1, 1, "yesterday"))  # type: ignore[arg-type]
+    store.put(Record("p/typed", ValueType.INT, {}, "one", 1, Timestamp(1, 0)))
+    store.put(Record("system/x", ValueType.INT, {}, 1, 1, Timestamp(1, 0)))
+    store.commit()
+    store.close()
+    again = Store(tmp_path / "s.sqlite")
+    assert [r.name for r in again.load()] == ["p/good"]
+    assert sorted(again.dropped) == ["p/typed", "p/when", "system/x"]
+
+
 def test_a_flipped_byte_inside_a_record_drops_that_record_only(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     written = make_store(path, 20)
