@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +61,14 @@ class KeyRing:
     """The keys allowed in: the authorized-keys file, the local admin key and the
     per-launch keys of plugins the runtime started (in memory, gone with the process)."""
 
-    def __init__(self, curve_dir: Path) -> None:
+    def __init__(self, curve_dir: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(curve_dir) / AUTHORIZED_NAME
         self._file: dict[str, Grant] = {}
         self._launched: dict[str, Grant] = {}
         self._local: dict[str, Grant] = {}
+        self._clock = clock
+        self._refusals: dict[str, tuple[float, int]] = {}
+        """Refused key -> when its refusal was last logged, and refusals since."""
         self.reload()
 
     def reload(self) -> None:
@@ -96,9 +102,30 @@ class KeyRing:
         key = z85.encode(credentials[0]).decode()
         grant = self.lookup(key)
         if grant is None:
-            log.warning("refused a CURVE connection: key %s is not authorized", key)
+            self._log_refusal(key, _address.decode(errors="replace"))
             return [b"1.0", request_id, b"400", b"key not authorized", b"", b""]
         return [b"1.0", request_id, b"200", b"OK", key.encode(), b""]
+
+
+    def _log_refusal(self, key: str, address: str) -> None:
+        """Once per key, then at most once per REFUSAL_LOG_S with how many came since:
+        a peer that retries a refused key every 100 ms must not flood the log."""
+        now = self._clock()
+        logged, since = self._refusals.get(key, (-math.inf, 0))
+        if now - logged < REFUSAL_LOG_S:
+            self._refusals[key] = (logged, since + 1)
+            return
+        if len(self._refusals) >= REFUSALS_KEPT:  # many keys: a scan, not one peer
+            self._refusals.clear()
+        self._refusals[key] = (now, 0)
+        log.warning("refused a CURVE connection from %s: key %s is not authorized%s",
+                    address, key, f" ({since} more refusals of it since)" if since else "")
+
+
+REFUSAL_LOG_S = 60.0
+"""A refused key is logged at most this often."""
+REFUSALS_KEPT = 1000
+"""Refused keys remembered for that; past it the memory starts over."""
 
 
 def read_authorized(path: Path) -> list[Grant]:
