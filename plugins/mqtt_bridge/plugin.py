@@ -11,11 +11,12 @@ callbacks hand over to the asyncio loop. After each (re)connect to the MQTT brok
 every current value is published again, so an MQTT broker that restarted without
 persistence has them all back; the SDK re-subscribes after a Plugboard restart.
 
-While the MQTT broker is away nothing is handed to paho: the bridge keeps the newest
-value of each property (and the names removed meanwhile), and publishes those on the
-reconnect. So an outage of any length costs one value per property, not a queue of
-every change, and the MQTT side ends with every current value, as the subscription
-under policy ``latest`` it is fed by promises.
+The bridge hands paho at most MAX_QUEUED unacknowledged publishes, and none while the
+MQTT broker is away: beyond that it keeps the newest value of each property (or its
+removal) and publishes those as the MQTT broker catches up or comes back. So a slow or
+absent MQTT broker costs one value per property, not a queue of every change, and the
+MQTT side ends with every current value, as the subscription under policy ``latest``
+it is fed by promises.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from plugboard.sdk import Change, PlugboardError, Plugin, Removed
 log = logging.getLogger("mqtt_bridge")
 REPORT_EVERY_S = 0.2
 """Counters are written to their properties at most this often."""
+MAX_QUEUED = 1000
+"""Most publishes handed to paho and not acknowledged yet: past it, changes wait in the
+bridge, one per property (the newest), for the MQTT broker to catch up."""
 
 
 class Bridge:
@@ -52,8 +56,9 @@ class Bridge:
         self.values: dict[str, Any] = {}
         """The last value of every mirrored property, published again on reconnect."""
         self.types: dict[str, str] = {}
-        self.cleared: set[str] = set()
-        """Properties removed while the MQTT broker was away: cleared on the reconnect."""
+        self.waiting: dict[str, None] = {}
+        """Properties whose newest value (or removal) paho has not been handed yet, in
+        order: while the MQTT broker is away, or has MAX_QUEUED unacknowledged."""
         self.up = False
         """Connected to the MQTT broker (as the loop last heard from paho's thread)."""
         self.published = self.refused = self.queued = 0
@@ -72,7 +77,7 @@ class Bridge:
 
     async def start(self) -> None:
         for name, value in (("connected", False), ("published", 0), ("refused", 0),
-                            ("queued", 0)):
+                            ("queued", 0), ("waiting", 0)):
             await self.client.declare(f"{self.plugin.name}/{name}",
                                       "bool" if isinstance(value, bool) else "int", value)
         self.mqtt.loop_start()
@@ -94,24 +99,27 @@ class Bridge:
                 if event.name not in self.types:
                     self.types[event.name] = (await self.client.get(event.name)).type
                 self.values[event.name] = event.value
-                self._publish(event.name, event.value)
             elif isinstance(event, Removed):
                 self.values.pop(event.name, None)
-                self._clear(event.name)
+            else:
+                continue
+            self.waiting[event.name] = None
+            self._counters_dirty.set()
+            self._pump()
 
-    def _publish(self, name: str, value: Any) -> None:
-        """The value, retained; while the MQTT broker is away, kept for the reconnect."""
-        self.cleared.discard(name)
-        if self.up:
-            payload = encode_value(value) if self.msgpack else json.dumps(to_json(value))
+    def _pump(self) -> None:
+        """Hand paho the newest state of each waiting property (its value, retained, or
+        an empty retained message for one removed) while the MQTT broker is there and
+        has fewer than MAX_QUEUED unacknowledged: paho never holds more than that."""
+        while self.up and self.waiting and self.queued < MAX_QUEUED:
+            name = next(iter(self.waiting))
+            del self.waiting[name]
+            if name in self.values:
+                value = self.values[name]
+                payload = encode_value(value) if self.msgpack else json.dumps(to_json(value))
+            else:
+                payload = b""
             self._hand_over(self.prefix + name, payload, self.retain)
-
-    def _clear(self, name: str) -> None:
-        """A removed property's retained message, cleared (now, or on the reconnect)."""
-        if self.up:
-            self._hand_over(self.prefix + name, b"", self.retain)
-        else:
-            self.cleared.add(name)
 
     def _hand_over(self, topic: str, payload: str | bytes, retain: bool) -> None:
         self.mqtt.publish(topic, payload, self.qos, retain)
@@ -122,6 +130,7 @@ class Bridge:
         self.published += 1
         self.queued = max(0, self.queued - 1)
         self._counters_dirty.set()
+        self._pump()
 
     # -- MQTT to Plugboard ----------------------------------------------------------------
 
@@ -166,11 +175,8 @@ class Bridge:
         if up:
             # What paho held at the disconnect it sends again or drops; all is sent anew.
             self.queued = 0
-            for name in list(self.cleared):
-                self._clear(name)
-            self.cleared.clear()
-            for name, value in list(self.values.items()):
-                self._publish(name, value)
+            self.waiting.update(dict.fromkeys(self.values))
+            self._pump()
 
     async def _report_counters(self) -> None:
         while True:
@@ -179,7 +185,8 @@ class Bridge:
             try:
                 await self.client.set_many({f"{self.plugin.name}/published": self.published,
                                             f"{self.plugin.name}/refused": self.refused,
-                                            f"{self.plugin.name}/queued": self.queued})
+                                            f"{self.plugin.name}/queued": self.queued,
+                                            f"{self.plugin.name}/waiting": len(self.waiting)})
             except (PlugboardError, ProtocolError) as exc:
                 log.debug("counters not written: %s", exc)
             await asyncio.sleep(REPORT_EVERY_S)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -187,3 +188,32 @@ async def test_an_outage_costs_one_value_per_property_not_a_queue_of_changes(
         await until_value(client, "mqtt_bridge/queued", lambda v: v == 0, processes)
         after = (await client.get("mqtt_bridge/published")).value
     assert after - before < 10, f"{after - before} publishes for one property's outage"
+
+
+async def test_a_stalled_mqtt_broker_is_handed_no_more_than_the_bound(
+        bridged: Bridged, processes: Processes) -> None:
+    """mosquitto stopped (SIGSTOP: the connection stays up, nothing is acknowledged):
+    paho is handed at most 1000 publishes, the other changes wait in the bridge, one per
+    property, and all go out once mosquitto runs again."""
+    figures: dict[str, int] = {}
+
+    def counted(event: object) -> bool:
+        if isinstance(event, Change):
+            figures[event.name.rsplit("/", 1)[1]] = event.value
+        return figures.get("queued", 0) + figures.get("waiting", 0) >= 3000
+
+    async with Client(bridged.broker.ipc, role="plugin", name="bulk", timeout=30) as bulk, \
+            Client(bridged.broker.ipc) as client:
+        before = (await client.get("mqtt_bridge/published")).value
+        watch = await client.subscribe("mqtt_bridge/+")
+        bridged.mosquitto.signal(signal.SIGSTOP)
+        try:
+            await asyncio.gather(*(bulk.declare(f"bulk/s{i:04d}", "int", i)
+                                   for i in range(3000)))
+            await processes.until(watch, counted, timeout=30)
+            assert figures["queued"] <= 1000 and figures["waiting"] >= 2000, figures
+        finally:
+            bridged.mosquitto.signal(signal.SIGCONT)
+        await until_value(client, "mqtt_bridge/published", lambda v: v >= before + 3000,
+                          processes, timeout=60)
+        await until_value(client, "mqtt_bridge/waiting", lambda v: v == 0, processes)
