@@ -108,7 +108,7 @@ class Dashboard:
         except PlugboardError:
             sessions = []
         self.scrapes += 1
-        await self.client.set("web/metrics_scrapes", self.scrapes)
+        self._figure("web/metrics_scrapes", self.scrapes)
         return web.Response(body=self.exporter.render(sessions),
                             content_type="text/plain", charset="utf-8")
 
@@ -116,21 +116,36 @@ class Dashboard:
         page = web.WebSocketResponse(heartbeat=20)
         await page.prepare(request)
         self.pages[page] = Page(request)
-        await self.client.set("web/pages", len(self.pages))
+        self._figure("web/pages", len(self.pages))
         await self._send(page, {"t": "props", "reset": True,
                                 "items": [s.to_json() for s in self.props.values()]})
         await self._send(page, {"t": "plugins", "rows": _json_rows(self.rows)})
         try:
             async for message in page:
                 if message.type == WSMsgType.TEXT:
-                    await self._from_page(page, json.loads(message.data))
+                    await self._from_page(page, message.data)
         finally:
             del self.pages[page]
-            await self.client.set("web/pages", len(self.pages))
+            self._figure("web/pages", len(self.pages))
         return page
 
-    async def _from_page(self, page: web.WebSocketResponse, message: dict[str, Any]) -> None:
-        if message.get("t") == "set":
+    def _figure(self, name: str, value: int) -> None:
+        """Write one of the plugin's own figures without waiting: a page or a scrape is
+        served as well while the broker is away."""
+        try:
+            self.client.set_nowait(name, value)
+        except PlugboardError as exc:
+            log.debug("%s not written: %s", name, exc)
+
+    async def _from_page(self, page: web.WebSocketResponse, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            await self._send(page, {"t": "error", "error": "a message is a JSON object "
+                                    f"with t = set or logs, got {text[:80]!r}"})
+        elif message.get("t") == "set":
             await self._send(page, {"t": "set", "id": message.get("id"),
                                     **await self._set(str(message.get("name")),
                                                       str(message.get("value", "")))})

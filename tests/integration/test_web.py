@@ -202,6 +202,25 @@ async def test_a_page_that_stops_reading_holds_no_other_page_back(served: Served
         stalled.close()
 
 
+async def test_a_page_s_malformed_message_is_answered_and_the_page_kept(
+        served: Served) -> None:
+    parts = urllib.parse.urlsplit(served.url)
+    ws_url = urllib.parse.urlunsplit(("ws", parts.netloc, "/ws", parts.query, ""))
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as page:
+        for text in ("not json", "[1, 2]"):
+            await page.send_str(text)
+            async with asyncio.timeout(10):
+                while (answer := await page.receive_json())["t"] != "error":
+                    pass
+            assert "a message is a JSON object" in answer["error"], answer
+        await page.send_json({"t": "set", "id": 1, "name": "panel/level", "value": "4"})
+        async with asyncio.timeout(10):
+            while (answer := await page.receive_json())["t"] != "set":
+                pass
+        assert answer == {"t": "set", "id": 1, "ok": True, "error": ""}
+    assert (await served.panel.get("panel/level")).value == 4
+
+
 async def test_prometheus_scrapes_the_metrics(served: Served, processes: Processes) -> None:
     prometheus = needs("prometheus", "prometheus")
     folder, api_port = short_tmpdir(), free_port()
