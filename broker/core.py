@@ -809,8 +809,13 @@ class BrokerCore:
         for record in records:
             if record.name in self.store.by_name:
                 continue
-            prop = self.store.add(record.name, record.type,
-                                  parse_meta(record.type, record.meta), namespace(record.name))
+            try:
+                meta = record.check()
+            except ProtocolError as exc:  # written by another program, or by hand
+                log.error("store: left out the record of %r, which no broker can restore: "
+                          "%s", record.name, exc.message)
+                continue
+            prop = self.store.add(record.name, record.type, meta, namespace(record.name))
             prop.value, prop.revision = record.value, record.revision
             prop.changed_ns = record.timestamp.to_unix_nano()
             self._index(prop)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from plugboard.protocol.codec import decode_value, encode_value
-from plugboard.protocol.declaration import parse_meta
+from plugboard.protocol.declaration import Meta, parse_meta
 from plugboard.protocol.errors import ConfigError, ProtocolError, StoreError
 from plugboard.protocol.names import SYSTEM_NAMESPACE, namespace, validate_name
 from plugboard.protocol.values import Timestamp, ValueType, check_value
@@ -65,19 +65,20 @@ class Record:
     @classmethod
     def decode(cls, name: str, blob: bytes) -> Record:
         vtype, meta, value, revision, timestamp = decode_value(blob)[:5]
-        return cls(name, ValueType(vtype), meta, value, revision, timestamp).checked()
+        return cls(name, ValueType(vtype), meta, value, revision, timestamp)
 
-    def checked(self) -> Record:
-        """This record, if a broker can restore it: a valid name outside ``system/``,
-        a declaration that parses, a value of its type (or none), a revision and a
-        timestamp. ProtocolError says which part is not."""
+    def check(self) -> Meta:
+        """The record's declaration, if a broker can restore the record: a valid name
+        outside ``system/``, a declaration that parses, a value of its type (or none), a
+        revision and a timestamp. ProtocolError says which part is not. (Not at
+        :meth:`Store.load`: the broker checks as it restores, parsing each once.)"""
         validate_name(self.name)
         if namespace(self.name) == SYSTEM_NAMESPACE:
             raise ProtocolError("forbidden", "the namespace 'system' belongs to the broker")
         if not isinstance(self.meta, dict):
             raise ProtocolError("invalid_params", f"meta must be a map, got {self.meta!r}")
         try:
-            parse_meta(self.type, self.meta)
+            meta = parse_meta(self.type, self.meta)
         except ProtocolError as exc:
             raise ProtocolError(exc.code, f"meta: {exc.message}") from None
         if self.value is not None:
@@ -91,7 +92,7 @@ class Record:
         if not isinstance(self.timestamp, Timestamp):
             raise ProtocolError("invalid_params", "timestamp must be a timestamp, got "
                                 f"{self.timestamp!r}")
-        return self
+        return meta
 
 
 def _crc(name: str, blob: bytes) -> int:

@@ -108,8 +108,10 @@ def _records(source: Path, data: Any) -> list[Record]:
         if missing:
             raise ConfigError(f"{where}: missing {', '.join(missing)}")
         try:
-            records.append(Record(row["name"], ValueType(row["type"]), row.get("meta") or {},
-                                  row["value"], row["revision"], row["timestamp"]).checked())
+            record = Record(row["name"], ValueType(row["type"]), row.get("meta") or {},
+                            row["value"], row["revision"], row["timestamp"])
+            record.check()
+            records.append(record)
         except ValueError:
             raise ConfigError(f"{where}: unknown type {row['type']!r}") from None
         except ProtocolError as exc:

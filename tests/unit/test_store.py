@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from plugboard.broker.core import BrokerCore, CoreConfig
 from plugboard.broker.store import Durability, Record, Store
 from plugboard.protocol import ConfigError, Duration, StoreError, Timestamp, ValueType
 
@@ -67,9 +68,10 @@ def test_round_trip_of_every_value_type(tmp_path: Path) -> None:
     assert loaded == {f"p/{i}": v for i, v in enumerate(values) if i != 0}
 
 
-def test_a_record_no_broker_could_restore_is_dropped_at_load(tmp_path: Path) -> None:
-    """Written by another program or an old import: it would have failed the broker's
-    start (a timestamp that is not one); now it is dropped and named like a damaged one."""
+def test_a_record_no_broker_could_restore_is_left_out_not_fatal(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Written by another program or an old import: it failed the broker's start (a
+    timestamp that is not one); now the broker leaves it out, saying which and why."""
     store = Store(tmp_path / "s.sqlite")
     store.put(Record("p/good", ValueType.INT, {}, 1, 1, Timestamp(1, 0)))
     store.put(Record("p/when", ValueType.INT, {}, 1, 1, "yesterday"))  # type: ignore[arg-type]
@@ -77,9 +79,13 @@ def test_a_record_no_broker_could_restore_is_dropped_at_load(tmp_path: Path) -> 
     store.put(Record("system/x", ValueType.INT, {}, 1, 1, Timestamp(1, 0)))
     store.commit()
     store.close()
-    again = Store(tmp_path / "s.sqlite")
-    assert [r.name for r in again.load()] == ["p/good"]
-    assert sorted(again.dropped) == ["p/typed", "p/when", "system/x"]
+    core = BrokerCore(CoreConfig())
+    core.restore(Store(tmp_path / "s.sqlite").load())
+    assert [n for n in core.store.by_name if not n.startswith("system/")] == ["p/good"]
+    assert "system/x" not in core.store.by_name
+    left_out = sorted(r.getMessage() for r in caplog.records if "left out" in r.getMessage())
+    assert len(left_out) == 3 and "'p/typed'" in left_out[0] and "value: expected int" in \
+        left_out[0] and "timestamp must be a timestamp" in left_out[1], left_out
 
 
 def test_a_flipped_byte_inside_a_record_drops_that_record_only(tmp_path: Path) -> None:
