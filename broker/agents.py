@@ -95,13 +95,15 @@ class AgentDesk:
             raise ProtocolError("invalid_params", "plugins must be a list of "
                                 "{contract, token, key}")
         parsed: list[tuple[PluginSpec, str | None, str | None]] = []
+        seen: set[str] = set()
         for entry in entries:
             if not isinstance(entry, dict):
                 raise ProtocolError("invalid_params", "each plugin is {contract, token, key}")
             spec = PluginSpec.from_wire(entry.get("contract"))
-            if any(spec.name == earlier.name for earlier, _, _ in parsed):
+            if spec.name in seen:
                 raise ProtocolError("invalid_params", f"plugin {spec.name!r} is registered "
                                     "twice in one request", plugin=spec.name)
+            seen.add(spec.name)
             owner = self.managed.get(spec.name)
             if owner is not None and owner.agent not in (agent, replacing):
                 raise ProtocolError("name_taken", f"plugin {spec.name!r} is managed by "
