@@ -353,11 +353,11 @@ def _route_params(action: str, params: dict[str, Any]) -> str | None:
     (required but for ``reread``)."""
     name = params.get("name")
     if name is None and action != "reread":
-        raise ProtocolError("invalid_params", f"plugins.{action} needs name, the plugin's")
+        raise ProtocolError("invalid_params", f"plugins.{action} needs name (a plugin name)")
     for key, kind, what in (("name", str, "a string"), ("host", str, "a string"),
                             ("force", bool, "true or false"), ("lines", int, "an int")):
         value = params.get(key)
-        if value is not None and (type(value) is not kind):
+        if value is not None and type(value) is not kind:
             raise ProtocolError("invalid_params", f"{key} must be {what}, got {value!r}")
     lines = params.get("lines")
     if lines is not None and lines < 1:

@@ -810,11 +810,17 @@ class BrokerCore:
             if record.name in self.store.by_name:
                 continue
             try:
-                meta = record.check()
+                record.check()
             except ProtocolError as exc:  # written by another program, or by hand
                 log.error("store: left out the record of %r, which no broker can restore: "
                           "%s", record.name, exc.message)
                 continue
+            try:
+                meta = record.declaration()
+            except ProtocolError as exc:  # the value is kept; its plugin declares anew
+                log.warning("store: %r is restored without its declaration, which this "
+                            "broker refuses: %s", record.name, exc.message)
+                meta = parse_meta(record.type, {"persist": True})
             prop = self.store.add(record.name, record.type, meta, namespace(record.name))
             prop.value, prop.revision = record.value, record.revision
             prop.changed_ns = record.timestamp.to_unix_nano()

@@ -67,20 +67,13 @@ class Record:
         vtype, meta, value, revision, timestamp = decode_value(blob)[:5]
         return cls(name, ValueType(vtype), meta, value, revision, timestamp)
 
-    def check(self) -> Meta:
-        """The record's declaration, if a broker can restore the record: a valid name
-        outside ``system/``, a declaration that parses, a value of its type (or none), a
-        revision and a timestamp. ProtocolError says which part is not. (Not at
-        :meth:`Store.load`: the broker checks as it restores, parsing each once.)"""
+    def check(self) -> None:
+        """Whether a broker can restore the record: a valid name outside ``system/``, a
+        value of its type (or none), a revision and a timestamp. ProtocolError says which
+        part is not. (Not at :meth:`Store.load`: the broker checks as it restores.)"""
         validate_name(self.name)
         if namespace(self.name) == SYSTEM_NAMESPACE:
             raise ProtocolError("forbidden", "the namespace 'system' belongs to the broker")
-        if not isinstance(self.meta, dict):
-            raise ProtocolError("invalid_params", f"meta must be a map, got {self.meta!r}")
-        try:
-            meta = parse_meta(self.type, self.meta)
-        except ProtocolError as exc:
-            raise ProtocolError(exc.code, f"meta: {exc.message}") from None
         if self.value is not None:
             try:
                 check_value(self.type, self.value)
@@ -92,7 +85,16 @@ class Record:
         if not isinstance(self.timestamp, Timestamp):
             raise ProtocolError("invalid_params", "timestamp must be a timestamp, got "
                                 f"{self.timestamp!r}")
-        return meta
+
+    def declaration(self) -> Meta:
+        """The declaration kept with the value, parsed; ProtocolError if it does not
+        parse (a rule a newer broker refuses, a file edited by hand)."""
+        if not isinstance(self.meta, dict):
+            raise ProtocolError("invalid_params", f"meta must be a map, got {self.meta!r}")
+        try:
+            return parse_meta(self.type, self.meta)
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"meta: {exc.message}") from None
 
 
 def _crc(name: str, blob: bytes) -> int:

@@ -111,6 +111,7 @@ def _records(source: Path, data: Any) -> list[Record]:
             record = Record(row["name"], ValueType(row["type"]), row.get("meta") or {},
                             row["value"], row["revision"], row["timestamp"])
             record.check()
+            record.declaration()
             records.append(record)
         except ValueError:
             raise ConfigError(f"{where}: unknown type {row['type']!r}") from None

@@ -77,11 +77,19 @@ def test_a_record_no_broker_could_restore_is_left_out_not_fatal(
     store.put(Record("p/when", ValueType.INT, {}, 1, 1, "yesterday"))  # type: ignore[arg-type]
     store.put(Record("p/typed", ValueType.INT, {}, "one", 1, Timestamp(1, 0)))
     store.put(Record("system/x", ValueType.INT, {}, 1, 1, Timestamp(1, 0)))
+    # A rule this broker refuses (writable_by naming no one): the value is kept.
+    store.put(Record("p/ruled", ValueType.INT, {"writable_by": ["Bad Name"], "persist": True},
+                     5, 3, Timestamp(1, 0)))
     store.commit()
     store.close()
     core = BrokerCore(CoreConfig())
     core.restore(Store(tmp_path / "s.sqlite").load())
-    assert [n for n in core.store.by_name if not n.startswith("system/")] == ["p/good"]
+    assert sorted(n for n in core.store.by_name if not n.startswith("system/")) == [
+        "p/good", "p/ruled"]
+    ruled = core.store.by_name["p/ruled"]
+    assert (ruled.value, ruled.revision, ruled.meta.writable_by) == (5, 3, ())
+    assert any("'p/ruled' is restored without its declaration" in r.getMessage()
+               for r in caplog.records)
     assert "system/x" not in core.store.by_name
     left_out = sorted(r.getMessage() for r in caplog.records if "left out" in r.getMessage())
     assert len(left_out) == 3 and "'p/typed'" in left_out[0] and "value: expected int" in \
