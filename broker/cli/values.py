@@ -114,7 +114,20 @@ def parse_value(text: str, vtype: ValueType) -> Any:
             return parse_duration(text)
         return from_json(json.loads(text))
     except (ValueError, json.JSONDecodeError):
-        raise ConfigError(f"{text!r} is not a valid {vtype.value}") from None
+        form = _FORMS.get(vtype, _JSON_FORM)
+        raise ConfigError(f"{text!r} is not a valid {vtype.value} ({form})") from None
+
+
+_FORMS = {
+    ValueType.BOOL: "true or false; yes, no, on, off, 1 and 0 too",
+    ValueType.INT: "e.g. 42, -7 or 0x2a",
+    ValueType.FLOAT: "e.g. 21.5 or 1e-3",
+    ValueType.BYTES: "hex, e.g. 0x00ff or 00ff",
+    ValueType.LIST: "JSON, e.g. [1, 2]",
+    ValueType.MAP: 'JSON, e.g. {"a": 1}',
+}
+"""How each type is written on the command line, for the error that shows it."""
+_JSON_FORM = 'JSON, e.g. 1, "text", [1, 2] or {"a": 1}'
 
 
 def format_table(rows: Sequence[Sequence[str]], max_width: int = 60) -> str:
