@@ -554,6 +554,11 @@ def test_each_method_answers_each_error_of_its_rows(target: Target, peer: Peers)
         admin.hello("admin", token=target.admin_token)
         for action in ("start", "stop", "restart", "reload", "logs", "remove"):
             expect(admin.error(f"plugins.{action}", name="no-such-plugin"), "not_found")
+            expect(admin.error(f"plugins.{action}"), "invalid_params")  # no name
+            expect(admin.error(f"plugins.{action}", name="x", force="yes"), "invalid_params")
+        expect(admin.error("plugins.logs", name="x", lines=0), "invalid_params")
+        expect(admin.error("plugins.add", host="no-such-host"), "invalid_params")  # no name
+        expect(admin.error("plugins.reread", host=5), "invalid_params")
         for action in ("reread", "add"):
             expect(admin.error(f"plugins.{action}", host="no-such-host", name="x"),
                    "not_found")
