@@ -185,7 +185,12 @@ class Supervisor:
         plugin.history.append({"time": Timestamp.from_unix_nano(time.time_ns()),
                                "state": state.value, "reason": reason,
                                "exit_code": plugin.exit_code})
-        log.info("plugin %s: %s%s", plugin.name, state.value, f" ({reason})" if reason else "")
+        # A plugin left down (failed) or about to be restarted is worth an operator's
+        # look; the other steps of its life are routine.
+        level = logging.WARNING if state in (PluginState.FAILED, PluginState.BACKOFF) \
+            else logging.INFO
+        log.log(level, "plugin %s: %s%s", plugin.name, state.value,
+                f" ({reason})" if reason else "")
         self._publish(plugin)
 
     # -- what the broker tells ------------------------------------------------------------------
