@@ -47,7 +47,7 @@ from .agents import AgentDesk
 from .datastore import Datastore, Property
 from .security import KeyRing
 from .sessions import PendingRequest, QueueBudget, Role, Session, SessionState
-from .store import Record, Store
+from .store import Durability, Record, Store
 from .subscriptions import (
     POLICY_ALL,
     POLICY_LATEST,
@@ -181,6 +181,9 @@ class BrokerCore:
         self._unstored: list[tuple[bytes, int]] = []
         """This turn's replies that acknowledge a change to the persistent store, each
         with its msgid, until the driver settles them (:meth:`settle_store`)."""
+        self._unstored_unanswered: list[tuple[bytes, str, Any]] = []
+        """This turn's writes sent as notifications that changed the persistent store
+        under ``always``: the frame holding their place, the method and the target."""
         self._extra_methods: dict[str, tuple[MethodHandler, tuple[Role, ...] | None]] = {}
         self.keys: KeyRing | None = None
         """CURVE keys allowed in, with their roles and names; None without CURVE."""
@@ -791,18 +794,25 @@ class BrokerCore:
         self.persistence.delete(name)
         self._stored_by_request = True
 
-    def settle_store(self, failure: str | None = None) -> dict[int, bytes]:
+    def settle_store(self, failure: str | None = None) -> dict[int, bytes | None]:
         """The driver committed this turn's store changes (``failure`` None) or could
         not (``failure`` says why). On failure each reply that acknowledged such a change
         is to be replaced by an ``internal`` error saying so, in its place in the peer's
-        order: the error frames are keyed by ``id`` of the reply frame :meth:`flush`
-        returned. The changes stay in effect (subscribers were told) and queued for the
+        order: the error frames are keyed by ``id`` of the frame :meth:`flush` returned.
+        A write sent as a notification holds a place of its own in that order (under
+        durability ``always``): its ``error`` on failure, None (nothing to send) once
+        committed. The changes stay in effect (subscribers were told) and queued for the
         next commit: nothing is acknowledged that the store did not keep."""
         unstored, self._unstored = self._unstored, []
+        unanswered, self._unstored_unanswered = self._unstored_unanswered, []
         if failure is None:
-            return {}
+            return {id(place): None for place, _, _ in unanswered}
         error = _not_stored(failure).to_wire()
-        return {id(frame): encode(Response(msgid, error, None)) for frame, msgid in unstored}
+        replaced: dict[int, bytes | None] = {
+            id(frame): encode(Response(msgid, error, None)) for frame, msgid in unstored}
+        for place, method, target in unanswered:
+            replaced[id(place)] = self._write_error(method, target, error)
+        return replaced
 
     def restore(self, records: list[Record]) -> None:
         """Load stored persistent properties, dormant until their plugin declares them."""
@@ -855,26 +865,38 @@ class BrokerCore:
     def _write_unanswered(self, session: Session, method: str, params: dict[str, Any]) -> None:
         """A write sent as a notification: applied as the request would be, with no
         reply; a refusal comes back as an ``error`` notification naming the write, and
-        so does a write to the store while it is known to fail (it is in effect, not
-        stored; the store's failure found in this very turn tells no one)."""
+        so does a write to the store while it is known to fail, or found to fail by
+        this turn's commit (:meth:`settle_store`): it is in effect, not stored."""
         self._stored_by_request = False
+        target = params.get("target")
         try:
             if method == "set":
                 self._set(session, params)
             else:
                 self._set_many(session, params)
             store = self.persistence
-            if self._stored_by_request and store is not None and store.failure is not None:
-                raise _not_stored(store.failure)
+            if self._stored_by_request and store is not None:
+                if store.failure is not None:
+                    raise _not_stored(store.failure)
+                if store.durability is Durability.ALWAYS:
+                    # Its place in the peer's order, for the error should the commit fail.
+                    place = self._write_error(method, target, _not_stored("").to_wire())
+                    self._outbox.append((session.peer, place))
+                    self._unstored_unanswered.append((place, method, target))
         except ProtocolError as exc:
-            target = params.get("target")
-            self._notify(session.peer, "error", {
-                **exc.to_wire(), "method": method,
-                **({"target": target} if isinstance(target, str | int) else {})})
+            self._outbox.append((session.peer,
+                                 self._write_error(method, target, exc.to_wire())))
         except Exception as exc:  # a bug here must not take every peer down
             log.exception("internal error applying %s", method)
-            self._notify(session.peer, "error", {"code": "internal", "method": method,
-                                                 "message": f"{type(exc).__name__}"})
+            self._outbox.append((session.peer, self._write_error(
+                method, target, {"code": "internal", "message": f"{type(exc).__name__}"})))
+
+    @staticmethod
+    def _write_error(method: str, target: Any, error: dict[str, Any]) -> bytes:
+        """The ``error`` notification for a write sent as a notification, naming it."""
+        return encode(Notification("error", {
+            **error, "method": method,
+            **({"target": target} if isinstance(target, str | int) else {})}))
 
     def _set_many(self, session: Session, params: dict[str, Any]) -> Any:
         """All or nothing: every item is checked before any is written."""

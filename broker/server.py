@@ -406,7 +406,8 @@ class BrokerServer:
             self._commit_later(self.config.batch_ms / 1000)
         replaced = self.core.settle_store(failure)
         if replaced:
-            outgoing = [(peer, replaced.get(id(frame), frame)) for peer, frame in outgoing]
+            settled = ((peer, replaced.get(id(frame), frame)) for peer, frame in outgoing)
+            outgoing = [(peer, frame) for peer, frame in settled if frame is not None]
         return outgoing
 
     def _commit(self) -> str | None:

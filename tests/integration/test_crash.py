@@ -256,6 +256,13 @@ async def test_a_full_disk_refuses_no_write_silently_and_the_store_catches_up(
             assert second.returncode == 1, second.stderr
             assert "No space left on device" in second.stderr, second.stderr
             assert "Traceback" not in second.stderr
+        if durability == "always":  # a write sent as a notification whose commit
+            first: list[RemoteError] = []  # finds the disk full is told, before the ping
+            plugin.on_error(first.append)
+            plugin.set_nowait("disk/x", b"first" * 20_000)
+            await plugin.request("ping")
+            assert [e.details.get("method") for e in first] == ["set"], first
+            assert "not stored" in first[0].message
         if durability == "batch":  # acknowledged at once; the timer's commit fails
             await plugin.set("disk/x", b"early")
             await processes.until(errors, lambda e: isinstance(e, Change)

@@ -45,10 +45,15 @@ class Harness:
         """Handle → name, as the connections learned them."""
 
     def pump(self) -> None:
+        """What the server does each turn, the store's commit taken as done."""
         self.core.tick()
-        for peer, frame in self.core.flush():
-            self.inbox[peer].append(decode(frame))
-            self._frames[peer].append(frame)
+        frames = self.core.flush()
+        settled = self.core.settle_store()
+        for peer, frame in frames:
+            kept = settled.get(id(frame), frame)
+            if kept is not None:
+                self.inbox[peer].append(decode(kept))
+                self._frames[peer].append(kept)
 
     def clear(self, peer: bytes) -> None:
         """Forget what ``peer`` received and has not read."""

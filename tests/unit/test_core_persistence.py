@@ -109,3 +109,33 @@ def test_a_reply_the_store_could_not_keep_becomes_an_error_in_its_place(h: Harne
     assert [item[1] for item in sent[3].params["items"]] == [7, 8]  # both in effect
     assert h.core.settle_store("still full") == {}  # settled: nothing left to replace
     assert h.core.persistence is not None and h.core.persistence.dirty  # queued
+
+
+def test_a_write_sent_as_a_notification_is_told_in_its_place_when_its_commit_fails(
+        h: Harness) -> None:
+    """No reply to replace: the write holds a place among its writer's frames, which
+    becomes its ``error`` if the commit fails (before the reply to a ping sent after
+    it) and is dropped once committed. A write that stores nothing holds none."""
+    h.call(P, "declare", name="p/kept", type="int", persist=True, writable_by="clients")
+    h.call(P, "declare", name="p/plain", type="int", writable_by="clients")
+    conn = h.conns[C]
+    for failure in ("database or disk is full", None):
+        h.core.receive(C, [conn.notification("set", {"target": "p/kept", "value": 7})])
+        h.core.receive(C, [conn.notification("set", {"target": "p/plain", "value": 8})])
+        h.core.receive(C, [conn.notification("set_many", {"items": [["p/kept", 9]]})])
+        _msgid, ping = conn.request("ping", {})
+        h.core.receive(C, [ping])
+        outgoing = h.core.flush()
+        settled = h.core.settle_store(failure)
+        sent = [decode(f) for peer, f in ((p, settled.get(id(f), f)) for p, f in outgoing)
+                if peer == C and f is not None]
+        kinds = [(type(m).__name__, getattr(m, "params", {}).get("method")) for m in sent]
+        if failure is None:
+            assert kinds == [("Response", None)]  # the ping's reply only
+        else:
+            assert kinds == [("Notification", "set"), ("Notification", "set_many"),
+                             ("Response", None)]
+            assert sent[0].params["target"] == "p/kept" and "target" not in sent[1].params
+            assert all(m.params["message"].startswith("not stored: database or disk")
+                       for m in sent[:2])
+    assert h.call(C, "get", target="p/kept")["value"] == 9  # in effect either way
