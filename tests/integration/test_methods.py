@@ -153,9 +153,9 @@ async def test_calls_waiting_per_session_are_bounded(served: tuple[str, Supervis
     without end. The 1001st is refused at once; the next is served once one is over."""
     endpoint, _ = served
     async with Client(endpoint) as client, Client(endpoint) as other:
-        waiting = [asyncio.ensure_future(client.call("calc", "slow", seconds=30.0, timeout=2))
-                   for _ in range(1000)]
-        await asyncio.sleep(0)  # each task sends its call before this one goes on
+        slow = {"plugin": "calc", "method": "slow", "params": {"seconds": 30.0},
+                "timeout_ms": 2000}
+        waiting = [client.request_soon("call", slow) for _ in range(1000)]  # sent, in order
         with pytest.raises(RemoteError) as refused:
             await client.call("calc", "add", a=1, b=1)
         assert refused.value.code == "limit_exceeded", refused.value
