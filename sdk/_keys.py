@@ -45,8 +45,14 @@ class CurveKeys:
         sock.curve_secretkey = self.secret.encode()
 
 
+Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                         ".-:+=^!/*?&<>()[]{}@%$#")
+"""The characters of Z85 text (ZeroMQ RFC 32)."""
+
+
 def is_z85_key(text: str) -> bool:
-    return len(text) == Z85_KEY_LENGTH and text.isascii() and " " not in text
+    """Whether ``text`` is a key as Z85 text: 40 characters of its alphabet."""
+    return len(text) == Z85_KEY_LENGTH and all(c in Z85_ALPHABET for c in text)
 
 
 def read_public_key(text_or_path: str) -> str:

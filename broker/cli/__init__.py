@@ -108,7 +108,11 @@ DAEMONS = ("broker", "agent")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     completion.attach(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        key_commands.hint_dash_key(sys.argv[1:] if argv is None else argv, exc)
+        raise
     if args.state_dir is None:
         args.state_dir = default_state_dir()
     daemon_command = args.command in DAEMONS

@@ -11,13 +11,14 @@ import argparse
 import asyncio
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import zmq.auth
 
 from plugboard.protocol.errors import ConfigError, ConnectionFailed
-from plugboard.sdk._keys import read_public_key
+from plugboard.sdk._keys import is_z85_key, read_public_key
 
 from ..security import ROLES, Grant, curve_dir, ensure_key_pair, read_authorized, write_authorized
 from .client_commands import add_connection_arguments, connect, print_json
@@ -53,7 +54,7 @@ def list_(args: argparse.Namespace) -> int:
     if rows:
         print_table([["KEY", "ROLE", "NAMES", "COMMENT"], *rows])
     else:
-        print("no keys allowed (plugboard keys allow KEY --role ROLE)")
+        print("no keys allowed (plugboard keys allow --role ROLE -- KEY)")
     return 0
 
 
@@ -147,7 +148,9 @@ def add_commands(commands: Any) -> None:
     sub.set_defaults(handler=list_)
     sub = actions.add_parser("allow", help="allow a public key in a role",
                              description="Allow a public key (Z85 text or a .key file) in a "
-                                         "role; a running broker re-reads the file at once.")
+                                         "role; a running broker re-reads the file at once. "
+                                         "A key that begins with '-' goes after --: "
+                                         "plugboard keys allow --role client -- KEY.")
     sub.add_argument("key")
     sub.add_argument("--role", required=True, choices=ROLES)
     sub.add_argument("--name", action="append", default=[],
@@ -167,8 +170,22 @@ def add_commands(commands: Any) -> None:
 
     sub = actions.add_parser("revoke", help="remove a key; its live sessions end at once",
                              description="Remove a key from the allowed keys; a running "
-                                         "broker ends its live sessions at once.")
+                                         "broker ends its live sessions at once. A key that "
+                                         "begins with '-' goes after --: plugboard keys "
+                                         "revoke -- KEY.")
     sub.add_argument("key")
     add_connection_arguments(sub)
     sub.set_defaults(handler=revoke)
 
+
+
+def hint_dash_key(argv: list[str], exc: SystemExit) -> None:
+    """After a usage error: a Z85 key that begins with '-' (one in 85) reads as an
+    option, so the key is 'missing'. Say how to give it, after argparse's message."""
+    if exc.code != 2:
+        return
+    keys = [a for a in argv if a.startswith("-") and is_z85_key(a)]
+    if keys:
+        print(f"plugboard: {keys[0]} begins with '-', so it reads as an option: give it "
+              "as --server-key=KEY, or after -- (plugboard keys allow --role client -- KEY)",
+              file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
 
 from plugboard.broker.cli import build_parser
 from plugboard.protocol import Timestamp
@@ -468,3 +469,18 @@ def test_an_endpoint_zeromq_cannot_use_is_one_line_at_once() -> None:
                                       "Invalid argument; an endpoint is ipc://PATH or "
                                       "tcp://HOST:PORT")
         assert time.monotonic() - started < 10
+
+
+def test_a_key_that_begins_with_a_dash_is_given_after_two_dashes(tmp_path: Path) -> None:
+    """One Z85 key in 85 begins with '-', which argparse reads as an option."""
+    while not (public := zmq.curve_keypair()[0].decode()).startswith("-"):
+        pass
+    misread = plugboard(tmp_path / "state", "keys", "allow", public, "--role", "client")
+    assert misread.returncode == 2
+    assert misread.stderr.strip().splitlines()[-1] == (
+        f"plugboard: {public} begins with '-', so it reads as an option: give it as "
+        "--server-key=KEY, or after -- (plugboard keys allow --role client -- KEY)")
+    given = plugboard(tmp_path / "state", "keys", "allow", "--role", "client", "--", public)
+    assert given.returncode == 0 and f"allowed {public} as client" in given.stdout, given
+    as_server = plugboard(tmp_path / "state", "get", "x", "--server-key", public)
+    assert as_server.returncode == 2 and "--server-key=KEY" in as_server.stderr

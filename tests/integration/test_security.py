@@ -323,7 +323,7 @@ async def test_sighup_rereads_the_authorized_keys_and_the_broker_serves_on(
     broker = processes.broker(insecure=False)
     alice = pair()
     allowed = subprocess.run([*PLUGBOARD, "--state-dir", str(broker.state_dir), "keys",
-                              "allow", alice[0], "--role", "client"],
+                              "allow", "--role", "client", "--", alice[0]],
                              capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert allowed.returncode == 0, allowed.stderr  # it told the broker, which re-read
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
