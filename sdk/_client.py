@@ -299,6 +299,16 @@ class Client(SessionState):
         """Send one request and wait for its reply; raises RemoteError subclasses."""
         return await self._start(method, params, timeout=timeout)
 
+    def _not_connected(self) -> ConnectionFailed:
+        """Why there is no socket to send on, as the caller can act on it."""
+        if self._closing:
+            return ConnectionFailed("the client was closed")
+        if self._reconnecting is not None and not self._reconnecting.done():
+            return ConnectionFailed(f"the connection to the broker at {self.endpoint} was "
+                                    "lost; reconnecting")
+        return ConnectionFailed("not connected to the broker: await client.connect() "
+                                "first, or use async with Client(...)")
+
     def _start(self, method: str, params: Mapping[str, Any] | None = None, *,
                timeout: float | None = None, then: Callable[[Any], Any] | None = None,
                writes: list[tuple[str, Write]] | None = None) -> asyncio.Future[Any]:
@@ -310,7 +320,7 @@ class Client(SessionState):
         cheaply; one timer watches all their deadlines (_expire_due).
         """
         if self._sock is None:
-            return self._failed(ConnectionFailed("not connected to the broker"), writes)
+            return self._failed(self._not_connected(), writes)
         try:
             msgid, frame = self._conn.request(method, params)
         except ProtocolError as exc:  # too large: the broker would drop the connection
@@ -697,7 +707,7 @@ class Client(SessionState):
 
     def _notify(self, method: str, params: dict[str, Any]) -> None:
         if self._sock is None:
-            raise ConnectionFailed("not connected to the broker")
+            raise self._not_connected()
         try:
             self._send(self._conn.notification(method, params))
         except zmq.Again:

@@ -256,3 +256,18 @@ async def test_a_client_whose_connect_failed_connects_once_a_broker_is_there(
         assert (await client.request("ping"))["instance"]
     finally:
         await client.close()
+
+
+async def test_a_request_without_a_connection_says_what_to_do(processes: Processes) -> None:
+    """Never connected: connect first. Closed: closed. Not a bare 'not connected'."""
+    client = Client(f"tcp://127.0.0.1:{free_port()}", reconnect=False)
+    with pytest.raises(ConnectionFailed, match=r"await client.connect\(\) first"):
+        await client.get("x")
+    with pytest.raises(ConnectionFailed, match=r"await client.connect\(\) first"):
+        client.set_nowait("x", 1)
+    broker = processes.broker()
+    async with Client(broker.ipc) as closing:
+        pass
+    with pytest.raises(ConnectionFailed, match="the client was closed"):
+        await closing.get("x")
+    await client.close()
