@@ -511,7 +511,8 @@ class BrokerCore:
     def _check_room(self, session: Session) -> None:
         if len(session.subscriptions) + len(session.listens) >= self.config.max_subscriptions:
             raise ProtocolError("limit_exceeded", "this session holds "
-                                f"{self.config.max_subscriptions} subscriptions already")
+                                f"{self.config.max_subscriptions} subscriptions and listens "
+                                "already (the most one session may hold)")
 
     # -- handshake and session methods ----------------------------------------------
 

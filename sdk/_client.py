@@ -23,7 +23,7 @@ import builtins
 import heapq
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -311,45 +311,44 @@ class Client(SessionState):
 
     def _start(self, method: str, params: Mapping[str, Any] | None = None, *,
                timeout: float | None = None, then: Callable[[Any], Any] | None = None,
-               writes: list[tuple[str, Write]] | None = None) -> asyncio.Future[Any]:
+               writes: Iterable[tuple[str | int, Any]] | None = None) -> asyncio.Future[Any]:
         """Send a request now and return the future of its reply (of ``then(reply)``
         if given: it runs in the reader before any later frame is handled, so a
         subscription's route is in place for the snapshot that follows the reply).
+        ``writes``: the writes it carries, kept for re-declaring once it is sent.
 
         No coroutine, task, timer or callback per request: many can be in flight
         cheaply; one timer watches all their deadlines (_expire_due).
         """
         if self._sock is None:
-            return self._failed(self._not_connected(), writes)
+            return self._failed(self._not_connected())
         try:
             msgid, frame = self._conn.request(method, params)
         except ProtocolError as exc:  # too large: the broker would drop the connection
-            return self._failed(exc, writes)
+            return self._failed(exc)
         return self._sent(msgid, frame, method, timeout, then, writes)
 
-    def _failed(self, exc: Exception, unsent: list[tuple[str, Write]] | None = None
-                ) -> asyncio.Future[Any]:
-        """A request that was never sent: its future fails at once, and the writes it
-        carried are not kept for re-declaring."""
-        if unsent:
-            self._conn.refused(unsent)
+    def _failed(self, exc: Exception) -> asyncio.Future[Any]:
+        """A request that was never sent (nor its writes kept): it fails at once."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_exception(exc)
         return future
 
     def _sent(self, msgid: int, frame: bytes, method: str, timeout: float | None,
               then: Callable[[Any], Any] | None,
-              writes: list[tuple[str, Write]] | None = None) -> asyncio.Future[Any]:
-        """Send a request frame and return the future of its reply."""
+              writes: Iterable[tuple[str | int, Any]] | None = None) -> asyncio.Future[Any]:
+        """Send a request frame and return the future of its reply; the writes it
+        carries are kept once it is sent (after the send: a write's latency does not
+        wait for this bookkeeping)."""
         try:
             self._send(frame)
         except zmq.Again:
             self._conn.forget(msgid)
-            return self._failed(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"),
-                                writes)
+            return self._failed(ConnectionFailed(f"cannot reach the broker at {self.endpoint}"))
         loop = asyncio.get_running_loop()
         wait = self.timeout if timeout is None else timeout
-        request = _Pending(loop.create_future(), method, wait, then, writes)
+        request = _Pending(loop.create_future(), method, wait, then,
+                           None if writes is None else self._conn.wrote(writes))
         self._pending[msgid] = request
         deadline = loop.time() + wait
         heapq.heappush(self._deadlines, (deadline, msgid, request))
@@ -683,7 +682,7 @@ class Client(SessionState):
         flight (``asyncio.gather``) without a task each.
         """
         return self._start("set", {"target": target, "value": value}, then=_revision,
-                           writes=self._conn.wrote(((target, value),)))
+                           writes=((target, value),))
 
     def set_nowait(self, target: str | int, value: Any) -> None:
         """Write without waiting for (or getting) a reply: one frame, the broker's
@@ -718,8 +717,7 @@ class Client(SessionState):
     def set_many(self, items: ops.Pairs) -> asyncio.Future[builtins.list[int]]:
         """Write several values at once, all or nothing; ``await`` it for the revisions."""
         pairs, params = ops.set_many_params(items)
-        return self._start("set_many", params, then=_revisions,
-                           writes=self._conn.wrote(pairs))
+        return self._start("set_many", params, then=_revisions, writes=pairs)
 
     async def subscribe(
         self, pattern: str, *, current: bool = True, policy: str = "latest",
