@@ -741,7 +741,11 @@ class BrokerCore:
         self.store.remove(prop)
 
     def _get(self, session: Session, params: dict[str, Any]) -> Any:
-        prop = self.store.resolve(params.get("target"))
+        return self._describe(self.store.resolve(params.get("target")))
+
+    def _describe(self, prop: Property) -> dict[str, Any]:
+        """A property as ``get`` and ``list`` answer it: ``live`` is false while it is
+        dormant (persistent, its plugin away)."""
         owner = self.plugins.get(prop.owner)
         return {**prop.describe(), "live": owner is not None and prop in owner.properties
                 or prop.owner == SYSTEM_NAMESPACE}
@@ -757,7 +761,7 @@ class BrokerCore:
         size = 0
         for name in names[:limit]:
             prop = self.store.by_name[name]
-            items.append(prop.describe())
+            items.append(self._describe(prop))
             size += len(name) + approx_size(prop.value)
             if size >= limits.LIST_PAGE_BYTES:
                 break

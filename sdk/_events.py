@@ -75,6 +75,9 @@ class PropertyInfo:
     revision: int
     timestamp: Timestamp
     meta: dict[str, Any]
+    live: bool = True
+    """False while the property is dormant: persistent, its plugin away, the stored
+    value kept."""
 
     @classmethod
     def from_wire(cls, item: dict[str, Any]) -> PropertyInfo:
@@ -82,7 +85,7 @@ class PropertyInfo:
                    owner=item.get("owner", ""), value=item.get("value"),
                    revision=item.get("revision", 0),
                    timestamp=item.get("timestamp") or Timestamp(0, 0),
-                   meta=item.get("meta") or {})
+                   meta=item.get("meta") or {}, live=item.get("live", True) is not False)
 
 
 def _timestamp(time: int | Timestamp) -> Timestamp:

@@ -22,7 +22,7 @@ from plugboard.protocol.discovery import default_endpoint, read_admin_token
 from plugboard.protocol.errors import ConfigError
 from plugboard.protocol.json_values import to_json
 from plugboard.protocol.values import ValueType
-from plugboard.sdk import Change, Client, Gap, PropertyInfo, Reconnected, Removed, Synced
+from plugboard.sdk import Change, Client, Gap, Reconnected, Removed, Synced
 from plugboard.sdk._keys import ENV_KEY_FILE, ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeys, curve_keys
 
 from ..security import CURVE_DIR
@@ -90,8 +90,8 @@ def curve_for(args: argparse.Namespace) -> CurveKeys | None:
 def get(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with connect(args) as client:
-            reply = await client.request("get", {"target": args.name})  # one round trip
-        info, live = PropertyInfo.from_wire(reply), reply.get("live", True)
+            info = await client.get(args.name)
+        live = info.live
         described = {"name": info.name, "value": info.value, "type": info.type,
                      "unit": info.meta.get("unit"), "revision": info.revision,
                      "timestamp": info.timestamp, "owner": info.owner, "live": live,
@@ -139,7 +139,7 @@ def ls(args: argparse.Namespace) -> int:
         for info in items:
             print_json({"name": info.name, "type": info.type, "value": info.value,
                         "owner": info.owner, "revision": info.revision,
-                        "timestamp": info.timestamp, "meta": info.meta})
+                        "timestamp": info.timestamp, "live": info.live, "meta": info.meta})
         return 0
     if args.tree:
         shown: set[str] = set()
@@ -154,7 +154,8 @@ def ls(args: argparse.Namespace) -> int:
             print("  " * (len(parts) - 1) + f"{parts[-1]} = {format_value(info.value)}{unit}")
         return 0
     rows = [("NAME", "TYPE", "VALUE", "UNIT", "OWNER")] + [
-        (i.name, i.type, format_value(i.value), i.meta.get("unit") or "", i.owner) for i in items
+        (i.name, i.type, format_value(i.value), i.meta.get("unit") or "",
+         i.owner if i.live else f"{i.owner} (away)") for i in items
     ]
     print_table(rows)
     return 0

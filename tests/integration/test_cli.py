@@ -193,6 +193,13 @@ async def test_store_info_export_import(processes: Processes) -> None:
     restarted = processes.broker(state)
     assert plugboard(state, "get", "saver/level").stdout.strip() == "3.25"
     assert plugboard(state, "get", "saver/when").stdout.strip() == "2023-11-14T22:13:20.000000Z"
+    # Restored, with their plugin away: dormant, and said so.
+    assert "saver (away)" in plugboard(state, "ls", "saver/#").stdout
+    async with Client(restarted.ipc) as client:
+        assert [info.live for info in await client.list("saver/#")] == [False, False]
+        async with Client(restarted.ipc, role="plugin", name="saver") as saver:
+            await saver.declare("saver/level", "float", persist=True)
+            assert (await client.get("saver/level")).live
     restarted.stop()
 
 

@@ -33,6 +33,7 @@ def test_persistent_values_outlive_the_session_and_come_back(h: Harness) -> None
     assert h.changes(C) == [("p/set", 22.5), ("p/plain", REMOVED)]
     dormant = h.call(C, "get", target="p/set")
     assert dormant["value"] == 22.5 and dormant["live"] is False
+    assert h.call(C, "list", pattern="p/#")["items"] == [dormant]  # list items as get
     h.clock.advance(1)
     h.call(C, "set", target="p/set", value=23.0)  # allowed while the plugin is away
     h.plugin(P, "p")
@@ -40,6 +41,7 @@ def test_persistent_values_outlive_the_session_and_come_back(h: Harness) -> None
                   writable_by="clients")
     assert back["value"] == 23.0 and back["revision"] == 3 and back["restored"]
     assert h.call(C, "get", target="p/set")["live"] is True
+    assert [item["live"] for item in h.call(C, "list", pattern="p/#")["items"]] == [True]
     assert h.call(C, "get", target="p/set")["timestamp"].to_unix_nano() > stamp.to_unix_nano()
 
 
