@@ -16,7 +16,7 @@ from rich.live import Live
 
 from plugboard.protocol.errors import ConfigError, ConnectionFailed, NotFound
 from plugboard.protocol.names import LOG_TOPIC
-from plugboard.protocol.values import ValueType
+from plugboard.protocol.values import Duration, ValueType
 from plugboard.runtime.contract import Contract, check_contracts
 from plugboard.sdk import Client
 
@@ -94,6 +94,14 @@ def _shortened(reason: str, width: int = 100) -> str:
     return reason if len(reason) <= width else "…" + reason[-(width - 1):]
 
 
+def _seconds(uptime: Any) -> str:
+    """An uptime to the whole second (``1h2m3s``), as a table shows it."""
+    if isinstance(uptime, Duration):
+        seconds = round(uptime.ns / 1e9)
+        return format_value(Duration(seconds * 10**9)) if seconds else "0s"
+    return format_value(uptime)
+
+
 def _rows(rows: list[dict[str, Any]]) -> list[Sequence[str]]:
     """The plugins table, header first."""
     header = ("NAME", "VERSION", "HOST", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "MEMORY",
@@ -104,7 +112,7 @@ def _rows(rows: list[dict[str, Any]]) -> list[Sequence[str]]:
         lines.append((
             row["name"], row["version"], row.get("host") or "-", row["state"],
             str(row.get("pid") or "-"),
-            format_value(row["uptime"]) if row.get("pid") else "-", str(row["restarts"]),
+            _seconds(row["uptime"]) if row.get("pid") else "-", str(row["restarts"]),
             f"{row.get('cpu_percent') or 0:.1f}", f"{rss / 2**20:.1f} MB" if rss else "-",
             _shortened(row.get("reason") or ""),
         ))
@@ -180,7 +188,8 @@ def _story(name: str, values: dict[str, Any]) -> str:
     for key in ("reason", "pid", "started_at", "uptime", "restarts", "exit_code",
                 "cpu_percent", "memory_rss", "threads", "open_files"):
         if values.get(key) not in (None, ""):
-            lines.append(f"  {key:<12} {format_value(values[key])}")
+            shown = _seconds(values[key]) if key == "uptime" else format_value(values[key])
+            lines.append(f"  {key:<12} {shown}")
     history = values.get("history") or []
     if history:
         lines.append("history:")

@@ -5,6 +5,7 @@ real hosts in network namespaces)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -53,6 +54,8 @@ async def test_an_agent_runs_its_plugins_for_a_remote_broker(processes: Processe
     assert "PLUGBOARD_PUBLIC_KEY" in psutil.Process(pid).environ()
     listed = plugboard(broker, "plugins")
     assert listed.returncode == 0 and "host-b" in listed.stdout, listed
+    row = next(line.split() for line in listed.stdout.splitlines() if "faraway" in line)
+    assert re.fullmatch(r"(\d+m)?\d+s", row[5]), row  # uptime to the second
     logs = plugboard(broker, "logs", "faraway")
     assert logs.returncode == 0 and "--- starting" in logs.stdout, logs
     assert (home / "agents" / "host-b" / "logs" / "faraway.log").exists()
