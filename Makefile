@@ -43,7 +43,7 @@ test: install-test plugins
 	$(BIN)/python -m pytest
 
 lint: install-test
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'  # bench/ is type-checked too
 	$(BIN)/ruff check protocol broker sdk plugin_runtime plugins bench tests
 	$(BIN)/mypy
 	MYPYPATH=bench $(BIN)/mypy bench  # scripts importing each other, not a package

@@ -151,6 +151,9 @@ class BrokerCore:
         self.messages_in = 0
         self.messages_out = 0
         self._drops_of_ended = 0
+        self._silent: list[bytes] = []
+        """Peers whose session ended for silence, for the driver to hang up
+        (:meth:`take_silent`)."""
         self._congested: dict[Session, None] = {}
         """Sessions with a backlog: their frames are retried, their changes held back."""
         self._retry_in = RETRY_FIRST_S
@@ -312,6 +315,14 @@ class BrokerCore:
     def identify(self, peer: bytes, key: str) -> None:
         """The driver learned which CURVE key ``peer``'s connection proved."""
         self._peer_keys[peer] = key
+
+    def take_silent(self) -> list[bytes]:
+        """Peers whose session :meth:`tick` ended for silence since the last call. The
+        driver closes their connections: a vanished host's connection with data in
+        flight to it never idles, so TCP keepalive never ends it, and TCP's own
+        retransmissions would keep it for a quarter of an hour."""
+        silent, self._silent = self._silent, []
+        return silent
 
     def retry_deadline(self) -> float:
         """When to offer refused frames again; ``inf`` while no peer is congested. The
@@ -499,6 +510,7 @@ class BrokerCore:
             if now - oldest.last_seen <= timeout:
                 break
             self.end_session(oldest, f"no message for {timeout:g} s (heartbeat lost)")
+            self._silent.append(oldest.peer)
         for session in list(self._awaiting):
             if not session.requests:
                 del self._awaiting[session]

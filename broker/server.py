@@ -30,6 +30,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import socket
+import struct
 import sys
 from dataclasses import dataclass, field
 
@@ -324,6 +327,8 @@ class BrokerServer:
         core.tick()
         outgoing = self._persist(core.flush())
         self._send(outgoing)
+        for peer in core.take_silent():
+            self._hang_up(peer)
         self._arm_timer(min(core.next_deadline(), core.retry_deadline()))
         if core.shutting_down and core.shutdown_complete:
             self._plugins_gone.set()
@@ -362,6 +367,35 @@ class BrokerServer:
                 if peer is not None:
                     self._fd_of.pop(peer, None)
                     gone.append(peer)
+
+    def _hang_up(self, peer: bytes) -> None:
+        """Close the tcp connection of a peer whose session ended for silence. ZeroMQ
+        has no call for it, so the connection's socket is shut down under libzmq, which
+        then closes it as if the peer had (SO_LINGER 0: at once, with a reset, not
+        after retransmitting what the peer never acknowledged). The monitor is drained
+        first, so the descriptor is still this peer's. An ipc peer is on this host: it
+        is left alone, its process's end closes its connection."""
+        listener = next(lst for lst in self._listeners if lst.prefix[0] == peer[0])
+        gone: list[bytes] = []
+        self._drain_monitor(listener, gone)
+        for closed in gone:
+            self.core.peer_gone(closed, "connection closed")
+        fd = self._fd_of.get(peer)
+        if fd is None:
+            return
+        try:
+            conn = socket.socket(fileno=os.dup(fd))
+        except OSError:  # closed meanwhile
+            return
+        with conn:
+            if conn.family not in (socket.AF_INET, socket.AF_INET6):
+                return
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:  # the connection is going already
+                return
+        log.debug("closed the connection of silent peer %r", peer)
 
     def _first_message(self, listener: _Listener, peer: bytes, gone: list[bytes]
                        ) -> list[bytes]:

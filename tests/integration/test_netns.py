@@ -220,3 +220,42 @@ async def test_the_compose_topology_across_hosts(topology: Topology) -> None:
         _, alive = await asyncio.to_thread(psutil.wait_procs, descendants, 5)
         assert not alive, f"left behind: {alive}\n{tail(topology.folder / 'agent.stderr')}"
         await until_plugins(client, "agent-1", lambda rows: not rows, 15, topology)
+
+
+def established(host: Host, peer: Host) -> list[str]:
+    """The tcp connections ``host`` has open to ``peer`` (ss, in the host's namespace)."""
+    shown = subprocess.run([*host.exec_prefix(), "ss", "-Htn", "state", "established", "dst",
+                            peer.address], capture_output=True, text=True, timeout=10, check=True)
+    return shown.stdout.splitlines()
+
+
+async def test_a_vanished_peers_connection_ends_with_its_session(topology: Topology) -> None:
+    """The monitor watches everything, so the broker always has data in flight to it:
+    the kernel's keepalive never fires on such a connection, and TCP alone would keep it
+    for a quarter of an hour. Its session ends after the session timeout; the broker
+    closes the connection with it."""
+    keys = admin_keys(topology)
+    broker = topology.start("broker")
+    broker.wait_for_line(re.compile("plugboard broker ready"), 20)
+    monitor = topology.start("monitor")
+    assert monitor.proc.stdout is not None
+    watched = Lines(monitor.proc.stdout)
+    await asyncio.to_thread(watched.wait_for, r" system/broker/uptime = ", 15)
+    broker_host, monitor_host = topology.hosts["broker"], topology.hosts["monitor"]
+    assert len(established(broker_host, monitor_host)) == 1
+    endpoint = f"tcp://{broker_host.address}:{BROKER_PORT}"
+    async with Client(endpoint, role="admin", curve=keys, timeout=5) as client:
+        monitor_host.link(up=False)
+        async with asyncio.timeout(15):  # the session timeout is 6 s
+            while any(s["role"] == "client" for s in
+                      (await client.request("sessions"))["sessions"]):
+                await asyncio.sleep(0.1)
+        ended = time.monotonic()
+        while established(broker_host, monitor_host):
+            assert time.monotonic() - ended < 2, (
+                f"still connected to the vanished monitor: {established(broker_host, monitor_host)}"
+                f"\n{topology.describe()}")
+            await asyncio.sleep(0.1)
+        mark = len(watched.lines)
+        monitor_host.link(up=True)  # the monitor connects again and carries on
+        await asyncio.to_thread(watched.wait_for, r" system/broker/uptime = ", 20, mark)

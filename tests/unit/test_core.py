@@ -398,6 +398,11 @@ def test_silent_session_expires_and_its_properties_go(h: Harness) -> None:
     assert "p" not in h.core.plugins and "p/a" not in h.core.store.by_name
     assert h.changes(C) == [("p/a", REMOVED)]
     assert C in h.core.sessions
+    # The driver is told to hang up on the silent peer, once; not on the other.
+    silent = h.core.take_silent()
+    assert P in silent and C not in silent and h.core.take_silent() == []
+    h.core.peer_gone(C, "connection closed")  # a closed connection is not hung up on
+    assert h.core.take_silent() == []
 
 
 def test_peer_gone_ends_the_session(h: Harness) -> None:
