@@ -34,6 +34,7 @@ import os
 import socket
 import struct
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 
 import zmq
@@ -58,6 +59,32 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 STORE_RETRY_S = 1.0
 """How soon a commit the store refused (a full disk) is tried again, writes or not."""
 
+LARGE_FRAME = 32 * 1024
+"""A frame this large or larger (a big value's change, a ``list`` page, a ``get`` of a
+big value) is handed to ZeroMQ tracked, and only while the peer's earlier large frames
+have left ZeroMQ's queue, up to a quarter of its ``peer_queue_bytes`` (one at least).
+ZeroMQ's high-water mark counts frames, not bytes: 1,000 frames of 4 MiB to a peer that
+does not read would be 4 GB held for it. A change batch closes at ~16 KiB, so the
+smaller frames are bounded by the high-water mark times this."""
+
+
+class _InZeroMQ:
+    """A peer's large frames ZeroMQ has not written to the connection yet, by the
+    trackers of their zero-copy sends."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        self.frames: deque[tuple[zmq.MessageTracker, int]] = deque()
+        self.size = 0
+
+    def waiting(self) -> int:
+        """Bytes still in ZeroMQ's queue (those written are forgotten)."""
+        frames = self.frames
+        while frames and frames[0][0].done:
+            self.size -= frames.popleft()[1]
+        return self.size
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
@@ -69,8 +96,8 @@ class ServerConfig:
     send_hwm: int = 1000
     """Frames ZeroMQ queues per peer; past it the core keeps them (within the peer's
     ``peer_queue_bytes``) and holds back new changes for it. Small, because ZeroMQ
-    counts frames, not bytes: this times a batch's ~16 KiB (or one larger value) bounds
-    what it holds."""
+    counts frames, not bytes: this times LARGE_FRAME bounds what it holds of smaller
+    frames (a change batch closes at ~16 KiB); larger ones are paced by what left."""
     receive_batch: int = 1000
     """Most messages applied before one flush."""
     batch_ms: int = 100
@@ -133,6 +160,9 @@ class BrokerServer:
         self._peer_at: dict[int, bytes] = {}
         """Connection file descriptor → the peer using it."""
         self._fd_of: dict[bytes, int] = {}
+        self._in_zmq: dict[bytes, _InZeroMQ] = {}
+        """Peers with large frames handed to ZeroMQ (LARGE_FRAME)."""
+        self._large_allowance = max(1, self.config.core.peer_queue_bytes // 4)
 
     def poke(self) -> None:
         """Have the loop flush soon: for changes made to the core outside a pump."""
@@ -366,6 +396,7 @@ class BrokerServer:
                 peer = self._peer_at.pop(int.from_bytes(event[0][2:6], sys.byteorder), None)
                 if peer is not None:
                     self._fd_of.pop(peer, None)
+                    self._in_zmq.pop(peer, None)
                     gone.append(peer)
 
     def _hang_up(self, peer: bytes) -> None:
@@ -412,6 +443,7 @@ class BrokerServer:
                 if previous is not None:
                     # One descriptor, one connection: the previous one is gone.
                     self._fd_of.pop(previous, None)
+                    self._in_zmq.pop(previous, None)
                     self.core.peer_gone(previous, "connection closed")
                 self._peer_at[fd] = peer
                 self._fd_of[peer] = fd
@@ -489,6 +521,10 @@ class BrokerServer:
                     # Two sends, not send_multipart (whose wrapper costs more than
                     # both): a refusal comes at the routing frame, before any is queued.
                     sock = socks[peer[0]]
+                    if len(frame) >= LARGE_FRAME:
+                        if not self._send_large(sock, peer, frame):
+                            stuck[peer] = [frame]
+                        continue
                     sock.send(peer[1:], _MORE_NOBLOCK)
                     sock.send(frame, _NOBLOCK)
                 except zmq.Again:
@@ -501,8 +537,24 @@ class BrokerServer:
             for peer, held in stuck.items():
                 core.blocked(peer, held)
             for peer in gone:
+                self._in_zmq.pop(peer, None)
                 core.peer_gone(peer, "connection closed")
             frames = core.flush() if gone else []
+
+    def _send_large(self, sock: zmq.Socket[bytes], peer: bytes, frame: bytes) -> bool:
+        """Hand ZeroMQ a large frame if the peer's allowance has room (False: keep it,
+        as if ZeroMQ had refused it; the core offers it again). zmq.Again as send."""
+        queued = self._in_zmq.get(peer)
+        if queued is not None and queued.waiting() and \
+                queued.size + len(frame) > self._large_allowance:
+            return False
+        sock.send(peer[1:], _MORE_NOBLOCK)
+        tracker = sock.send(frame, _NOBLOCK, copy=False, track=True)
+        if queued is None:
+            queued = self._in_zmq[peer] = _InZeroMQ()
+        queued.frames.append((tracker, len(frame)))
+        queued.size += len(frame)
+        return True
 
     def _arm_timer(self, deadline: float) -> None:
         if self._timer is not None and self._timer_at == deadline:

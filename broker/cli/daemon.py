@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,10 @@ async def _serve(server: BrokerServer, contracts: list[Contract], plugin_paths: 
         await serving  # raises what went wrong (a bind error)
         return
     collect_less()
+    # A large frame's zero-copy send is known to have left ZeroMQ's queue when pyzmq's
+    # garbage-collector thread takes the GIL; at the default 5 ms interval a busy loop
+    # kept it waiting, and a peer's large changes with it (server.LARGE_FRAME).
+    sys.setswitchinterval(0.0005)
     # One line on stdout says the broker is serving, and where.
     print(f"plugboard broker ready: instance {server.core.instance}, listening on "
           + " ".join(server.endpoints), flush=True)
