@@ -43,19 +43,13 @@ async def test_a_slow_subscriber_is_bounded_in_bytes_and_shown_its_gap(
     core = small_hwm_server.core
     writes = 300
     ctx = zmq.Context()
-    slow = ctx.socket(zmq.DEALER)
-    slow.setsockopt(zmq.RCVHWM, 1)
-    slow.setsockopt(zmq.RCVBUF, 4096)
-    slow.setsockopt(zmq.LINGER, 0)
-    slow.connect(endpoint)
+    slow = _slow_peer(ctx, endpoint)
     try:
         async with Client(endpoint, role="plugin", name="writer") as writer, \
                 Client(endpoint) as fast_side:
             await writer.declare("writer/blob", "bytes", b"")
             fast = await fast_side.subscribe("writer/blob", policy="all", current=False)
-            slow.send(msgpack.packb([0, 1, "hello", {"versions": [1], "role": "client"}]))
-            slow.send(msgpack.packb([0, 2, "subscribe", {"pattern": "writer/#",
-                                                         "policy": "all", "current": False}]))
+            _subscribe_raw(slow)
             async with asyncio.timeout(20):
                 while len(core.sessions) < 3 or len(core.subscriptions.match("writer/blob")) < 2:
                     await writer.request("ping")
@@ -98,19 +92,13 @@ async def test_large_values_to_a_peer_that_does_not_read_stay_within_its_budget(
     writes, size = 400, 256 * 1024  # 100 MiB in all
     process = psutil.Process(broker.proc.pid)
     ctx = zmq.Context()
-    slow = ctx.socket(zmq.DEALER)
-    slow.setsockopt(zmq.RCVHWM, 1)
-    slow.setsockopt(zmq.RCVBUF, 4096)
-    slow.setsockopt(zmq.LINGER, 0)
-    slow.connect(broker.ipc)
+    slow = _slow_peer(ctx, broker.ipc)
     try:
         async with Client(broker.ipc, role="plugin", name="writer", timeout=30) as writer, \
                 Client(broker.ipc) as fast_side:
             await writer.declare("writer/blob", "bytes", b"")
             fast = await fast_side.subscribe("writer/blob", policy="all", current=False)
-            slow.send(msgpack.packb([0, 1, "hello", {"versions": [1], "role": "client"}]))
-            slow.send(msgpack.packb([0, 2, "subscribe", {"pattern": "writer/#",
-                                                         "policy": "all", "current": False}]))
+            _subscribe_raw(slow)
             async with asyncio.timeout(30):
                 await asyncio.to_thread(_reply, slow, 2)  # subscribed: the change follows
                 before = process.memory_info().rss
@@ -142,6 +130,23 @@ def _counted(sock: zmq.Socket[bytes], count: int) -> tuple[int, int]:
             items += len(message[2]["items"])
             gaps += message[2].get("gap", 0)
     return items, gaps
+
+
+def _slow_peer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
+    """A raw peer that takes as little as it can from the socket until it reads."""
+    slow = ctx.socket(zmq.DEALER)
+    slow.setsockopt(zmq.RCVHWM, 1)
+    slow.setsockopt(zmq.RCVBUF, 4096)
+    slow.setsockopt(zmq.LINGER, 0)
+    slow.connect(endpoint)
+    return slow
+
+
+def _subscribe_raw(slow: zmq.Socket[bytes]) -> None:
+    """hello (msgid 1) and a subscribe to writer/# under policy all (msgid 2)."""
+    slow.send(msgpack.packb([0, 1, "hello", {"versions": [1], "role": "client"}]))
+    slow.send(msgpack.packb([0, 2, "subscribe", {"pattern": "writer/#", "policy": "all",
+                                                 "current": False}]))
 
 
 def _reply(sock: zmq.Socket[bytes], msgid: int) -> None:
