@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import AsyncIterator
 
 import msgpack
@@ -14,6 +15,7 @@ import zmq
 from plugboard.broker import BrokerServer, CoreConfig, ServerConfig
 from plugboard.sdk import Change, Client, Gap, Message, PlugboardError, RequestTimeout, Subscription
 
+from ..conformance.raw import RawPeer
 from .conftest import Processes
 from .processes import BrokerProcess
 
@@ -130,6 +132,40 @@ def _counted(sock: zmq.Socket[bytes], count: int) -> tuple[int, int]:
             items += len(message[2]["items"])
             gaps += message[2].get("gap", 0)
     return items, gaps
+
+
+def test_a_peer_flooding_large_writes_is_held_back_not_buffered(broker: BrokerProcess) -> None:
+    """A writer that sends faster than the broker applies is held back by ZeroMQ's and
+    TCP's flow control after a few frames (receive_hwm); it used to be read ahead by up to
+    1,000 frames, 3 GB of 3 MB writes (753 MiB of broker RSS in a probe)."""
+    process = psutil.Process(broker.proc.pid)
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            done.wait(0.005)
+
+    ctx = zmq.Context()
+    writer = RawPeer(ctx, broker.ipc)
+    try:
+        writer.hello("plugin", name="flood")
+        writer.call("declare", name="flood/x", type="bytes", value=b"")
+        before = process.memory_info().rss
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        frame = msgpack.packb([2, "set", {"target": "flood/x", "value": b"z" * 3_000_000}])
+        for _ in range(800):  # 2.4 GB
+            writer.send(frame)
+        assert "instance" in writer.call("ping")  # every write applied
+        done.set()
+        watcher.join()
+        grown = peak[0] - before
+        assert grown < 256 * 2**20, f"the broker grew by {grown / 2**20:.0f} MiB"
+    finally:
+        done.set()
+        writer.close()
+        ctx.term()
 
 
 def _slow_peer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
