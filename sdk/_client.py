@@ -49,6 +49,7 @@ from plugboard.protocol.errors import (
 from . import _operations as ops
 from ._events import BatchEvent, Message, PropertyInfo, Reconnected, events_of
 from ._keys import CurveKeys, curve_keys
+from ._queue import MAX_PENDING
 from ._socket import (
     HANDSHAKE_FAILED,
     NOBLOCK,
@@ -85,6 +86,16 @@ class _Pending:
     what it returns is the request's result."""
     writes: list[tuple[str, Write]] | None = None
     """The writes it carries (ClientConnection.wrote), answered with it."""
+
+
+def _quietly(done: asyncio.Future[Any]) -> None:
+    """A background request's outcome: a lost connection is the reconnect's to mend;
+    anything else is logged."""
+    if done.cancelled():
+        return
+    error = done.exception()
+    if error is not None and not isinstance(error, (ConnectionFailed, RequestTimeout)):
+        log.warning("could not subscribe again: %s", error)
 
 
 def _revision(result: Any) -> int:
@@ -723,6 +734,7 @@ class Client(SessionState):
         self, pattern: str, *, current: bool = True, policy: str = "latest",
         queue_limit: int | None = None, min_interval: float | None = None,
         deadband: float | None = None, on_batch: Callable[[BatchEvent], Any] | None = None,
+        max_pending: int = MAX_PENDING,
     ) -> Subscription:
         """Subscribe; when this returns the subscription is live (no change is missed).
 
@@ -731,20 +743,40 @@ class Client(SessionState):
         :class:`Removed`, :class:`Reconnected` as they come) in the read pass that
         received it: the lowest latency the SDK offers. It runs in the event loop, so it
         should be quick; a coroutine it returns becomes a task. What it raises is logged
-        and counted in ``callback_errors``, and the events after it still come."""
+        and counted in ``callback_errors``, and the events after it still come.
+
+        ``max_pending``: the most changes kept for a reader that falls behind; past it
+        they are dropped, the reader is told with a :class:`Gap` once it catches up, and
+        the subscription is made again (with ``current``, a fresh snapshot follows)."""
         options = ops.subscribe_options(current, policy, queue_limit, min_interval, deadband)
-        sub = Subscription(self, pattern, options, on_batch)
+        ops.check_max_pending(max_pending)
+        sub = Subscription(self, pattern, options, on_batch, max_pending)
         await self._do_subscribe(sub)
         self._all_subs.append(sub)
         return sub
 
     async def _do_subscribe(self, sub: Subscription) -> None:
+        await self._subscribe_soon(sub)
+
+    def _subscribe_soon(self, sub: Subscription) -> asyncio.Future[Any]:
         def route(result: Any) -> Any:
             sub.sid = result["sub"]
             self._subs[result["sub"]] = sub
             return result
 
-        await self._start("subscribe", {"pattern": sub.pattern, **sub.options}, then=route)
+        return self._start("subscribe", {"pattern": sub.pattern, **sub.options}, then=route)
+
+    def _remake(self, sub: Subscription) -> None:
+        """Subscribe again after ``sub``'s reader fell behind and caught up: the old
+        subscription's late batches are ignored, the new one starts live."""
+        if sub.sid is not None and self._subs.pop(sub.sid, None) is not None:
+            self._conn.unsubscribed(sub.sid)
+            if self._sock is not None:
+                self._start("unsubscribe", {"sub": sub.sid}).add_done_callback(_quietly)
+        if self._sock is not None and not sub.closed:
+            # Sent now, so a request made after it is answered once it is live; if the
+            # connection is lost, the reconnect subscribes it anew.
+            self._subscribe_soon(sub).add_done_callback(_quietly)
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         if sub in self._all_subs:

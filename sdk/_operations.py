@@ -105,6 +105,12 @@ def set_many_params(items: Pairs) -> tuple[list[tuple[str | int, Any]], dict[str
     return pairs, {"items": [list(p) for p in pairs]}
 
 
+def check_max_pending(max_pending: int) -> None:
+    """A subscription keeps at least one change for its reader."""
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be an int of at least 1, not {max_pending!r}")
+
+
 def subscribe_options(current: bool, policy: str, queue_limit: int | None,
                       min_interval: float | None, deadband: float | None) -> dict[str, Any]:
     """The ``subscribe`` params beyond the pattern. Items carry their time as integer

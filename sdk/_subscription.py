@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from plugboard.protocol.errors import PlugboardError, RequestTimeout
 
 from ._events import BatchEvent, Event, Message
-from ._queue import CLOSED, EventQueue
+from ._queue import CLOSED, MAX_PENDING, EventQueue
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -30,10 +30,11 @@ class _Stream(Generic[T]):
     """The name of the argument that hands what arrives to a callback instead."""
 
     def __init__(self, client: Client, pattern: str,
-                 callback: Callable[[Any], Any] | None = None) -> None:
+                 callback: Callable[[Any], Any] | None = None,
+                 limit: int | None = None) -> None:
         self.pattern = pattern
         self._client = client
-        self._queue = EventQueue()
+        self._queue = EventQueue(limit)
         self._waiter: asyncio.Future[None] | None = None
         self._callback = callback
         self.closed = False
@@ -79,12 +80,21 @@ class _Stream(Generic[T]):
 
     async def __anext__(self) -> T:
         await self._wait()
-        return self._queue.take_one()  # type: ignore[return-value]
+        return self._take_one()
 
     async def next(self, timeout: float | None = None) -> T:
         """The next item, waiting at most ``timeout`` seconds (RequestTimeout after)."""
         await self._wait_at_most(timeout)
-        return self._queue.take_one()  # type: ignore[return-value]
+        return self._take_one()
+
+    def _take_one(self) -> T:
+        item = self._queue.take_one()
+        self._taken()
+        return item  # type: ignore[return-value]
+
+    def _taken(self) -> None:
+        """After a take: a subscription whose reader caught up after falling behind is
+        made again (listeners keep no bound)."""
 
     async def _wait_at_most(self, timeout: float | None) -> None:
         """:meth:`_wait` with a timeout. What is already here is taken without a timer,
@@ -110,7 +120,9 @@ class Subscription(_Stream[Event]):
     ``async for event in sub`` yields a :class:`Change` per property change;
     ``async for event in sub.batches()`` yields each notification's changes as one
     :class:`Batch` (cheaper when many arrive at once). The broker bounds what it queues
-    for a subscriber (see ``policy``); this side keeps what arrived until it is read.
+    for a subscriber (see ``policy``); this side keeps what arrived until it is read, up
+    to ``max_pending`` changes: past it what waits is dropped, the reader is given a
+    :class:`Gap` counting it once it catches up, and the subscription is made again.
 
     Subscribed with ``on_batch``, the events are not kept: each is handed to the
     callback as its frame is read, and the subscription has nothing to iterate.
@@ -119,11 +131,17 @@ class Subscription(_Stream[Event]):
     _CALLBACK = "on_batch"
 
     def __init__(self, client: Client, pattern: str, options: dict[str, Any],
-                 on_batch: Callable[[BatchEvent], Any] | None = None) -> None:
-        super().__init__(client, pattern, on_batch)
+                 on_batch: Callable[[BatchEvent], Any] | None = None,
+                 max_pending: int = MAX_PENDING) -> None:
+        super().__init__(client, pattern, on_batch, max_pending)
         self.options = options
         self.sid: int | None = None
         """The broker's id for this subscription; changes after a reconnect."""
+
+    def _taken(self) -> None:
+        if self._queue.remake:
+            self._queue.remake = False
+            self._client._remake(self)
 
     async def batches(self) -> AsyncIterator[BatchEvent]:
         """Each notification's changes as one :class:`Batch`; other events as they are."""
@@ -132,12 +150,17 @@ class Subscription(_Stream[Event]):
                 await self._wait()
             except StopAsyncIteration:
                 return
-            yield self._queue.take_batch()
+            yield self._take_batch()
 
     async def next_batch(self, timeout: float | None = None) -> BatchEvent:
         """The next batch or event, waiting at most ``timeout`` seconds."""
         await self._wait_at_most(timeout)
-        return self._queue.take_batch()
+        return self._take_batch()
+
+    def _take_batch(self) -> BatchEvent:
+        batch = self._queue.take_batch()
+        self._taken()
+        return batch
 
     async def close(self) -> None:
         """Unsubscribe; iteration ends after what was already received."""

@@ -14,6 +14,7 @@ broker refused with ``hello_required`` was not applied, so it is sent again.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +38,7 @@ from . import _operations as ops
 from ._events import BatchEvent, PropertyInfo, Reconnected, events_of
 from ._events import Event as SubscriptionEvent
 from ._keys import CurveKeys, curve_keys
-from ._queue import CLOSED, EventQueue
+from ._queue import CLOSED, MAX_PENDING, EventQueue
 from ._socket import (
     HANDSHAKE_FAILED,
     NOBLOCK,
@@ -60,13 +61,14 @@ class SyncSubscription:
     """Iterate with ``for event in sub``, take one with ``sub.next(timeout)``, or a
     notification's changes at once with ``sub.next_batch(timeout)``."""
 
-    def __init__(self, owner: SyncClient, pattern: str, options: dict[str, Any]) -> None:
+    def __init__(self, owner: SyncClient, pattern: str, options: dict[str, Any],
+                 max_pending: int = MAX_PENDING) -> None:
         self._owner = owner
         self.pattern = pattern
         self.options = options
         self.sid: int | None = None
         self.closed = False
-        self._queue = EventQueue()
+        self._queue = EventQueue(max_pending)
 
     def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -80,12 +82,23 @@ class SyncSubscription:
         """The next event, waiting at most ``timeout`` seconds (RequestTimeout after);
         StopIteration once the subscription is closed and read to its end."""
         self._wait(timeout)
-        return self._queue.take_one()
+        event = self._queue.take_one()
+        self._taken()
+        return event
 
     def next_batch(self, timeout: float | None = None) -> BatchEvent:
         """The next notification's changes as one Batch, or the next other event."""
         self._wait(timeout)
-        return self._queue.take_batch()
+        batch = self._queue.take_batch()
+        self._taken()
+        return batch
+
+    def _taken(self) -> None:
+        """After a take: made again if the reader just caught up after falling behind
+        (see Client.subscribe's ``max_pending``)."""
+        if self._queue.remake:
+            self._queue.remake = False
+            self._owner._remake(self)
 
     def __iter__(self) -> Iterator[SubscriptionEvent]:
         while True:
@@ -422,10 +435,14 @@ class SyncClient(SessionState):
 
     def subscribe(self, pattern: str, *, current: bool = True, policy: str = "latest",
                   queue_limit: int | None = None, min_interval: float | None = None,
-                  deadband: float | None = None) -> SyncSubscription:
-        """Subscribe; when this returns the subscription is live (no change is missed)."""
+                  deadband: float | None = None,
+                  max_pending: int = MAX_PENDING) -> SyncSubscription:
+        """Subscribe; when this returns the subscription is live (no change is missed).
+        ``max_pending``: as Client.subscribe's (what the program has not taken, read
+        while it waits in any call)."""
         options = ops.subscribe_options(current, policy, queue_limit, min_interval, deadband)
-        sub = SyncSubscription(self, pattern, options)
+        ops.check_max_pending(max_pending)
+        sub = SyncSubscription(self, pattern, options, max_pending)
         self._do_subscribe(sub)
         self._all_subs.append(sub)
         return sub
@@ -435,6 +452,19 @@ class SyncClient(SessionState):
         result = self.request("subscribe", {"pattern": sub.pattern, **sub.options})
         sub.sid = result["sub"]
         self._subs[result["sub"]] = sub
+
+    def _remake(self, sub: SyncSubscription) -> None:
+        """Subscribe again after ``sub``'s reader fell behind and caught up; if the
+        broker cannot be reached now, the session's renewal subscribes it."""
+        old, sub.sid = sub.sid, None
+        if old is not None and self._subs.pop(old, None) is not None:
+            self._conn.unsubscribed(old)
+            with contextlib.suppress(RemoteError, ConnectionFailed, RequestTimeout):
+                self.request("unsubscribe", {"sub": old})
+        try:
+            self._do_subscribe(sub)
+        except (ConnectionFailed, RequestTimeout) as exc:
+            log.warning("could not subscribe %r again: %s", sub.pattern, exc)
 
     def _unsubscribe(self, sub: SyncSubscription) -> None:
         if sub in self._all_subs:

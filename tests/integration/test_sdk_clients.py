@@ -18,6 +18,7 @@ from plugboard.sdk import (
     Change,
     Client,
     ConnectionFailed,
+    Gap,
     InvalidValue,
     PlugboardError,
     Reconnected,
@@ -75,6 +76,52 @@ def test_sync_client_follows_a_broker_restart(processes: Processes,
         reconnects = [e for e in seen if isinstance(e, Reconnected)]
         assert reconnects and reconnects[0].instance_changed
         assert monitor.instance == restarted.instance != old
+
+
+async def test_a_reader_that_falls_behind_is_told_and_its_subscription_made_again(
+    broker: BrokerProcess,
+) -> None:
+    """The client reads its socket whatever the reader does: past max_pending what waits
+    is dropped, the reader gets one Gap counting it, and the subscription goes on."""
+    async with Client(broker.ipc, role="plugin", name="fast") as writer, \
+            Client(broker.ipc) as reader:
+        await writer.declare("fast/n", "int", 0)
+        sub = await reader.subscribe("fast/n", policy="all", current=False, max_pending=50)
+        for i in range(1, 501):
+            writer.set_nowait("fast/n", i)
+        await writer.request("ping")  # all applied
+        await reader.request("ping")  # and all their changes read, after the batches
+        gap = await sub.next(5)
+        assert isinstance(gap, Gap) and gap.count == 500, gap
+        await reader.request("ping")  # answered once the subscription is made again
+        await writer.set("fast/n", 501)
+        change = await sub.next(5)
+        assert isinstance(change, Change) and change.value == 501
+        sessions = (await reader.request("sessions"))["sessions"]
+        assert sum(s["subscriptions"] for s in sessions) == 1  # the old one is gone
+        with pytest.raises(ValueError, match="max_pending"):
+            await reader.subscribe("fast/n", max_pending=0)
+
+
+def test_a_sync_reader_that_falls_behind_is_told_and_its_subscription_made_again(
+    broker: BrokerProcess,
+) -> None:
+    with SyncClient(broker.ipc, role="plugin", name="fast") as writer, \
+            SyncClient(broker.ipc) as reader:
+        writer.declare("fast/n", "int", 0)
+        sub = reader.subscribe("fast/n", policy="all", max_pending=50)  # a snapshot first
+        for i in range(1, 501):
+            writer.set_nowait("fast/n", i)
+        writer.ping()
+        reader.ping()  # reads what came meanwhile: the snapshot, Synced, 500 changes
+        gap = sub.next(5)
+        assert isinstance(gap, Gap) and gap.count == 501, gap
+        snapshot = sub.next_batch(5)  # made again with current values: a fresh snapshot
+        assert isinstance(snapshot, Batch) and snapshot.snapshot
+        assert list(snapshot.values()) == [("fast/n", 500)]
+        assert isinstance(sub.next(5), Synced)
+        writer.set("fast/n", 501)
+        assert sub.next(5).value == 501  # type: ignore[union-attr]
 
 
 def test_sync_batches_and_writes_that_do_not_wait(broker: BrokerProcess) -> None:
