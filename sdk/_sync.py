@@ -456,6 +456,8 @@ class SyncClient(SessionState):
     def _remake(self, sub: SyncSubscription) -> None:
         """Subscribe again after ``sub``'s reader fell behind and caught up; if the
         broker cannot be reached now, the session's renewal subscribes it."""
+        if sub.closed:
+            return
         old, sub.sid = sub.sid, None
         if old is not None and self._subs.pop(old, None) is not None:
             self._conn.unsubscribed(old)

@@ -99,6 +99,19 @@ async def test_a_reader_that_falls_behind_is_told_and_its_subscription_made_agai
         assert isinstance(change, Change) and change.value == 501
         sessions = (await reader.request("sessions"))["sessions"]
         assert sum(s["subscriptions"] for s in sessions) == 1  # the old one is gone
+        # Closed while behind: the reader is told, and nothing is made again.
+        behind = await reader.subscribe("fast/n", policy="all", current=False,
+                                        max_pending=5)
+        for i in range(20):
+            writer.set_nowait("fast/n", i)
+        await writer.request("ping")
+        await reader.request("ping")
+        await behind.close()
+        assert isinstance(await behind.next(5), Gap)
+        with pytest.raises(StopAsyncIteration):
+            await behind.next(5)
+        sessions = (await reader.request("sessions"))["sessions"]
+        assert sum(s["subscriptions"] for s in sessions) == 1
         with pytest.raises(ValueError, match="max_pending"):
             await reader.subscribe("fast/n", max_pending=0)
 
@@ -122,6 +135,18 @@ def test_a_sync_reader_that_falls_behind_is_told_and_its_subscription_made_again
         assert isinstance(sub.next(5), Synced)
         writer.set("fast/n", 501)
         assert sub.next(5).value == 501  # type: ignore[union-attr]
+        # Closed while behind: the reader is told, and nothing is made again.
+        behind = reader.subscribe("fast/n", policy="all", current=False, max_pending=5)
+        for i in range(20):
+            writer.set_nowait("fast/n", i)
+        writer.ping()
+        reader.ping()
+        behind.close()
+        assert isinstance(behind.next(5), Gap)
+        with pytest.raises(StopIteration):
+            behind.next(5)
+        sessions = reader.request("sessions")["sessions"]
+        assert sum(s["subscriptions"] for s in sessions) == 1  # ``sub`` only
 
 
 def test_sync_batches_and_writes_that_do_not_wait(broker: BrokerProcess) -> None:
