@@ -806,11 +806,14 @@ class Client(SessionState):
         return await self._run(ops.publish(topic, payload))
 
     async def listen(self, pattern: str, *,
-                     on_message: Callable[[Message], Any] | None = None) -> Listener:
+                     on_message: Callable[[Message], Any] | None = None,
+                     max_pending: int = MAX_PENDING) -> Listener:
         """Messages published on topics matching ``pattern``, as an async iterator; or,
         with ``on_message``, each handed to ``on_message(message)`` as it is read (as
-        ``subscribe``'s ``on_batch``)."""
-        listener = Listener(self, pattern, on_message)
+        ``subscribe``'s ``on_batch``). At most ``max_pending`` wait for the reader; later
+        ones are dropped while it is that far behind, counted in ``listener.dropped``."""
+        ops.check_max_pending(max_pending)
+        listener = Listener(self, pattern, on_message, max_pending)
         await self._do_listen(listener)
         self._all_listeners.append(listener)
         return listener

@@ -4,6 +4,7 @@ it calls as frames are read."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ._client import Client
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _Stream(Generic[T]):
@@ -176,14 +178,35 @@ class Subscription(_Stream[Event]):
 
 class Listener(_Stream[Message]):
     """Messages published on topics matching ``pattern``; with ``on_message``, each is
-    handed to the callback as it is read and there is nothing to iterate."""
+    handed to the callback as it is read and there is nothing to iterate.
+
+    At most ``max_pending`` messages wait for the reader; past it new ones are dropped
+    and counted in ``dropped`` (a warning is logged as it starts), as a subscription's
+    changes are, though messages have no snapshot to start again from."""
 
     _CALLBACK = "on_message"
 
     def __init__(self, client: Client, pattern: str,
-                 on_message: Callable[[Message], Any] | None = None) -> None:
+                 on_message: Callable[[Message], Any] | None = None,
+                 max_pending: int = MAX_PENDING) -> None:
         super().__init__(client, pattern, on_message)
         self.lid: int | None = None
+        self.max_pending = max_pending
+        self.dropped = 0
+        """Messages dropped because the reader was more than max_pending behind."""
+        self._dropping = False
+
+    def _put(self, item: Any) -> None:
+        if self._callback is None and item is not CLOSED:
+            if self._queue.pending >= self.max_pending:
+                if not self._dropping:
+                    log.warning("the reader of %r fell %d messages behind: dropping new "
+                                "ones until it catches up", self.pattern, self.max_pending)
+                    self._dropping = True
+                self.dropped += 1
+                return
+            self._dropping = False
+        super()._put(item)
 
     async def close(self) -> None:
         if not self.closed:

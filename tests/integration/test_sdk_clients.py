@@ -116,6 +116,22 @@ async def test_a_reader_that_falls_behind_is_told_and_its_subscription_made_agai
             await reader.subscribe("fast/n", max_pending=0)
 
 
+async def test_a_listener_keeps_max_pending_messages_and_counts_the_rest(
+    broker: BrokerProcess,
+) -> None:
+    async with Client(broker.ipc, role="plugin", name="talker") as talker, \
+            Client(broker.ipc) as reader:
+        listener = await reader.listen("news/#", max_pending=10)
+        for i in range(50):
+            await talker.publish("news/a", bytes([i]))
+        await reader.request("ping")  # every message read by the client
+        assert listener.dropped == 40
+        assert [(await listener.next(5)).payload for _ in range(10)] == \
+            [bytes([i]) for i in range(10)]
+        await talker.publish("news/a", b"again")  # caught up: kept again
+        assert (await listener.next(5)).payload == b"again" and listener.dropped == 40
+
+
 def test_a_sync_reader_that_falls_behind_is_told_and_its_subscription_made_again(
     broker: BrokerProcess,
 ) -> None:
