@@ -181,8 +181,8 @@ class Listener(_Stream[Message]):
     handed to the callback as it is read and there is nothing to iterate.
 
     At most ``max_pending`` messages wait for the reader; past it new ones are dropped
-    and counted in ``dropped`` (a warning is logged as it starts), as a subscription's
-    changes are, though messages have no snapshot to start again from."""
+    and counted in ``dropped`` (a warning is logged as it starts). A subscription drops
+    what waits instead and starts again from a snapshot; messages have none."""
 
     _CALLBACK = "on_message"
 
