@@ -321,7 +321,9 @@ class BrokerCore:
         driver closes their connections: a vanished host's connection with data in
         flight to it never idles, so TCP keepalive never ends it, and TCP's own
         retransmissions would keep it for a quarter of an hour."""
-        silent, self._silent = self._silent, []
+        silent = self._silent
+        if silent:  # most passes have none: no new list each pass
+            self._silent = []
         return silent
 
     def retry_deadline(self) -> float:

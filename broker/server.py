@@ -514,6 +514,7 @@ class BrokerServer:
     def _send(self, frames: list[tuple[bytes, bytes]]) -> None:
         core = self.core
         socks = self._socks
+        large = LARGE_FRAME
         while frames:
             gone: set[bytes] = set()
             stuck: dict[bytes, list[bytes]] = {}
@@ -528,7 +529,7 @@ class BrokerServer:
                     # Two sends, not send_multipart (whose wrapper costs more than
                     # both): a refusal comes at the routing frame, before any is queued.
                     sock = socks[peer[0]]
-                    if len(frame) >= LARGE_FRAME:
+                    if len(frame) >= large:
                         if not self._send_large(sock, peer, frame):
                             stuck[peer] = [frame]
                         continue
