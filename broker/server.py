@@ -570,4 +570,11 @@ class BrokerServer:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        self._timer = asyncio.get_running_loop().call_at(deadline, self._pump)
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._timer_due)
+
+    def _timer_due(self) -> None:
+        """The timer fired: forget it before the pass, which arms the next one. uvloop
+        fires up to a millisecond early (its clock counts milliseconds); the pass then
+        finds nothing due and must arm the same deadline again, not take it as armed."""
+        self._timer = None
+        self._pump()

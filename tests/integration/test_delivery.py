@@ -6,6 +6,7 @@ import asyncio
 import signal
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgpack
 import psutil
@@ -216,6 +217,48 @@ async def _changes(sub: Subscription, count: int) -> AsyncIterator[Change]:
             seen += 1
             if seen == count:
                 return
+
+
+class _EarlyTimers(asyncio.SelectorEventLoop):
+    """An event loop whose timers fire 2 ms before they are due, as uvloop's can (by
+    up to a millisecond: its clock counts milliseconds)."""
+
+    def call_at(self, when: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        return super().call_at(when - 0.002, *args, **kwargs)
+
+
+def test_a_timer_that_fires_early_is_armed_again() -> None:
+    """An idle broker runs on its timer alone: a session that says hello and goes
+    quiet ends after the session timeout, and its tcp connection with it, even when
+    each timer fires before its deadline (the pass then finds nothing due)."""
+
+    async def main() -> None:
+        server = BrokerServer(ServerConfig(
+            endpoints=("tcp://127.0.0.1:*",),
+            core=CoreConfig(heartbeat_ms=100, session_timeout_ms=300)))
+        serving = asyncio.create_task(server.serve())
+        async with asyncio.timeout(5):
+            await server.ready.wait()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        quiet = RawPeer(ctx, server.endpoints[0])
+        monitor = quiet.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            hello = await asyncio.to_thread(quiet.call, "hello", versions=[1], role="client")
+            assert hello["session"]
+            assert await asyncio.to_thread(monitor.poll, 5000), \
+                f"the silent session still stands: {list(server.core.sessions.values())}"
+            assert not server.core.sessions
+        finally:
+            quiet.sock.disable_monitor()
+            monitor.close(0)
+            quiet.sock.close(0)
+            ctx.term()
+            server.stop()
+            async with asyncio.timeout(10):
+                await serving
+
+    with asyncio.Runner(loop_factory=_EarlyTimers) as runner:
+        runner.run(main())
 
 
 async def test_a_raising_callback_is_logged_counted_and_harmless(
