@@ -22,6 +22,7 @@ import msgpack
 import zmq
 from worker import relay_loop
 
+from plugboard.broker.cli import event_loop
 from plugboard.broker.core import BrokerCore, CoreConfig
 from plugboard.broker.server import BrokerServer, ServerConfig
 
@@ -105,6 +106,11 @@ async def _run(pair: Callable[[str, str, int], dict[str, Any]], mode: str,
     return server.passes
 
 
+def _on_the_daemons_loop(main: Any) -> Any:
+    """Run the in-process broker on the event loop ``plugboard broker`` would pick."""
+    return event_loop.run(main, event_loop.chosen("auto"))
+
+
 def measure(pair: Callable[[str, str, int], dict[str, Any]], paced: int,
             full_speed: int) -> dict[str, Any]:
     """``pair(endpoint, mode, count)`` runs the raw writer and subscriber against the
@@ -113,13 +119,13 @@ def measure(pair: Callable[[str, str, int], dict[str, Any]], paced: int,
     reply): µs per message of each piece over all passes."""
 
     def paced_pieces(mode: str) -> tuple[dict[str, float], int]:
-        lone = [_pieces(p) for p in asyncio.run(_run(pair, mode, paced))
+        lone = [_pieces(p) for p in _on_the_daemons_loop(_run(pair, mode, paced))
                 if p["messages"] == 1]
         return {piece: statistics.median(p[piece] for p in lone) for piece in PIECES}, len(lone)
 
     replied, passes = paced_pieces("latency")
     unanswered, _ = paced_pieces("latency-nowait")
-    busy = asyncio.run(_run(pair, "nowait", full_speed))
+    busy = _on_the_daemons_loop(_run(pair, "nowait", full_speed))
     messages = sum(p["messages"] for p in busy)
     totals = {piece: sum(_pieces(p)[piece] for p in busy) for piece in PIECES}
     return {"paced": replied, "paced_no_reply": unanswered, "paced_passes": passes,

@@ -270,6 +270,7 @@ HOP_PAIRS = {
     "relay, replying to the writer": ("raw-sub", "raw-write"),
     "broker, raw clients, no reply": ("pbraw-sub", "pbraw-write"),
     "broker, raw clients": ("pbraw-sub", "pbraw-write"),
+    "broker on asyncio's own loop, raw clients": ("pbraw-sub", "pbraw-write"),
     "broker, SDK writer": ("pbraw-sub", "pb-write"),
     "broker, SyncClient writer": ("pbraw-sub", "pbsync-write"),
     "broker, SDK subscriber": ("pb-sub", "pbraw-write"),
@@ -283,10 +284,14 @@ HOP_WRITER_MODES = {
     "relay, replying to the writer": {"latency": "latency-replied",
                                       "single": "single-replied"},
     "broker, raw clients, no reply": {"latency": "latency-nowait"},
+    "broker on asyncio's own loop, raw clients": {"latency": "latency", "single": "single",
+                                                  "nowait": "nowait"},
     "broker, SDK subscriber iterating": {"latency": "latency", "nowait": "nowait"},
     "broker, SyncClient subscriber": {"latency": "latency", "nowait": "nowait"},
 }
 """Rows measured in some columns only, with the writer's mode for each."""
+HOP_BROKER_ARGS = {"broker on asyncio's own loop, raw clients": ("--event-loop", "asyncio")}
+"""Rows whose broker runs with options of its own (the others: the defaults)."""
 
 
 FANOUT_WRITES = 5_000 if QUICK else 20_000

@@ -34,8 +34,9 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
              "## 1. Set → notify latency (one-way, writer process → subscriber process)", "",
              f"One set per millisecond, {LATENCY_N // LATENCY_ROUNDS * LATENCY_ROUNDS:,} per "
              f"system in {LATENCY_ROUNDS} rounds (every system runs once per round), the "
-             "rounds' latencies pooled. Plugboard's rows: the asyncio SDK at both ends, the "
-             "subscriber's changes handed to an `on_batch` callback (section 9 has the "
+             "rounds' latencies pooled. Plugboard's rows: the broker on its default event "
+             f"loop ({facts.get('broker_loop', 'asyncio')}), the asyncio SDK at both ends, "
+             "the subscriber's changes handed to an `on_batch` callback (section 9 has the "
              "SDK's other ways to read them).", "",
              "| system | transport | p50 µs | p99 µs | p50 vs raw relay |", "|---|---|---|---|---|"]
     for key, fig in lat.items():
@@ -251,6 +252,9 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
         ("the broker in the middle instead of the relay (replying alike)",
          broker_over_relay),
         ("a reply per set, in the broker", broker_reply),
+        ("asyncio's own loop instead of uvloop, in the broker",
+         lambda m: us("broker on asyncio's own loop, raw clients", m)
+         - us("broker, raw clients", m)),
         ("writer SDK (asyncio Client)",
          lambda m: us("broker, SDK writer", m) - us("broker, raw clients", m)),
         ("writer SDK (SyncClient)",
@@ -274,6 +278,8 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     hop, relay = us("direct", "latency"), us("relay", "latency")
     broker = us("broker, raw clients, no reply", "latency")
     reply = us("broker, raw clients", "latency") - broker
+    own_loop = us("broker on asyncio's own loop, raw clients", "latency") - us(
+        "broker, raw clients", "latency")
     relay_reply = us("relay, replying to the writer", "latency") - relay
     blocking = us("broker, raw clients", "latency")
     subscriber = us("broker, SDK subscriber", "latency") - blocking
@@ -282,7 +288,8 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     lines += ["", f"Read for latency: one libzmq hop, with the wake-up of an idle process, "
               f"costs {hop:.0f} µs here and the relay's two {relay:.0f} µs. The broker in "
               f"the middle instead of the relay adds {broker - relay:.0f} µs (decode, "
-              "session and ACL, apply, queue, encode, send, in an asyncio loop). A writer "
+              "session and ACL, apply, queue, encode, send, on uvloop; "
+              f"{own_loop:.0f} µs more on asyncio's own loop). A writer "
               f"that waits for its reply adds {reply:.0f} µs to the subscriber's latency "
               f"through the broker and {relay_reply:.0f} µs through the relay: on this "
               "2-CPU machine the writer waking for its reply competes with the subscriber "

@@ -32,6 +32,7 @@ from harness import (
     CURVE,
     FANOUT_RUNS,
     FANOUT_WRITES,
+    HOP_BROKER_ARGS,
     HOP_PAIRS,
     HOP_WRITER_MODES,
     LATENCY_N,
@@ -52,6 +53,8 @@ from harness import (
     run_system,
 )
 from report import write_report
+
+from plugboard.broker.cli import event_loop
 
 
 def scenario_latency() -> dict[str, Any]:
@@ -115,7 +118,7 @@ def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
         return sub.result()
     if path.startswith("relay"):
         return run_system("raw", "tcp", mode, count)
-    broker = Broker()
+    broker = Broker(*HOP_BROKER_ARGS.get(path, ()))
     try:
         sub_args = ("bench/x",) if sub_role.startswith("pb-sub") else ()
         return pair(sub_role, write_role, broker.tcp, mode, count, sub_args)
@@ -623,7 +626,7 @@ def main() -> None:
     facts: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"),
                              "machine": platform.machine(),
              "cpus": os.cpu_count(), "python": platform.python_version(),
-             "pyzmq": zmq.pyzmq_version()}
+             "pyzmq": zmq.pyzmq_version(), "broker_loop": event_loop.chosen("auto")}
     results: dict[str, Any] = {}
     ran: dict[str, str] = {}
     if len(chosen) < len(SCENARIOS) and saved.exists():

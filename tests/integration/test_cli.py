@@ -10,6 +10,7 @@ import pty
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from plugboard.broker.cli import build_parser
 from plugboard.protocol import Timestamp
 from plugboard.sdk import Change, Client
 
+from ..conformance.raw import RawPeer
 from .conftest import Processes
 from .processes import PLUGBOARD, ROOT, BrokerProcess, make_plugin, short_tmpdir
 
@@ -297,6 +299,39 @@ def test_broker_options_out_of_range_are_refused_before_anything_starts(
     assert done.returncode == 1, done.stderr
     assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (folder / "broker.sock").exists()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_broker_keeps_time_on_either_event_loop(processes: Processes, loop: str) -> None:
+    """With no traffic at all, only the broker's timer ends a silent session: a raw peer
+    says hello and goes quiet, and its tcp connection is closed once its session ended
+    (1.5 s). (A timer firing early: test_delivery's test_a_timer_that_fires_early...)"""
+    broker = processes.broker(None, "--event-loop", loop)
+    assert f"event loop: {loop}" in broker.stderr_path.read_text()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        quiet = RawPeer(ctx, broker.tcp)
+        monitor = quiet.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        assert quiet.call("hello", versions=[1], role="client")["session"]
+        assert monitor.poll(10_000), f"the silent session's connection stayed open\n" \
+            f"{processes.report()}"
+        quiet.sock.disable_monitor()
+        monitor.close(0)
+        quiet.sock.close(0)
+    finally:
+        ctx.term()
+
+
+def test_an_event_loop_that_is_not_installed_is_one_line() -> None:
+    folder = short_tmpdir()
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; "
+         "from plugboard.broker.cli import main; sys.exit(main(sys.argv[1:]))",
+         "--state-dir", str(folder), "broker", "--event-loop", "uvloop"],
+        capture_output=True, text=True, timeout=20, cwd=ROOT)
+    assert done.returncode == 1, done.stderr
+    assert "uvloop is not installed here" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (folder / "broker.sock").exists()
 
 
 @pytest.mark.parametrize("args,said", [
