@@ -265,12 +265,14 @@ async def test_a_config_file_sets_every_option_and_the_command_line_wins(
     folder = short_tmpdir()
     (folder / "broker.toml").write_text(
         'heartbeat-ms = 700\nsession_timeout_ms = 4000\ndurability = "batch"\n'
-        "max_frame = 65536\n")
+        'max_frame = 65536\nevent_loop = "asyncio"\n')
     shown = plugboard(folder, "broker", "--config", str(folder / "broker.toml"),
                       "--print-config", "--session-timeout-ms", "5000").stdout
     assert "heartbeat_ms = 700" in shown and "session_timeout_ms = 5000" in shown
     assert 'durability = "batch"' in shown and "insecure = false" in shown
+    assert 'event_loop = "asyncio"' in shown
     broker = processes.broker(None, "--config", str(folder / "broker.toml"))
+    assert "event loop: asyncio" in broker.stderr_path.read_text()
     async with Client(broker.ipc) as client:
         assert client.max_frame == 65536  # from the file
         assert client.heartbeat == 0.2  # BrokerProcess's --heartbeat-ms 200 beats the file
