@@ -2,9 +2,9 @@
 
 uvloop where it is installed (a dependency on Linux and macOS): its loop does the work
 of each wake-up (the poll, the ready callbacks, the timers) in C where asyncio's own
-loop does it in Python, which a set -> notify pays twice through the broker
-(docs/BENCHMARKS.md, section 9: "the broker on asyncio's own loop"). asyncio's loop is
-the fallback and the choice for comparing the two.
+loop does it in Python; a set -> notify pays it once when messages come one at a time
+(docs/BENCHMARKS.md, section 9: "asyncio's own loop instead of uvloop, in the broker").
+asyncio's loop is the fallback, and the one to compare with.
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ T = TypeVar("T")
 
 def chosen(choice: str) -> str:
     """The loop ``choice`` means here; ConfigError if it asks for one not installed."""
+    if choice == "asyncio":
+        return choice
     try:
         import uvloop  # noqa: F401
-        have_uvloop = True
     except ImportError:
-        have_uvloop = False
-    if choice == "uvloop" and not have_uvloop:
-        raise ConfigError("event_loop is uvloop, but uvloop is not installed here "
-                          "(pip install uvloop, or use --event-loop asyncio)")
-    if choice == "auto":
-        return "uvloop" if have_uvloop else "asyncio"
-    return choice
+        if choice == "uvloop":
+            raise ConfigError("event_loop is uvloop, but uvloop is not installed here "
+                              "(pip install uvloop, or use --event-loop asyncio)") from None
+        return "asyncio"
+    return "uvloop"
 
 
 def run(main: Coroutine[Any, Any, T], loop: str) -> T:
