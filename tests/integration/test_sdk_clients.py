@@ -359,3 +359,37 @@ async def test_a_request_without_a_connection_says_what_to_do(processes: Process
     with pytest.raises(ConnectionFailed, match="the client was closed"):
         await closing.get("x")
     await client.close()
+
+
+def test_the_asyncio_client_runs_on_uvloop(broker: BrokerProcess) -> None:
+    """Programs often run on uvloop, as the broker does; the SDK works there as on
+    asyncio's own loop. uvloop's timers fire up to a millisecond early: a request still
+    fails only once its timeout has passed, and the next timer is armed again."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with Client(broker.ipc, role="plugin", name="uv") as plugin, \
+                Client(broker.ipc, reconnect=False) as monitor:
+            await plugin.declare("uv/x", "int", 0)
+            sub = await monitor.subscribe("uv/#", current=False)
+            await plugin.set("uv/x", 1)
+            change = await sub.next(5)
+            assert isinstance(change, Change) and change.value == 1
+            broker.signal(signal.SIGSTOP)
+            try:
+                patient = asyncio.ensure_future(monitor.request("ping", timeout=30))
+                for wait in (0.2, 0.3):
+                    started = loop.time()
+                    async with asyncio.timeout(5):
+                        with pytest.raises(RequestTimeout, match=f"no reply within {wait} s"):
+                            await monitor.request("ping", timeout=wait)
+                    assert loop.time() - started >= wait
+                assert not patient.done()
+            finally:
+                broker.signal(signal.SIGCONT)
+            async with asyncio.timeout(10):
+                await patient
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
