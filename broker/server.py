@@ -116,7 +116,6 @@ class ServerConfig:
     """A connection that has not finished its ZeroMQ handshake by then is closed."""
 
 
-
 class _Listener:
     """One ROUTER socket. Peers are named by a one-byte socket index plus their routing
     id, so the two sockets' routing ids cannot collide in the core."""
@@ -318,9 +317,8 @@ class BrokerServer:
 
     def _readable(self, listener: _Listener) -> None:
         """The listener's descriptor signalled: most often a frame waits, so the pass
-        receives it at once instead of asking EVENTS first (2 µs less a pass, paced, in
-        bench/broker_pass.py; a wake-up with nothing to read costs a failed receive),
-        and sends on what it caused before reading more (:meth:`_pump`)."""
+        receives at once instead of asking EVENTS first (2 µs less a pass, paced, in
+        bench/broker_pass.py; a wake-up with nothing to read costs a failed receive)."""
         listener.woken = True
         self._pump()
 
@@ -332,21 +330,11 @@ class BrokerServer:
         core = self.core
         gone = self._disconnected()
         known = self._fd_of
-        # A pass woken by a descriptor takes the one message that most likely woke it
-        # and sends on what it caused at once; the check after the send (EVENTS) finds
-        # any others, on any socket, and schedules a pass for them. Asking first would
-        # put one more libzmq call between every lone message and its notification
-        # (bench/broker_pass.py's "read").
-        woken_pass = any(listener.woken for listener in self._listeners)
         for listener in self._listeners:
             sock, prefix = listener.sock, listener.prefix
             woken, listener.woken = listener.woken, False
-            if woken_pass and not woken:
-                continue
             for count in range(self.config.receive_batch):
-                if woken:
-                    if count:
-                        break
+                if woken and count == 0:
                     try:
                         peer = prefix + sock.recv(_NOBLOCK)
                     except zmq.Again:
