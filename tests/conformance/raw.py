@@ -78,3 +78,20 @@ class RawPeer:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+def hung_up_after_hello(endpoint: str, timeout: float) -> bool:
+    """A client says hello on a tcp endpoint, then nothing: True once the broker closed
+    its connection (its session ended for silence), False if it had not within
+    ``timeout`` seconds."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    quiet = RawPeer(ctx, endpoint)
+    monitor = quiet.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        assert quiet.hello()["session"]
+        return bool(monitor.poll(int(timeout * 1000)))
+    finally:
+        quiet.sock.disable_monitor()
+        monitor.close(linger=0)
+        quiet.close()
+        ctx.term()

@@ -22,7 +22,7 @@ from plugboard.broker.cli import build_parser
 from plugboard.protocol import Timestamp
 from plugboard.sdk import Change, Client
 
-from ..conformance.raw import RawPeer
+from ..conformance.raw import hung_up_after_hello
 from .conftest import Processes
 from .processes import PLUGBOARD, ROOT, BrokerProcess, make_plugin, short_tmpdir
 
@@ -310,18 +310,8 @@ def test_the_broker_keeps_time_on_either_event_loop(processes: Processes, loop: 
     (1.5 s). (A timer firing early: test_delivery's test_a_timer_that_fires_early...)"""
     broker = processes.broker(None, "--event-loop", loop)
     assert f"event loop: {loop}" in broker.stderr_path.read_text()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        quiet = RawPeer(ctx, broker.tcp)
-        monitor = quiet.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        assert quiet.call("hello", versions=[1], role="client")["session"]
-        assert monitor.poll(10_000), f"the silent session's connection stayed open\n" \
-            f"{processes.report()}"
-        quiet.sock.disable_monitor()
-        monitor.close(0)
-        quiet.sock.close(0)
-    finally:
-        ctx.term()
+    assert hung_up_after_hello(broker.tcp, 10), \
+        f"the silent session's connection stayed open\n{processes.report()}"
 
 
 def test_an_event_loop_that_is_not_installed_is_one_line() -> None:
