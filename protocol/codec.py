@@ -21,6 +21,7 @@ import msgpack
 
 from .errors import ProtocolError
 from .limits import MAX_DEPTH, MAX_FRAME_BYTES, MAX_MSGID
+from .malformed import explain
 from .values import DURATION_EXT, Duration
 
 __all__ = [
@@ -147,13 +148,14 @@ def decode_value(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> Any:
         raise
     except msgpack.exceptions.StackError as exc:
         raise ProtocolError("too_deep", "nested deeper than the decoder's stack") from exc
-    except msgpack.ExtraData as exc:
-        raise ProtocolError("malformed", "frame holds more than one msgpack object") from exc
     except Exception as exc:  # msgpack raises ValueError, OverflowError, TypeError, ...
-        raise ProtocolError(
-            "malformed", f"not valid msgpack ({type(exc).__name__}: {exc})"
-        ) from exc
-    _check_shape(obj, 1)
+        raise ProtocolError("malformed", explain(frame, exc)) from exc
+    try:
+        _check_shape(obj, 1)
+    except ProtocolError as exc:
+        if exc.code == "malformed":  # a map key that is no string: say where
+            raise ProtocolError("malformed", explain(frame, exc)) from exc
+        raise
     return obj
 
 

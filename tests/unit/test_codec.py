@@ -19,6 +19,7 @@ from plugboard.protocol import (
 )
 from plugboard.protocol.codec import decode_value, encode_value, frame_msgid
 from plugboard.protocol.limits import MAX_FRAME_BYTES
+from plugboard.protocol.malformed import WALK_LIMIT
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),
@@ -91,6 +92,46 @@ def test_msgid_is_recovered_from_a_frame_that_fails_validation() -> None:
     assert frame_msgid(msgpack.packb([1, 9, None, {"result": {1: 2}}])) == (1, 9)
     assert frame_msgid(b"\x94\xc2\x07") is None  # false is not a request's 0
     assert frame_msgid(b"\x94\x02\x07") is None  # a notification has no msgid
+
+
+PING = b"\x94\x00\x07\xa4ping"
+"""[0, 7, "ping", ...: a request's first 8 bytes, its params to follow."""
+
+
+@pytest.mark.parametrize(("frame", "says"), [
+    (b"", "empty frame"),
+    (PING + b"\x81\xa1a\xc1", "byte 0xc1 at offset 11 starts no msgpack value"),
+    (PING + b"\x82\xa1a\x01", "the frame ends at offset 12, inside the map at offset 8: "
+     "1 more entry was announced"),
+    (PING + b"\xdd\xff\xff\xff\xff", "inside the array at offset 8: 4294967295 more items"),
+    (PING + b"\x81\xa1a\xdb\xff\xff\xff\xff",
+     "the str at offset 11 runs past the frame's end (16 bytes)"),
+    (PING + b"\x81\xa1a\xc9\xff\xff\xff\xff\x05", "the ext at offset 11 runs past"),
+    (PING + b"\x81\x01\x02", "the map key at offset 9 is an int: map keys must be strings"),
+    (PING + b"\x81\xc4\x01a\x02", "the map key at offset 9 is a bin"),
+    (PING + b"\x81\x91\x01\x02", "the map key at offset 9 is an array"),
+    (PING + b"\x81\xa1a\xa2\xffx", "the str at offset 11 is not UTF-8 (invalid start byte at "
+     "its byte 0)"),
+    (PING + b"\x80\xc0\x00", "more than one msgpack object: the first ends at offset 9, "
+     "2 bytes more follow"),
+])
+def test_a_malformed_frame_is_explained_with_its_offset(frame: bytes, says: str) -> None:
+    """msgpack's own words ("FormatError()", "incomplete input") say neither what nor
+    where; a peer debugging its encoder gets both."""
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert caught.value.code == "malformed"
+    assert says in caught.value.message
+
+
+def test_explaining_a_huge_malformed_frame_stays_cheap() -> None:
+    """The walk that finds the offset stops after WALK_LIMIT values: a peer sending 4 MiB
+    frames of small values with a bad byte at the end cannot make each cost seconds."""
+    frame = msgpack.packb(list(range(100)) * 20_000)[:-1] + b"\xc1"  # 5-byte header
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert caught.value.message == (f"not valid msgpack past offset {5 + WALK_LIMIT - 1} "
+                                    f"(FormatError); the {WALK_LIMIT} values before it are sound")
 
 
 @given(st.binary(max_size=64))
