@@ -34,12 +34,12 @@ import os
 import socket
 import struct
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 
 import zmq
 
 from plugboard.protocol.errors import ConfigError, StoreError
+from plugboard.sdk._socket import LARGE_FRAME, Unsent
 
 from .core import BrokerCore, CoreConfig
 from .security import ZAP_DOMAIN
@@ -58,32 +58,6 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 STORE_RETRY_S = 1.0
 """How soon a commit the store refused (a full disk) is tried again, writes or not."""
-
-LARGE_FRAME = 32 * 1024
-"""A frame this large or larger (a big value's change, a ``list`` page, a ``get`` of a
-big value) is handed to ZeroMQ tracked, and only while the peer's earlier large frames
-have left ZeroMQ's queue, up to a quarter of its ``peer_queue_bytes`` (one at least).
-ZeroMQ's high-water mark counts frames, not bytes: 1,000 frames of 4 MiB to a peer that
-does not read would be 4 GB held for it. A change batch closes at ~16 KiB, so the
-smaller frames are bounded by the high-water mark times this."""
-
-
-class _InZeroMQ:
-    """A peer's large frames ZeroMQ has not written to the connection yet, by the
-    trackers of their zero-copy sends."""
-
-    __slots__ = ("frames", "size")
-
-    def __init__(self) -> None:
-        self.frames: deque[tuple[zmq.MessageTracker, int]] = deque()
-        self.size = 0
-
-    def waiting(self) -> int:
-        """Bytes still in ZeroMQ's queue (those written are forgotten)."""
-        frames = self.frames
-        while frames and frames[0][0].done:
-            self.size -= frames.popleft()[1]
-        return self.size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,8 +141,11 @@ class BrokerServer:
         self._peer_at: dict[int, bytes] = {}
         """Connection file descriptor → the peer using it."""
         self._fd_of: dict[bytes, int] = {}
-        self._in_zmq: dict[bytes, _InZeroMQ] = {}
-        """Peers with large frames handed to ZeroMQ (LARGE_FRAME)."""
+        self._in_zmq: dict[bytes, Unsent] = {}
+        """Peers with large frames handed to ZeroMQ (LARGE_FRAME), each frame only while
+        the peer's earlier ones have left ZeroMQ's queue, up to a quarter of its
+        ``peer_queue_bytes`` (one at least): 1,000 frames of 4 MiB to a peer that does
+        not read would be 4 GB held for it."""
         self._large_allowance = max(1, self.config.core.peer_queue_bytes // 4)
 
     def poke(self) -> None:
@@ -553,15 +530,13 @@ class BrokerServer:
         """Hand ZeroMQ a large frame if the peer's allowance has room (False: keep it,
         as if ZeroMQ had refused it; the core offers it again). zmq.Again as send."""
         queued = self._in_zmq.get(peer)
-        if queued is not None and queued.waiting() and \
-                queued.size + len(frame) > self._large_allowance:
+        if queued is not None and not queued.admits(len(frame), self._large_allowance):
             return False
         sock.send(peer[1:], _MORE_NOBLOCK)
         tracker = sock.send(frame, _NOBLOCK, copy=False, track=True)
         if queued is None:
-            queued = self._in_zmq[peer] = _InZeroMQ()
-        queued.frames.append((tracker, len(frame)))
-        queued.size += len(frame)
+            queued = self._in_zmq[peer] = Unsent()
+        queued.track(tracker, len(frame))
         return True
 
     def _arm_timer(self, deadline: float) -> None:

@@ -52,13 +52,16 @@ from ._keys import CurveKeys, curve_keys
 from ._queue import MAX_PENDING
 from ._socket import (
     HANDSHAKE_FAILED,
+    LARGE_FRAME,
     NOBLOCK,
     POLLIN,
-    SEND_HWM,
+    UNSENT_LIMITS,
+    Unsent,
     endpoint_from_env,
     handshake_error,
     handshake_failures,
     open_socket,
+    send_large,
 )
 from ._state import SessionState
 from ._subscription import Listener, Subscription
@@ -140,6 +143,8 @@ class Client(SessionState):
         """How many user callbacks raised (each was logged)."""
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
+        self._unsent = Unsent()
+        """Large frames of this socket's that ZeroMQ has not written yet (SEND_BYTES)."""
         self._read_scheduled = False
         self._pending: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int, _Pending]] = []
@@ -259,7 +264,7 @@ class Client(SessionState):
         handshake_failed: list[str] = []
         if self.curve is not None:
             self._watch_handshake(sock, handshake_failed)
-        self._sock = sock
+        self._sock, self._unsent = sock, Unsent()
         asyncio.get_running_loop().add_reader(int(sock.getsockopt(zmq.FD)), self._on_readable, True)
         self._poke()
         try:
@@ -412,7 +417,10 @@ class Client(SessionState):
 
     def _send(self, frame: bytes) -> None:
         assert self._sock is not None
-        self._sock.send(frame, NOBLOCK)
+        if len(frame) < LARGE_FRAME:
+            self._sock.send(frame, NOBLOCK)
+        else:
+            send_large(self._sock, frame, self._unsent)
         self._poke()
 
     def _poke(self) -> None:
@@ -700,7 +708,8 @@ class Client(SessionState):
         ``set`` notification. A refusal arrives later as an error (``on_error``,
         ``write_errors``); writes on one connection are applied in order. Nothing paces
         these writes: await any request every few thousand (``ping``) to keep pace with
-        the broker; if 10,000 frames wait unsent, ConnectionFailed says so."""
+        the broker; if 10,000 frames, or 64 MiB of large ones, wait unsent,
+        ConnectionFailed says so."""
         self._notify("set", {"target": target, "value": value})
         self._conn.wrote(((target, value),), answered=True)
 
@@ -722,7 +731,7 @@ class Client(SessionState):
             self._send(self._conn.notification(method, params))
         except zmq.Again:
             raise ConnectionFailed(f"the broker at {self.endpoint} takes no more frames "
-                                   f"({SEND_HWM:,} wait unsent): await a request to keep "
+                                   f"({UNSENT_LIMITS} wait unsent): await a request to keep "
                                    "pace") from None
 
     def set_many(self, items: ops.Pairs) -> asyncio.Future[builtins.list[int]]:

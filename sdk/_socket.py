@@ -6,8 +6,10 @@ connect, authenticate and explain failures the same way.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+from collections import deque
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -23,6 +25,53 @@ NOBLOCK = int(zmq.NOBLOCK)
 
 SEND_HWM = 10_000
 """Frames a client queues for the broker before a send fails (zmq.Again)."""
+
+LARGE_FRAME = 32 * 1024
+"""A frame this large or larger is handed to ZeroMQ tracked (zero-copy), so that the
+bytes it holds unsent can be counted: ZeroMQ's high-water marks count frames, not bytes.
+Smaller frames are bounded by the high-water mark times this."""
+
+SEND_BYTES = 64 * 1024 * 1024
+"""Bytes of large frames a client lets wait unsent before a send fails (zmq.Again): by
+SEND_HWM alone, 10,000 frames of 4 MiB could hold 40 GB while the broker is away."""
+
+UNSENT_LIMITS = f"{SEND_HWM:,} frames, or {SEND_BYTES >> 20} MiB of large ones"
+"""What a refused send means, in the words of its error."""
+
+
+class Unsent:
+    """Large frames handed to ZeroMQ and not yet written to their connection, by the
+    trackers of their zero-copy sends (one peer's: the broker keeps one per peer)."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        self.frames: deque[tuple[zmq.MessageTracker, int]] = deque()
+        self.size = 0
+
+    def waiting(self) -> int:
+        """Bytes still in ZeroMQ's queue (those written are forgotten)."""
+        frames = self.frames
+        while frames and frames[0][0].done:
+            self.size -= frames.popleft()[1]
+        return self.size
+
+    def admits(self, size: int, allowance: int) -> bool:
+        """Whether a large frame of ``size`` bytes may join those waiting: up to
+        ``allowance`` bytes in all, and one always when none waits."""
+        return not self.waiting() or self.size + size <= allowance
+
+    def track(self, tracker: zmq.MessageTracker, size: int) -> None:
+        self.frames.append((tracker, size))
+        self.size += size
+
+
+def send_large(sock: zmq.Socket[bytes], frame: bytes, unsent: Unsent) -> None:
+    """Hand ZeroMQ a frame of LARGE_FRAME bytes or more, within SEND_BYTES of large
+    frames waiting unsent; zmq.Again as a send past the high-water mark."""
+    if not unsent.admits(len(frame), SEND_BYTES):
+        raise zmq.Again(errno.EAGAIN)
+    unsent.track(sock.send(frame, NOBLOCK, copy=False, track=True), len(frame))
 
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)

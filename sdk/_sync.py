@@ -41,12 +41,15 @@ from ._keys import CurveKeys, curve_keys
 from ._queue import CLOSED, MAX_PENDING, EventQueue
 from ._socket import (
     HANDSHAKE_FAILED,
+    LARGE_FRAME,
     NOBLOCK,
-    SEND_HWM,
+    UNSENT_LIMITS,
+    Unsent,
     endpoint_from_env,
     handshake_error,
     handshake_failures,
     open_socket,
+    send_large,
 )
 from ._state import SessionState
 
@@ -134,6 +137,8 @@ class SyncClient(SessionState):
         self._conn = ClientConnection(role, name, token)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
+        self._unsent = Unsent()
+        """Large frames of this socket's that ZeroMQ has not written yet (SEND_BYTES)."""
         self._monitor: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
         self._last_sent = 0.0
@@ -159,6 +164,7 @@ class SyncClient(SessionState):
     def _open_and_hello(self) -> None:
         self._close_socket()
         self._sock = open_socket(self._ctx, self.endpoint, self.curve, self.timeout)
+        self._unsent = Unsent()
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         if self.curve is not None:
@@ -225,10 +231,13 @@ class SyncClient(SessionState):
         if self._sock is None:
             raise ConnectionFailed("the client was closed")
         try:
-            self._sock.send(frame, NOBLOCK)
+            if len(frame) < LARGE_FRAME:
+                self._sock.send(frame, NOBLOCK)
+            else:
+                send_large(self._sock, frame, self._unsent)
         except zmq.Again:
             raise ConnectionFailed(f"the broker at {self.endpoint} takes no more frames "
-                                   f"({SEND_HWM:,} wait unsent)") from None
+                                   f"({UNSENT_LIMITS} wait unsent)") from None
         self._last_sent = time.monotonic()
 
     def _pump_until(self, deadline: float | None, done: Callable[[], bool]) -> bool:

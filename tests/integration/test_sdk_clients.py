@@ -28,6 +28,7 @@ from plugboard.sdk import (
     Synced,
 )
 from plugboard.sdk import SyncSubscription as SyncSub
+from plugboard.sdk._socket import SEND_BYTES
 
 from .conftest import Processes
 from .processes import BrokerProcess, free_port
@@ -393,3 +394,42 @@ def test_the_asyncio_client_runs_on_uvloop(broker: BrokerProcess) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["Client", "SyncClient"])
+def test_large_frames_waiting_unsent_are_bounded_in_bytes(broker: BrokerProcess,
+                                                          blocking: bool) -> None:
+    """ZeroMQ's high-water mark counts frames: by it alone, writes of 1 MiB to a broker
+    that reads nothing would hold 10 GB before a send failed. They fail once SEND_BYTES
+    of large frames wait unsent (plus what the kernel's buffer took), and writing works
+    again once the broker reads."""
+    mib = b"\0" * (1 << 20)
+    accepted = 0
+
+    def fill(set_nowait: Callable[[str, bytes], None]) -> None:
+        nonlocal accepted
+        broker.signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ConnectionFailed, match="64 MiB of large ones wait unsent"):
+                for _ in range(1000):
+                    set_nowait("big/x", mib)
+                    accepted += 1
+        finally:
+            broker.signal(signal.SIGCONT)
+
+    if blocking:
+        with SyncClient(broker.ipc, role="plugin", name="big") as sync:
+            sync.declare("big/x", "bytes", b"")
+            fill(sync.set_nowait)
+            sync.set("big/x", b"after")
+            assert sync.get("big/x").value == b"after"
+    else:
+        async def main() -> None:
+            async with Client(broker.ipc, role="plugin", name="big") as client:
+                await client.declare("big/x", "bytes", b"")
+                fill(client.set_nowait)
+                await client.set("big/x", b"after")
+                assert (await client.get("big/x")).value == b"after"
+
+        asyncio.run(main())
+    assert (SEND_BYTES >> 20) - 1 <= accepted <= (SEND_BYTES >> 20) + 8, broker.describe()
