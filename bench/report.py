@@ -202,6 +202,73 @@ def hop_us(hops: dict[str, Any], path: str, mode: str) -> float:
     return float(fig["us"]) if fig else float("nan")
 
 
+RAW = "broker, raw clients"
+Row = tuple[str, str]
+"""A per-hop row and column: (path, mode)."""
+Piece = Callable[[str], "tuple[Row, Row | None] | None"]
+"""Per column (mode): the row a piece adds to and the row it is added to (None: the
+row alone), or None where the piece is not measured."""
+
+
+def _less(path: str, base: str) -> Piece:
+    """The piece ``path`` minus ``base``, in every column."""
+    return lambda mode: ((path, mode), (base, mode))
+
+
+def _alone(path: str) -> Piece:
+    return lambda mode: ((path, mode), None)
+
+
+def _broker_over_relay(mode: str) -> tuple[Row, Row | None]:
+    """The broker against the relay doing the same: a reply per set in both or in
+    neither (the relay's writer never waits, so its single is the nowait's peer)."""
+    if mode == "latency":
+        return (RAW + ", no reply", mode), ("relay", mode)
+    if mode == "nowait":
+        return (RAW, mode), ("relay", "single")
+    if mode == "single":
+        return (RAW, mode), ("relay, replying to the writer", mode)
+    return (RAW, mode), ("relay", mode)
+
+
+def _broker_reply(mode: str) -> tuple[Row, Row | None] | None:
+    if mode == "latency":
+        return (RAW, mode), (RAW + ", no reply", mode)
+    if mode == "single":
+        return (RAW, mode), (RAW, "nowait")
+    return None
+
+
+PIECES: list[tuple[str, Piece]] = [
+    ("libzmq + kernel, one hop (direct)", _alone("direct")),
+    ("a middle process: the relay, two hops (relay)", _alone("relay")),
+    ("a reply per set, in the relay", _less("relay, replying to the writer", "relay")),
+    ("the broker in the middle instead of the relay (replying alike)", _broker_over_relay),
+    ("a reply per set, in the broker", _broker_reply),
+    ("asyncio's own loop instead of uvloop, in the broker",
+     _less("broker on asyncio's own loop, raw clients", RAW)),
+    ("writer SDK (asyncio Client)", _less("broker, SDK writer", RAW)),
+    ("writer SDK (SyncClient)", _less("broker, SyncClient writer", RAW)),
+    ("subscriber SDK (asyncio Client, on_batch)", _less("broker, SDK subscriber", RAW)),
+    ("subscriber SDK (asyncio Client, `async for` over batches())",
+     _less("broker, SDK subscriber iterating", RAW)),
+    ("subscriber SDK (SyncClient, next_batch)", _less("broker, SyncClient subscriber", RAW)),
+]
+"""Section 9's pieces, each as the difference of two per-hop rows."""
+
+
+def round_differences(hops: dict[str, Any], row: Row, base: Row | None) -> list[float]:
+    """Per round, ``row``'s p50 less ``base``'s (paced rows; empty for figures saved
+    before the rounds' p50s were)."""
+    ours = hops.get(f"{row[0]}/{row[1]}", {}).get("round_p50s")
+    if not ours:
+        return []
+    if base is None:
+        return list(ours)
+    theirs = hops.get(f"{base[0]}/{base[1]}", {}).get("round_p50s")
+    return [a - b for a, b in zip(ours, theirs, strict=True)] if theirs else []
+
+
 def hops_section(hops: dict[str, Any] | None) -> list[str]:
     """The per-hop table: each piece's µs as the difference of two rows."""
     if not hops:
@@ -226,54 +293,23 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     for path in HOP_PAIRS:
         cells = [f"{us(path, m):.1f}" if us(path, m) == us(path, m) else "—" for m in modes]
         lines.append(f"| {path} | " + " | ".join(cells) + " |")
-    def broker_over_relay(mode: str) -> float:
-        """The broker against the relay doing the same: a reply per set in both or in
-        neither."""
-        if mode == "latency":
-            return us("broker, raw clients, no reply", mode) - us("relay", mode)
-        if mode == "nowait":
-            return us("broker, raw clients", mode) - us("relay", "single")
-        if mode == "single":
-            return us("broker, raw clients", mode) - us("relay, replying to the writer", mode)
-        return us("broker, raw clients", mode) - us("relay", mode)
-
-    def broker_reply(mode: str) -> float:
-        if mode == "latency":
-            return us("broker, raw clients", mode) - us("broker, raw clients, no reply", mode)
-        if mode == "single":
-            return us("broker, raw clients", mode) - us("broker, raw clients", "nowait")
-        return float("nan")
-
-    rows: list[tuple[str, Callable[[str], float]]] = [
-        ("libzmq + kernel, one hop (direct)", lambda m: us("direct", m)),
-        ("a middle process: the relay, two hops (relay)", lambda m: us("relay", m)),
-        ("a reply per set, in the relay",
-         lambda m: us("relay, replying to the writer", m) - us("relay", m)),
-        ("the broker in the middle instead of the relay (replying alike)",
-         broker_over_relay),
-        ("a reply per set, in the broker", broker_reply),
-        ("asyncio's own loop instead of uvloop, in the broker",
-         lambda m: us("broker on asyncio's own loop, raw clients", m)
-         - us("broker, raw clients", m)),
-        ("writer SDK (asyncio Client)",
-         lambda m: us("broker, SDK writer", m) - us("broker, raw clients", m)),
-        ("writer SDK (SyncClient)",
-         lambda m: us("broker, SyncClient writer", m) - us("broker, raw clients", m)),
-        ("subscriber SDK (asyncio Client, on_batch)",
-         lambda m: us("broker, SDK subscriber", m) - us("broker, raw clients", m)),
-        ("subscriber SDK (asyncio Client, `async for` over batches())",
-         lambda m: us("broker, SDK subscriber iterating", m) - us("broker, raw clients", m)),
-        ("subscriber SDK (SyncClient, next_batch)",
-         lambda m: us("broker, SyncClient subscriber", m) - us("broker, raw clients", m)),
-    ]
     lines += ["", "Each piece's share, as the difference of two rows above (µs; negative "
-              "or tiny means within run-to-run noise):", "",
+              "or tiny means within run-to-run noise). Latency: the difference of the "
+              "pooled p50s, and in brackets the least and the most it was between the "
+              f"two rows' p50s of one round ({ROUNDS} rounds): a piece whose range holds 0 "
+              "is not told apart from noise.", "",
               "| piece | latency p50 | single | nowait | batched |", "|---|---|---|---|---|"]
-    for label, of in rows:
+    for label, of in PIECES:
         cells = []
         for mode in modes:
-            value = of(mode)
-            cells.append(f"{value:.1f}" if value == value else "—")
+            rows = of(mode)
+            value = float("nan") if rows is None else \
+                us(*rows[0]) - (us(*rows[1]) if rows[1] else 0.0)
+            cell = f"{value:.1f}" if value == value else "—"
+            spread = None if rows is None else round_differences(hops, *rows)
+            if mode == "latency" and spread:
+                cell += f" ({min(spread):.0f} to {max(spread):.0f})"
+            cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     hop, relay = us("direct", "latency"), us("relay", "latency")
     broker = us("broker, raw clients, no reply", "latency")

@@ -147,9 +147,11 @@ def scenario_hops() -> dict[str, Any]:
             counts[f"{path}/{mode}"] = count
     out: dict[str, Any] = {}
     for label, rounds in in_rounds(runs).items():
-        value = round_us(rounds, paced=label.endswith("/latency"))
+        paced = label.endswith("/latency")
         lost = max(counts[label] - f.get("received", 0) for f in rounds)
-        out[label] = {"us": value, "lost": lost}
+        out[label] = {"us": round_us(rounds, paced=paced), "lost": lost}
+        if paced:  # each round's own p50: section 9 shows how much a piece moved
+            out[label]["round_p50s"] = [percentiles(f["latencies"])["p50_us"] for f in rounds]
         print(f"hops {label}: {out[label]}", flush=True)
     return out
 
