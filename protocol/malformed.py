@@ -13,6 +13,8 @@ from typing import Any
 
 import msgpack
 
+from .errors import ProtocolError
+
 __all__ = ["explain"]
 
 WALK_LIMIT = 10_000
@@ -44,8 +46,8 @@ def explain(frame: bytes, refusal: Exception) -> str:
         at = unpacker.tell()
         read += 1
         if read > WALK_LIMIT:
-            return (f"not valid msgpack past offset {at} ({_words(refusal)}); the "
-                    f"{WALK_LIMIT} values before it are sound")
+            return (f"{_words(refusal)}, past offset {at}: the {WALK_LIMIT} values "
+                    "before it are sound")
         if at >= len(frame):
             container = "map" if is_map else "array"
             count = (left + 1) // 2 if is_map else left
@@ -77,12 +79,13 @@ def explain(frame: bytes, refusal: Exception) -> str:
             if isinstance(exc, msgpack.OutOfData) or "exceeds max_" in str(exc):
                 return (f"the {_kind(head)} at offset {at} runs past the frame's end "
                         f"({len(frame)} bytes): truncated, or a wrong length")
-            return f"the {_kind(head)} at offset {at} cannot be read ({_words(exc)})"
+            return (f"the {_kind(head)} at offset {at} cannot be read "
+                    f"({str(exc) or type(exc).__name__})")
     end = unpacker.tell()
     if end < len(frame):
         return (f"the frame holds more than one msgpack object: the first ends at offset "
                 f"{end}, {_bytes(len(frame) - end)} more follow")
-    return f"not valid msgpack ({_words(refusal)})"  # a check this walk does not repeat
+    return _words(refusal)  # a check this walk does not repeat
 
 
 def _bytes(count: int) -> str:
@@ -90,8 +93,15 @@ def _bytes(count: int) -> str:
 
 
 def _words(refusal: Exception) -> str:
-    """msgpack's own message, which is sometimes empty (FormatError)."""
-    return str(refusal) or type(refusal).__name__
+    """What the decoder said, where the walk could not place it: msgpack's terse
+    exceptions (FormatError has no message at all) in plain words."""
+    if isinstance(refusal, ProtocolError):
+        return refusal.message
+    if isinstance(refusal, msgpack.FormatError):
+        return "a byte that starts no msgpack value"
+    if isinstance(refusal, msgpack.OutOfData) or "incomplete input" in str(refusal):
+        return "a value runs past the frame's end"
+    return f"not valid msgpack ({str(refusal) or type(refusal).__name__})"
 
 
 def _any_ext(code: int, data: bytes) -> None:
