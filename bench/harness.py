@@ -242,10 +242,14 @@ by a tenth with three."""
 
 def in_rounds(runs: list[tuple[str, Callable[[], dict[str, Any]]]], rounds: int = ROUNDS
             ) -> dict[str, list[dict[str, Any]]]:
-    """Each run's figures of every round, by label."""
+    """Each run's figures of every round, by label. Each round starts at another place
+    in the list (rotated by a share of it), so that what ran just before a system, and
+    how long since the round began, differ from round to round: a bias of one place in
+    the order then shows as spread between rounds instead of hiding in every round."""
     out: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in runs}
     for round_number in range(rounds):
-        for label, run in runs:
+        start = round_number * len(runs) // rounds
+        for label, run in runs[start:] + runs[:start]:
             out[label].append(run())
             print(f"round {round_number + 1}: {label} done", flush=True)
     return out
