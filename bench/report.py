@@ -325,7 +325,7 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
               f"costs {hop:.0f} µs here and the relay's two {relay:.0f} µs. The broker in "
               f"the middle instead of the relay adds {broker - relay:.0f} µs (decode, "
               "session and ACL, apply, queue, encode, send, on uvloop; "
-              f"{own_loop:.0f} µs more on asyncio's own loop). A writer "
+              f"{own_loop:+.0f} µs on asyncio's own loop). A writer "
               f"that waits for its reply adds {reply:.0f} µs to the subscriber's latency "
               f"through the broker and {relay_reply:.0f} µs through the relay: on this "
               "2-CPU machine the writer waking for its reply competes with the subscriber "
