@@ -27,7 +27,7 @@ _MAPS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 def explain(frame: bytes, refusal: Exception) -> str:
     """What is wrong with ``frame``, which msgpack refused with ``refusal``, and at
     which offset. The walk reads at most :data:`WALK_LIMIT` values: past them the
-    message gives msgpack's own words and how far the frame was found sound (a 4 MiB
+    message says what the decoder found, and how far the frame was found sound (a 4 MiB
     frame of small values would otherwise cost seconds of Python)."""
     if not frame:
         return "empty frame: a message is one msgpack object"
