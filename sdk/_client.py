@@ -52,7 +52,6 @@ from ._keys import CurveKeys, curve_keys
 from ._queue import MAX_PENDING
 from ._socket import (
     HANDSHAKE_FAILED,
-    LARGE_FRAME,
     NOBLOCK,
     POLLIN,
     UNSENT_LIMITS,
@@ -61,7 +60,7 @@ from ._socket import (
     handshake_error,
     handshake_failures,
     open_socket,
-    send_large,
+    send_frame,
 )
 from ._state import SessionState
 from ._subscription import Listener, Subscription
@@ -417,10 +416,7 @@ class Client(SessionState):
 
     def _send(self, frame: bytes) -> None:
         assert self._sock is not None
-        if len(frame) < LARGE_FRAME:
-            self._sock.send(frame, NOBLOCK)
-        else:
-            send_large(self._sock, frame, self._unsent)
+        send_frame(self._sock, frame, self._unsent)
         self._poke()
 
     def _poke(self) -> None:

@@ -66,12 +66,17 @@ class Unsent:
         self.size += size
 
 
-def send_large(sock: zmq.Socket[bytes], frame: bytes, unsent: Unsent) -> None:
-    """Hand ZeroMQ a frame of LARGE_FRAME bytes or more, within SEND_BYTES of large
-    frames waiting unsent; zmq.Again as a send past the high-water mark."""
+def send_frame(sock: zmq.Socket[bytes], frame: bytes, unsent: Unsent) -> None:
+    """Hand ZeroMQ one frame of a client's: zmq.Again past SEND_HWM frames, or, for a
+    frame of LARGE_FRAME bytes or more, past SEND_BYTES of such frames waiting unsent
+    (``unsent``: the socket's)."""
+    if len(frame) < LARGE_FRAME:
+        sock.send(frame, NOBLOCK)
+        return
     if not unsent.admits(len(frame), SEND_BYTES):
         raise zmq.Again(errno.EAGAIN)
     unsent.track(sock.send(frame, NOBLOCK, copy=False, track=True), len(frame))
+
 
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)

@@ -41,7 +41,6 @@ from ._keys import CurveKeys, curve_keys
 from ._queue import CLOSED, MAX_PENDING, EventQueue
 from ._socket import (
     HANDSHAKE_FAILED,
-    LARGE_FRAME,
     NOBLOCK,
     UNSENT_LIMITS,
     Unsent,
@@ -49,7 +48,7 @@ from ._socket import (
     handshake_error,
     handshake_failures,
     open_socket,
-    send_large,
+    send_frame,
 )
 from ._state import SessionState
 
@@ -231,10 +230,7 @@ class SyncClient(SessionState):
         if self._sock is None:
             raise ConnectionFailed("the client was closed")
         try:
-            if len(frame) < LARGE_FRAME:
-                self._sock.send(frame, NOBLOCK)
-            else:
-                send_large(self._sock, frame, self._unsent)
+            send_frame(self._sock, frame, self._unsent)
         except zmq.Again:
             raise ConnectionFailed(f"the broker at {self.endpoint} takes no more frames "
                                    f"({UNSENT_LIMITS} wait unsent)") from None
