@@ -52,8 +52,11 @@ clean:
 	rm -rf $(VENV) *.egg-info
 
 ## bench: measure and write docs/BENCHMARKS*.md (reports only; never part of make test).
-## Redis, MQTT and NATS columns need Debian's redis-server, mosquitto and nats-server.
+## Redis, MQTT and NATS columns need Debian's redis-server, mosquitto and nats-server;
+## the relay in C (bench/c_relay.c) needs libzmq's headers (libzmq3-dev), else its rows
+## are left out.
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	-mkdir -p bench/.build && $(CC) -O2 -Wall -Wextra -std=c11 -o bench/.build/c_relay bench/c_relay.c -lzmq
 	$(BIN)/python bench/persistence.py
 	$(BIN)/python bench/run.py

@@ -34,11 +34,14 @@ SCALES = [10_000, 100_000] if QUICK else [10_000, 100_000, 1_000_000]
 
 
 class Peer:
-    """A worker process: waits for its 'ready', says 'go', reads its JSON result."""
+    """A worker process: waits for its 'ready', says 'go', reads its JSON result.
+    ``program``: another program than bench/worker.py, given ``args``."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.role = args[0]
-        self.proc = subprocess.Popen([*WORKER, *args], stdin=subprocess.PIPE,
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 program: Path | None = None) -> None:
+        self.role = program.name if program else args[0]
+        command = [str(program)] if program else WORKER
+        self.proc = subprocess.Popen([*command, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, cwd=ROOT, text=True,
                                      env={**os.environ, **(env or {})})
 
@@ -142,9 +145,10 @@ class Reference:
         self.proc: subprocess.Popen[Any] | None = None
         self.peer: Peer | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="pbr-"))
-        if kind == "raw":
+        if kind in ("raw", C_RELAY):
             bind = f"ipc://{self.dir}/r.sock" if transport == "ipc" else "tcp://127.0.0.1:*"
-            self.peer = Peer("raw-relay", bind)
+            self.peer = Peer("raw-relay", bind) if kind == "raw" else Peer(
+                bind, program=C_RELAY_BINARY)
             self.address = self.peer.ready().split()[1]
         elif kind == "redis":
             port = free_port()
@@ -172,9 +176,11 @@ class Reference:
 
     @staticmethod
     def available(kind: str) -> bool:
-        return kind == "raw" or shutil.which({"redis": "redis-server", "mqtt": "mosquitto",
-                                              "nats": "nats-server",
-                                              "natskv": "nats-server"}[kind]) is not None
+        if kind == C_RELAY:
+            return C_RELAY_BINARY.exists()
+        return kind == "raw" or shutil.which({
+            "redis": "redis-server", "mqtt": "mosquitto", "nats": "nats-server",
+            "natskv": "nats-server"}[kind]) is not None
 
     def stop(self) -> None:
         if self.peer is not None:
@@ -226,7 +232,21 @@ def run_system(kind: str, transport: str, mode: str, count: int) -> dict[str, An
 
 
 CURVE = "plugboard+curve"
-SYSTEMS = ["plugboard", CURVE, "raw", "redis", "mqtt", "nats", "natskv"]
+C_RELAY = "raw-c"
+C_RELAY_BINARY = ROOT / "bench" / ".build" / "c_relay"
+"""The raw relay's loop in C (bench/c_relay.c, built by ``make bench``), between the
+same writer and subscriber: two libzmq hops and a middle process with no Python in it."""
+
+
+def c_relay_libzmq() -> str:
+    """The libzmq version the C relay runs on (the system's, not pyzmq's own)."""
+    if not C_RELAY_BINARY.exists():
+        return "not built"
+    return subprocess.run([str(C_RELAY_BINARY), "--version"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+SYSTEMS = ["plugboard", CURVE, "raw", C_RELAY, "redis", "mqtt", "nats", "natskv"]
 """natskv: NATS JetStream KV put -> watch, the nearest thing to a property store with
 push a user would pick instead."""
 
@@ -270,6 +290,7 @@ def round_us(rounds: list[dict[str, Any]], *, paced: bool) -> float:
 
 HOP_PAIRS = {
     "direct": ("direct-sub", "raw-write"),
+    "relay in C": ("raw-c-sub", "raw-c-write"),
     "relay": ("raw-sub", "raw-write"),
     "relay, replying to the writer": ("raw-sub", "raw-write"),
     "broker, raw clients, no reply": ("pbraw-sub", "pbraw-write"),

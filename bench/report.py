@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness import (
+    C_RELAY,
     CURVE,
     FANOUT_RUNS,
     FANOUT_WRITES,
@@ -47,6 +48,13 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
             continue
         lines.append(f"| {kind} | {transport} | {fig['p50_us']:.0f} | {fig['p99_us']:.0f} | "
                      f"{ratio(fig['p50_us'], raw and raw['p50_us'])} |")
+    if lat.get(f"{C_RELAY}/tcp"):
+        lines += ["", "`raw`: the raw pyzmq relay, the ratios' base. `raw-c`: the same relay "
+                  "loop in C (bench/c_relay.c), each frame forwarded undecoded, between the same "
+                  "writer and subscriber: two libzmq hops and a middle process with no "
+                  "Python in it, the floor of any broker on ZeroMQ here (it links the "
+                  f"system's libzmq, {facts.get('libzmq_c')}; pyzmq bundles "
+                  f"{facts.get('libzmq')})."]
     lines += ["", "## 2. Throughput (updates delivered to one subscriber per second, tcp)", "",
               f"The median of {ROUNDS} rounds (every system runs once per round); lost: "
               "the most any round lost.", "",
@@ -241,6 +249,8 @@ def _broker_reply(mode: str) -> tuple[Row, Row | None] | None:
 
 PIECES: list[tuple[str, Piece]] = [
     ("libzmq + kernel, one hop (direct)", _alone("direct")),
+    ("a middle process in C, two hops (relay in C)", _alone("relay in C")),
+    ("the relay's Python instead of C", _less("relay", "relay in C")),
     ("a middle process: the relay, two hops (relay)", _alone("relay")),
     ("a reply per set, in the relay", _less("relay, replying to the writer", "relay")),
     ("the broker in the middle instead of the relay (replying alike)", _broker_over_relay),
@@ -280,7 +290,9 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     modes = ("latency", "single", "nowait", "batched")
     lines = ["## 9. Where the time goes, hop by hop", "",
              "The same set → notify over tcp, one piece added at a time. `direct`: the "
-             "writer's frames straight into the subscriber (one libzmq hop); `relay`: the "
+             "writer's frames straight into the subscriber (one libzmq hop); `relay in C`: "
+             "the relay's loop in C, each frame forwarded undecoded (two hops and a middle "
+             "process, no Python: bench/c_relay.c); `relay`: the "
              "raw pyzmq relay (two hops and its Python); `raw clients`: the broker with "
              "PROTOCOL.md spoken by hand (pyzmq + msgpack) at both ends; then the SDK at "
              "one end or both (an asyncio subscriber's changes handed to an `on_batch` "
@@ -321,8 +333,11 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     subscriber = us("broker, SDK subscriber", "latency") - blocking
     iterating = us("broker, SDK subscriber iterating", "latency") - blocking
     sync_subscriber = us("broker, SyncClient subscriber", "latency") - blocking
+    in_c = us("relay in C", "latency")
     lines += ["", f"Read for latency: one libzmq hop, with the wake-up of an idle process, "
-              f"costs {hop:.0f} µs here and the relay's two {relay:.0f} µs. The broker in "
+              f"costs {hop:.0f} µs here"
+              + (f", two with a middle process in C {in_c:.0f} µs" if in_c == in_c else "")
+              + f" and the relay's two with its Python {relay:.0f} µs. The broker in "
               f"the middle instead of the relay adds {broker - relay:.0f} µs (decode, "
               "session and ACL, apply, queue, encode, send, on uvloop; "
               f"{own_loop:+.0f} µs on asyncio's own loop). A writer "
@@ -497,10 +512,14 @@ def targets(results: dict[str, Any]) -> list[str]:
              f"relay (tcp: {pb['p50_us'] / raw['p50_us']:.2f}×)")
         line(pb["p99_us"] <= 1.5 * raw["p99_us"], f"{label}: latency p99 ≤ 1.5× raw relay "
              f"(tcp: {pb['p99_us'] / raw['p99_us']:.2f}×)")
+        floor = lat.get(f"{C_RELAY}/tcp")
         for ref in ("redis", "mqtt", "nats"):
             other = lat.get(f"{ref}/tcp")
             line(bool(other) and pb["p50_us"] < other["p50_us"],
-                 f"{label}: latency p50 below {ref}")
+                 f"{label}: latency p50 below {ref}" + (
+                     f" ({pb['p50_us']:.0f} µs against {other['p50_us']:.0f}; the relay in "
+                     f"C, no Python between the same two libzmq hops: "
+                     f"{floor['p50_us']:.0f} µs)" if other and floor else ""))
     nowait, replied, rawt = (thr.get("plugboard/nowait"), thr.get("plugboard/single"),
                              thr.get("raw/single"))
     if nowait and replied and rawt:

@@ -29,6 +29,7 @@ import zmq
 import zmq.auth
 from harness import (
     BATCHED_N,
+    C_RELAY,
     CURVE,
     FANOUT_RUNS,
     FANOUT_WRITES,
@@ -46,6 +47,7 @@ from harness import (
     Broker,
     Peer,
     Reference,
+    c_relay_libzmq,
     in_rounds,
     pair,
     percentiles,
@@ -116,6 +118,8 @@ def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
         writer.go()
         writer.result()
         return sub.result()
+    if path == "relay in C":
+        return run_system(C_RELAY, "tcp", mode, count)
     if path.startswith("relay"):
         return run_system("raw", "tcp", mode, count)
     broker = Broker(*HOP_BROKER_ARGS.get(path, ()))
@@ -137,8 +141,10 @@ def scenario_hops() -> dict[str, Any]:
     for mode, count in (("latency", LATENCY_N // ROUNDS), ("single", THROUGHPUT_N),
                         ("nowait", THROUGHPUT_N), ("batched", BATCHED_N)):
         for path in HOP_PAIRS:
-            if mode == "nowait" and path in ("direct", "relay"):
+            if mode == "nowait" and path in ("direct", "relay in C", "relay"):
                 continue  # their writers never wait: their single is this
+            if path == "relay in C" and not Reference.available(C_RELAY):
+                continue
             writer_mode = HOP_WRITER_MODES.get(path, {}).get(mode, mode)
             if path in HOP_WRITER_MODES and mode not in HOP_WRITER_MODES[path]:
                 continue
@@ -628,7 +634,8 @@ def main() -> None:
     facts: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"),
                              "machine": platform.machine(),
              "cpus": os.cpu_count(), "python": platform.python_version(),
-             "pyzmq": zmq.pyzmq_version(), "broker_loop": event_loop.chosen("auto")}
+             "pyzmq": zmq.pyzmq_version(), "broker_loop": event_loop.chosen("auto"),
+             "libzmq": zmq.zmq_version(), "libzmq_c": c_relay_libzmq()}
     results: dict[str, Any] = {}
     ran: dict[str, str] = {}
     if len(chosen) < len(SCENARIOS) and saved.exists():

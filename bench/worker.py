@@ -277,10 +277,18 @@ def raw_sub(endpoint: str, expected: int) -> None:
     sock.send(msgpack.packb("sub"))
     sock.recv()
     ready()
+    _read_relayed(sock, expected)
+
+
+def _read_relayed(sock: zmq.Socket[bytes], expected: int, routed: bool = False) -> None:
+    """Count the writer's ``[name, value]`` frames, or lists of them, as they come (the
+    Python relay repacks a lone one as a list, the C relay forwards it as written;
+    ``routed``: a ROUTER's, the sender's id first)."""
     receipts = Receipts(expected)
     while sock.poll(int(IDLE_END_S * 1000) if receipts.count else 120_000):
         done = False
-        for _name, value in msgpack.unpackb(sock.recv()):
+        message = msgpack.unpackb(sock.recv_multipart()[-1] if routed else sock.recv())
+        for _name, value in message if isinstance(message[0], list) else [message]:
             done = receipts.got(value)
         if done:
             break
@@ -327,16 +335,7 @@ def direct_sub(bind: str, expected: int) -> None:
     router = ctx.socket(zmq.ROUTER)
     router.bind(bind)
     print(f"ready {router.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
-    receipts = Receipts(expected)
-    while router.poll(int(IDLE_END_S * 1000) if receipts.count else 120_000):
-        _peer, frame = router.recv_multipart()
-        message = msgpack.unpackb(frame)
-        done = False
-        for _name, value in message if isinstance(message[0], list) else [message]:
-            done = receipts.got(value)
-        if done:
-            break
-    receipts.report()
+    _read_relayed(router, expected, routed=True)
 
 
 # -- raw protocol clients: Plugboard's wire by hand (pyzmq + msgpack, no SDK) ---------------
@@ -783,6 +782,8 @@ ROLES = {
     "raw-relay": lambda a: raw_relay(a[0]),
     "raw-sub": lambda a: raw_sub(a[0], int(a[1])),
     "raw-write": lambda a: raw_write(a[0], a[1], int(a[2])),
+    "raw-c-sub": lambda a: raw_sub(a[0], int(a[1])),  # the C relay: bench/c_relay.c
+    "raw-c-write": lambda a: raw_write(a[0], a[1], int(a[2])),
     "direct-sub": lambda a: direct_sub(a[0], int(a[1])),
     "pbraw-sub": lambda a: pbraw_sub(a[0], int(a[1])),
     "pbraw-write": lambda a: pbraw_write(a[0], a[1], int(a[2])),
