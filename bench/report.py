@@ -477,6 +477,7 @@ def remaining(results: dict[str, Any]) -> list[str]:
             + (f"; the same core work takes {warm:.1f} µs in a tight loop (section 10), "
                "so most of it is code run cold after an idle millisecond, which compiling "
                "did not change" if warm else "") + ".")
+    lines[-1] += _below_references(results.get("latency", {}))
     lines[-1] += (
         " For one set per message with a reply to each, the relay replying alike costs "
         f"{us('relay, replying to the writer', 'single'):.1f} µs per update against its "
@@ -493,6 +494,29 @@ def remaining(results: dict[str, Any]) -> list[str]:
         "relay does not (msgpack's own share of an item is section 10's \"msgpack "
         "alone\").")
     return lines
+
+
+def _below_references(lat: dict[str, Any]) -> str:
+    """Section 1's p50s that tell whether "below Redis, MQTT, NATS" is in reach of a
+    broker on ZeroMQ (the relay in C) and of one with Python in the middle (the relay)."""
+    in_c, relay, ours = (lat.get(f"{kind}/tcp") for kind in (C_RELAY, "raw", "plugboard"))
+    refs = {ref: lat[f"{ref}/tcp"]["p50_us"] for ref in ("redis", "mqtt", "nats")
+            if lat.get(f"{ref}/tcp")}
+    if not (in_c and relay and ours and refs):
+        return ""
+    c_us, relay_us = in_c["p50_us"], relay["p50_us"]
+    names = {"redis": "Redis", "mqtt": "MQTT", "nats": "NATS"}
+    text = (f" Below the references (section 1, tcp p50): the relay in C, with no Python "
+            f"between the same two libzmq hops, takes {c_us:.0f} µs and the Python relay "
+            f"{relay_us:.0f} µs, against " + ", ".join(
+                f"{names[ref]} {us:.0f}" for ref, us in refs.items()) + ".")
+    beyond = [names[ref] for ref, us in refs.items() if c_us < us <= relay_us * 1.05]
+    if beyond:
+        text += (f" {' and '.join(beyond)} {'is' if len(beyond) == 1 else 'are'} above "
+                 "the relay in C and at most 5 % above the Python relay: a broker on ZeroMQ "
+                 "could be below them, but one with Python between the hops would have to "
+                 "add next to nothing to the relay's few lines.")
+    return text
 
 
 def targets(results: dict[str, Any]) -> list[str]:
