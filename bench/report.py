@@ -54,7 +54,8 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
                   "writer and subscriber: two libzmq hops and a middle process with no "
                   "Python in it, the floor of any broker on ZeroMQ here (it links the "
                   f"system's libzmq, {facts.get('libzmq_c')}; pyzmq bundles "
-                  f"{facts.get('libzmq')})."]
+                  f"{facts.get('libzmq')}). Both relays send without waiting, so ZeroMQ "
+                  "drops what a subscriber's queue cannot take (section 2's lost)."]
     lines += ["", "## 2. Throughput (updates delivered to one subscriber per second, tcp)", "",
               f"The median of {ROUNDS} rounds (every system runs once per round); lost: "
               "the most any round lost.", "",
