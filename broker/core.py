@@ -864,11 +864,12 @@ class BrokerCore:
     def _changed(self, prop: Property) -> None:
         if not prop.subscriptions:
             return
-        # Built once, at the first subscriber that keeps every change (policy all), and
-        # shared by every such queue; policy latest needs none.
+        # Shared by every queue that keeps every change (policy all), built once at the
+        # first; a property with one subscriber needs none (nor does policy latest).
+        subs = prop.subscriptions
         written: Written | None = None
-        for sub in prop.subscriptions:
-            if written is None and sub.policy == POLICY_ALL:
+        for sub in subs:
+            if written is None and sub.policy == POLICY_ALL and len(subs) > 1:
                 written = Written(prop)
             if sub.offer(prop, written):
                 self._dirty[sub] = None

@@ -276,8 +276,8 @@ class Subscription:
         self._latest: dict[Property, None] = {}
         self._all: list[Item] = []
         self._all_written: list[Written | None] = []
-        """Each queued item's write, for its shared encoding; None for an item that
-        carries the name (this subscriber's own)."""
+        """Beside ``_all``, each queued item's write, for its shared encoding (None for
+        an item of its own); empty until an item of a shared write is queued."""
         self._all_sizes: list[int] = []
         self._all_bytes = 0
         self.budget = budget or QueueBudget(2**62)
@@ -320,8 +320,9 @@ class Subscription:
 
     def offer(self, prop: Property, written: Written | None) -> bool:
         """Queue the property's current value; True if something is now pending.
-        ``written`` is the write as queues under policy ``all`` share it (None is
-        enough for ``latest``)."""
+        ``written`` is the write as queues under policy ``all`` share it; None for a
+        write no other subscription queues (its item is built here: no object per
+        write besides it) and under ``latest``."""
         if not self._passes_deadband(prop):
             return False
         if self.policy == POLICY_LATEST:
@@ -329,25 +330,27 @@ class Subscription:
                 self.coalesced += 1
             else:
                 self._latest[prop] = None
-        else:
-            assert written is not None, "policy all queues the write itself"
-            size = written.size
-            if len(self._all) < self.queue_limit and self.budget.fits_change(size):
-                ns = self.timestamp_ns
-                if prop.handle in self._named:
-                    self._all.append(written.item(ns))
-                    self._all_written.append(written)
-                    written.count(ns)
-                else:
-                    self._named.add(prop.handle)
-                    self._all.append([*written.item(ns), prop.name])
-                    self._all_written.append(None)
-                self._all_sizes.append(size)
-                self._all_bytes += size
-                self.budget.used += size
-            else:
-                self.gap += 1
-                self.budget.dropped += 1
+            return True
+        size = approx_size(prop.value) + _ITEM_OVERHEAD if written is None else written.size
+        if len(self._all) >= self.queue_limit or not self.budget.fits_change(size):
+            self.gap += 1
+            self.budget.dropped += 1
+            return True
+        queued = self._all_written
+        if written is not None and prop.handle in self._named:
+            if not queued and self._all:  # the first shared one: those before are not
+                queued = self._all_written = [None] * len(self._all)
+            ns = self.timestamp_ns
+            self._all.append(written.item(ns))
+            queued.append(written)
+            written.count(ns)
+        else:  # an item of its own: the write is not shared, or it carries the name
+            self._all.append(self._item(prop, prop.value, prop.revision, prop.changed_ns))
+            if queued:
+                queued.append(None)
+        self._all_sizes.append(size)
+        self._all_bytes += size
+        self.budget.used += size
         return True
 
     def offer_removal(self, prop: Property) -> None:
@@ -393,8 +396,9 @@ class Subscription:
             self._latest.clear()
         else:
             items, self._all = self._all, []
-            packed = _shared_encodings(self._all_written, self.timestamp_ns)
-            self._all_written = []
+            if self._all_written:
+                packed = _shared_encodings(self._all_written, self.timestamp_ns)
+                self._all_written = []
             sizes, self._all_sizes = self._all_sizes, []
             self.budget.used -= self._all_bytes
             self._all_bytes = 0
