@@ -145,10 +145,10 @@ class Reference:
         self.proc: subprocess.Popen[Any] | None = None
         self.peer: Peer | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="pbr-"))
-        if kind in ("raw", C_RELAY):
+        if kind in ("raw", RELAY_UVLOOP, C_RELAY):
             bind = f"ipc://{self.dir}/r.sock" if transport == "ipc" else "tcp://127.0.0.1:*"
-            self.peer = Peer("raw-relay", bind) if kind == "raw" else Peer(
-                bind, program=C_RELAY_BINARY)
+            self.peer = Peer(bind, program=C_RELAY_BINARY) if kind == C_RELAY else Peer(
+                "raw-relay", bind, *(["uvloop"] if kind == RELAY_UVLOOP else []))
             self.address = self.peer.ready().split()[1]
         elif kind == "redis":
             port = free_port()
@@ -178,7 +178,7 @@ class Reference:
     def available(kind: str) -> bool:
         if kind == C_RELAY:
             return C_RELAY_BINARY.exists()
-        return kind == "raw" or shutil.which({
+        return kind in ("raw", RELAY_UVLOOP) or shutil.which({
             "redis": "redis-server", "mqtt": "mosquitto", "nats": "nats-server",
             "natskv": "nats-server"}[kind]) is not None
 
@@ -233,6 +233,9 @@ def run_system(kind: str, transport: str, mode: str, count: int) -> dict[str, An
 
 CURVE = "plugboard+curve"
 C_RELAY = "raw-c"
+RELAY_UVLOOP = "raw-uvloop"
+"""The raw relay woken by its socket's descriptor in a uvloop event loop, as the broker
+is, instead of receiving in a blocking loop (section 9 only)."""
 C_RELAY_BINARY = ROOT / "bench" / ".build" / "c_relay"
 """The raw relay's loop in C (bench/c_relay.c, built by ``make bench``), between the
 same writer and subscriber: two libzmq hops and a middle process with no Python in it."""
@@ -292,6 +295,7 @@ HOP_PAIRS = {
     "direct": ("direct-sub", "raw-write"),
     "relay in C": ("raw-c-sub", "raw-c-write"),
     "relay": ("raw-sub", "raw-write"),
+    "relay on uvloop": ("raw-uvloop-sub", "raw-uvloop-write"),
     "relay, replying to the writer": ("raw-sub", "raw-write"),
     "broker, raw clients, no reply": ("pbraw-sub", "pbraw-write"),
     "broker, raw clients": ("pbraw-sub", "pbraw-write"),

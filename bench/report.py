@@ -253,6 +253,8 @@ PIECES: list[tuple[str, Piece]] = [
     ("a middle process in C, two hops (relay in C)", _alone("relay in C")),
     ("the relay's Python instead of C", _less("relay", "relay in C")),
     ("a middle process: the relay, two hops (relay)", _alone("relay")),
+    ("an event loop (uvloop) instead of a blocking receive, in the relay",
+     _less("relay on uvloop", "relay")),
     ("a reply per set, in the relay", _less("relay, replying to the writer", "relay")),
     ("the broker in the middle instead of the relay (replying alike)", _broker_over_relay),
     ("a reply per set, in the broker", _broker_reply),
@@ -335,12 +337,17 @@ def hops_section(hops: dict[str, Any] | None) -> list[str]:
     iterating = us("broker, SDK subscriber iterating", "latency") - blocking
     sync_subscriber = us("broker, SyncClient subscriber", "latency") - blocking
     in_c = us("relay in C", "latency")
+    on_loop = us("relay on uvloop", "latency") - relay
     lines += ["", f"Read for latency: one libzmq hop, with the wake-up of an idle process, "
               f"costs {hop:.0f} µs here"
               + (f", two with a middle process in C {in_c:.0f} µs" if in_c == in_c else "")
-              + f" and the relay's two with its Python {relay:.0f} µs. The broker in "
-              f"the middle instead of the relay adds {broker - relay:.0f} µs (decode, "
-              "session and ACL, apply, queue, encode, send, on uvloop; "
+              + f" and the relay's two with its Python {relay:.0f} µs"
+              + (f"; woken by its socket's descriptor in uvloop, as the broker is, instead "
+                 f"of a blocking receive, the relay takes {on_loop:+.0f} µs"
+                 if on_loop == on_loop else "")
+              + ". The broker in the middle instead of the relay adds "
+              f"{broker - relay:.0f} µs (decode, session and ACL, apply, queue, encode, "
+              "send, on uvloop; "
               f"{own_loop:+.0f} µs on asyncio's own loop). A writer "
               f"that waits for its reply adds {reply:.0f} µs to the subscriber's latency "
               f"through the broker and {relay_reply:.0f} µs through the relay: on this "

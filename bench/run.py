@@ -39,6 +39,7 @@ from harness import (
     LATENCY_N,
     LATENCY_ROUNDS,
     QUICK,
+    RELAY_UVLOOP,
     ROOT,
     ROUNDS,
     SCALES,
@@ -120,6 +121,8 @@ def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
         return sub.result()
     if path == "relay in C":
         return run_system(C_RELAY, "tcp", mode, count)
+    if path == "relay on uvloop":
+        return run_system(RELAY_UVLOOP, "tcp", mode, count)
     if path.startswith("relay"):
         return run_system("raw", "tcp", mode, count)
     broker = Broker(*HOP_BROKER_ARGS.get(path, ()))
@@ -141,7 +144,7 @@ def scenario_hops() -> dict[str, Any]:
     for mode, count in (("latency", LATENCY_N // ROUNDS), ("single", THROUGHPUT_N),
                         ("nowait", THROUGHPUT_N), ("batched", BATCHED_N)):
         for path in HOP_PAIRS:
-            if mode == "nowait" and path in ("direct", "relay in C", "relay"):
+            if mode == "nowait" and path in ("direct", "relay in C", "relay", "relay on uvloop"):
                 continue  # their writers never wait: their single is this
             if path == "relay in C" and not Reference.available(C_RELAY):
                 continue

@@ -233,41 +233,83 @@ async def pb_idle(endpoint: str, name: str) -> None:
 
 # -- raw pyzmq relay: the physical limit for a Python broker -------------------------------
 
-def raw_relay(bind: str) -> None:
+def raw_relay(bind: str, driver: str = "blocking") -> None:
+    """``driver``: ``blocking`` receives in a loop; ``uvloop`` is woken by the socket's
+    descriptor in an event loop, as the broker is (section 9 sets the two side by side)."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.bind(bind)
     print(f"ready {router.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
-    relay_loop(router)
+    if driver == "uvloop":
+        relay_on_uvloop(router)
+    else:
+        relay_loop(router)
 
 
-def relay_loop(router: Any) -> None:
-    """Subscribers say "sub"; a writer's ``[name, value]`` or list of them goes to every
-    subscriber, and a ``[name, value, msgid]`` is answered with its msgid besides.
-    "stop" ends it. ``router``: a ROUTER socket, or anything with its
-    ``recv_multipart`` and ``send_multipart`` (bench/broker_pass.py times them)."""
-    values: dict[str, Any] = {}
-    subscribers: list[bytes] = []
-    packer = msgpack.Packer()
-    while True:
-        peer, frame = router.recv_multipart()
+class Relay:
+    """The raw relay's whole logic. Subscribers say "sub"; a writer's ``[name, value]``
+    or list of them goes to every subscriber, and a ``[name, value, msgid]`` is answered
+    with its msgid besides. ``router``: a ROUTER socket, or anything with its
+    ``send_multipart`` (bench/broker_pass.py times it)."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+        self.values: dict[str, Any] = {}
+        self.subscribers: list[bytes] = []
+        self.packer = msgpack.Packer()
+
+    def handle(self, peer: bytes, frame: bytes) -> bool:
+        """Relay one frame; False once told "stop"."""
+        router = self.router
         message = msgpack.unpackb(frame)
         if message == "sub":
-            subscribers.append(peer)
+            self.subscribers.append(peer)
             router.send_multipart([peer, b"ok"])
-            continue
+            return True
         if message == "stop":
-            break
+            return False
         batch = isinstance(message[0], list)
         reply_to = message.pop() if not batch and len(message) == 3 else None
         items = message if batch else [message]
         for name, value in items:
-            values[name] = value
-        out = packer.pack(items)
-        for subscriber in subscribers:
+            self.values[name] = value
+        out = self.packer.pack(items)
+        for subscriber in self.subscribers:
             router.send_multipart([subscriber, out])
         if reply_to is not None:  # after the news, as the broker does
-            router.send_multipart([peer, packer.pack(reply_to)])
+            router.send_multipart([peer, self.packer.pack(reply_to)])
+        return True
+
+
+def relay_loop(router: Any) -> None:
+    """The relay receiving in a blocking loop until "stop"; ``router`` as for Relay, with
+    its ``recv_multipart`` too."""
+    relay = Relay(router)
+    while relay.handle(*router.recv_multipart()):
+        pass
+
+
+def relay_on_uvloop(router: zmq.Socket[bytes]) -> None:
+    """The relay in an event loop: woken by the socket's descriptor, it receives
+    without blocking until ZeroMQ has nothing more, as the broker's pass does."""
+    import uvloop
+
+    relay = Relay(router)
+    loop = uvloop.new_event_loop()
+    stopped = loop.create_future()
+
+    def readable() -> None:
+        while not stopped.done():
+            try:
+                peer, frame = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not relay.handle(peer, frame):
+                stopped.set_result(None)
+
+    loop.add_reader(router.getsockopt(zmq.FD), readable)
+    loop.call_soon(readable)
+    loop.run_until_complete(stopped)
 
 
 def raw_sub(endpoint: str, expected: int) -> None:
@@ -779,11 +821,13 @@ ROLES = {
     "pb-write": lambda a: asyncio.run(pb_write(a[0], a[1], int(a[2]))),
     "pb-fill": lambda a: asyncio.run(pb_fill(a[0], int(a[1]))),
     "pb-idle": lambda a: asyncio.run(pb_idle(a[0], a[1])),
-    "raw-relay": lambda a: raw_relay(a[0]),
+    "raw-relay": lambda a: raw_relay(a[0], *a[1:]),
     "raw-sub": lambda a: raw_sub(a[0], int(a[1])),
     "raw-write": lambda a: raw_write(a[0], a[1], int(a[2])),
     "raw-c-sub": lambda a: raw_sub(a[0], int(a[1])),  # the C relay: bench/c_relay.c
     "raw-c-write": lambda a: raw_write(a[0], a[1], int(a[2])),
+    "raw-uvloop-sub": lambda a: raw_sub(a[0], int(a[1])),  # the relay on uvloop
+    "raw-uvloop-write": lambda a: raw_write(a[0], a[1], int(a[2])),
     "direct-sub": lambda a: direct_sub(a[0], int(a[1])),
     "pbraw-sub": lambda a: pbraw_sub(a[0], int(a[1])),
     "pbraw-write": lambda a: pbraw_write(a[0], a[1], int(a[2])),
