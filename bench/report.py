@@ -261,6 +261,8 @@ PIECES: list[tuple[str, Piece]] = [
     ("asyncio's own loop instead of uvloop, in the broker",
      _less("broker on asyncio's own loop, raw clients", RAW)),
     ("writer SDK (asyncio Client)", _less("broker, SDK writer", RAW)),
+    ("writer SDK (asyncio Client), set_nowait",
+     _less("broker, SDK writer, no reply", RAW + ", no reply")),
     ("writer SDK (SyncClient)", _less("broker, SyncClient writer", RAW)),
     ("subscriber SDK (asyncio Client, on_batch)", _less("broker, SDK subscriber", RAW)),
     ("subscriber SDK (asyncio Client, `async for` over batches())",

@@ -74,6 +74,16 @@ ReconnectCallback = Callable[[Reconnected], Any]
 
 __all__ = ["Client", "endpoint_from_env"]
 
+SEND_CHECK_S = 0.001
+"""How long after a send the socket is read again, in case the send consumed the edge
+of a frame that arrived meanwhile (ZeroMQ handles its pending commands inside a send).
+Not at once: with a read pass right after each send, a set_nowait's set -> notify took
+13-20 µs longer in A/B runs of section 9's pair here (its ZeroMQ call runs while the
+frame just sent is still on its way out); docs/BENCHMARKS.md, section 9, "writer SDK
+(asyncio Client), set_nowait", has what the SDK writer costs now.
+A frame whose edge a send consumed waits this long at most; a read pass that runs
+sooner (woken by a reply or a notification) takes it at once and cancels the check."""
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -145,6 +155,8 @@ class Client(SessionState):
         self._unsent = Unsent()
         """Large frames of this socket's that ZeroMQ has not written yet (SEND_BYTES)."""
         self._read_scheduled = False
+        self._send_check: asyncio.TimerHandle | None = None
+        """The read pass due after a send (SEND_CHECK_S), until a read pass runs."""
         self._pending: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int, _Pending]] = []
         """A heap of (deadline, msgid) of the requests sent: one timer for all of them,
@@ -247,6 +259,9 @@ class Client(SessionState):
             asyncio.get_running_loop().remove_reader(int(self._sock.getsockopt(zmq.FD)))
             self._sock.close(linger=0)
             self._sock = None
+        if self._send_check is not None:
+            self._send_check.cancel()
+            self._send_check = None
         self._conn.reset()
         pending, self._pending = self._pending, {}
         self._deadlines.clear()
@@ -410,14 +425,17 @@ class Client(SessionState):
             self._timer = loop.call_at(self._timer_at, self._expire_due)
 
     # The socket is a plain zmq socket whose file descriptor the event loop watches.
-    # ZeroMQ's descriptor is edge-triggered and a send can consume the edge, so every
-    # send schedules a read pass (_poke); _on_readable is the only place that reads
-    # EVENTS. Receives never await, so none can be cancelled midway.
+    # ZeroMQ's descriptor is edge-triggered and a send can consume the edge, so a send
+    # is followed by a read pass SEND_CHECK_S later, unless one runs sooner anyway;
+    # _on_readable is the only place that reads EVENTS. Receives never await, so none
+    # can be cancelled midway.
 
     def _send(self, frame: bytes) -> None:
         assert self._sock is not None
         send_frame(self._sock, frame, self._unsent)
-        self._poke()
+        if self._send_check is None:
+            self._send_check = asyncio.get_running_loop().call_later(
+                SEND_CHECK_S, self._on_readable)
 
     def _poke(self) -> None:
         if not self._read_scheduled:
@@ -425,8 +443,13 @@ class Client(SessionState):
             asyncio.get_running_loop().call_soon(self._on_readable)
 
     def _on_readable(self, woken: bool = False) -> None:
-        """A read pass: ``woken`` by the socket's descriptor, or scheduled by a send."""
+        """A read pass: ``woken`` by the socket's descriptor, after a send, or scheduled
+        to go on with a burst. Whatever started it, it reads until ZeroMQ has nothing
+        more, so it also does what a send's check was due to do."""
         self._read_scheduled = False
+        if self._send_check is not None:
+            self._send_check.cancel()
+            self._send_check = None
         sock = self._sock
         if sock is None:
             return

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import select
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import zmq
 
 from plugboard.protocol import Timestamp
 from plugboard.protocol.changes import TIMESTAMP
@@ -210,6 +212,27 @@ async def test_async_batches_and_per_item_view_share_one_queue(broker: BrokerPro
         whole = await asyncio.wait_for(anext(aiter(sub.batches())), 5)
         assert isinstance(whole, Batch)
         assert [(c.name, c.value) for c in whole] == [("abatch/a", 3), ("abatch/b", 4)]
+
+
+async def test_a_change_that_arrives_just_before_a_send_is_read(broker: BrokerProcess) -> None:
+    """ZeroMQ's descriptor signals a waiting frame once, and a send can take that signal
+    (ZeroMQ handles its pending commands inside a send): a change that arrived while
+    the loop was busy, just before a send, is still read, by the read pass each send is
+    followed by, not left waiting for a frame that may never come."""
+    with SyncClient(broker.ipc, role="plugin", name="edge") as writer:
+        writer.declare("edge/x", "int", 0)
+        async with Client(broker.ipc) as monitor:
+            sub = await monitor.subscribe("edge/x", policy="all", current=False)
+            assert monitor._sock is not None
+            descriptor = int(monitor._sock.getsockopt(zmq.FD))
+            for value in range(1, 21):
+                writer.set("edge/x", value)  # blocks this loop: nothing reads meanwhile
+                # The change's signal is there; select leaves it for the send to take.
+                assert select.select([descriptor], [], [], 5)[0], "the change never came"
+                pinged = monitor.request_soon("ping")
+                batch = await sub.next_batch(2)
+                assert isinstance(batch, Batch) and [c.value for c in batch] == [value]
+                await pinged
 
 
 async def test_on_batch_hands_each_event_to_the_callback_as_it_is_read(
