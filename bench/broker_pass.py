@@ -22,9 +22,9 @@ import msgpack
 import zmq
 from worker import relay_loop
 
-from plugboard.broker.cli import event_loop
 from plugboard.broker.core import BrokerCore, CoreConfig
 from plugboard.broker.server import BrokerServer, ServerConfig
+from plugboard.sdk import _event_loop as event_loop
 
 PIECES = ("read", "core_receive", "core_flush", "send", "after")
 """read: EVENTS and the receives; core_receive: decode, session, checks, apply, reply

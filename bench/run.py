@@ -57,7 +57,7 @@ from harness import (
 )
 from report import write_report
 
-from plugboard.broker.cli import event_loop
+from plugboard.sdk import _event_loop as event_loop
 
 
 def scenario_latency() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -814,13 +815,24 @@ async def nats_write(port: str, kv: bool, mode: str, count: int) -> None:
     await nc.close()
 
 
+def on_loop(main: Coroutine[Any, Any, None], loop: str = "auto") -> None:
+    """Run an asyncio program as Plugin.run runs a plugin, and as README advises client
+    programs: on uvloop where installed; ``loop="asyncio"``: asyncio's own loop."""
+    from plugboard.sdk import _event_loop
+
+    _event_loop.run(main, _event_loop.chosen(loop))
+
+
 ROLES = {
-    "pb-sub": lambda a: asyncio.run(pb_sub(a[0], a[1], int(a[2]), a[3], "callback")),
-    "pb-sub-batches": lambda a: asyncio.run(pb_sub(a[0], a[1], int(a[2]), a[3], "batches")),
-    "pb-subs": lambda a: asyncio.run(pb_subs(a[0], int(a[1]), int(a[2]))),
-    "pb-write": lambda a: asyncio.run(pb_write(a[0], a[1], int(a[2]))),
-    "pb-fill": lambda a: asyncio.run(pb_fill(a[0], int(a[1]))),
-    "pb-idle": lambda a: asyncio.run(pb_idle(a[0], a[1])),
+    "pb-sub": lambda a: on_loop(pb_sub(a[0], a[1], int(a[2]), a[3], "callback")),
+    "pb-sub-asyncio": lambda a: on_loop(pb_sub(a[0], a[1], int(a[2]), a[3], "callback"),
+                                        "asyncio"),
+    "pb-sub-batches": lambda a: on_loop(pb_sub(a[0], a[1], int(a[2]), a[3], "batches")),
+    "pb-subs": lambda a: on_loop(pb_subs(a[0], int(a[1]), int(a[2]))),
+    "pb-write": lambda a: on_loop(pb_write(a[0], a[1], int(a[2]))),
+    "pb-write-asyncio": lambda a: on_loop(pb_write(a[0], a[1], int(a[2])), "asyncio"),
+    "pb-fill": lambda a: on_loop(pb_fill(a[0], int(a[1]))),
+    "pb-idle": lambda a: on_loop(pb_idle(a[0], a[1])),
     "raw-relay": lambda a: raw_relay(a[0], *a[1:]),
     "raw-sub": lambda a: raw_sub(a[0], int(a[1])),
     "raw-write": lambda a: raw_write(a[0], a[1], int(a[2])),
@@ -838,10 +850,10 @@ ROLES = {
     "redis-write": lambda a: redis_write(a[0], a[1], int(a[2])),
     "mqtt-sub": lambda a: mqtt_sub(a[0], int(a[1])),
     "mqtt-write": lambda a: mqtt_write(a[0], a[1], int(a[2])),
-    "nats-sub": lambda a: asyncio.run(nats_sub(a[0], False, int(a[1]))),
-    "nats-write": lambda a: asyncio.run(nats_write(a[0], False, a[1], int(a[2]))),
-    "natskv-sub": lambda a: asyncio.run(nats_sub(a[0], True, int(a[1]))),
-    "natskv-write": lambda a: asyncio.run(nats_write(a[0], True, a[1], int(a[2]))),
+    "nats-sub": lambda a: on_loop(nats_sub(a[0], False, int(a[1]))),  # nats-py: asyncio
+    "nats-write": lambda a: on_loop(nats_write(a[0], False, a[1], int(a[2]))),
+    "natskv-sub": lambda a: on_loop(nats_sub(a[0], True, int(a[1]))),
+    "natskv-write": lambda a: on_loop(nats_write(a[0], True, a[1], int(a[2]))),
 }
 
 if __name__ == "__main__":

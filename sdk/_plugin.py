@@ -22,6 +22,7 @@ from typing import Any
 
 from plugboard.protocol.errors import ConnectionFailed, KeyRefused, PlugboardError, RemoteError
 
+from . import _event_loop
 from ._client import Client
 from ._events import Message
 
@@ -172,9 +173,12 @@ class Plugin:
             log.error("the broker was gone too long; exiting with status %d", EX_TEMPFAIL)
             raise SystemExit(EX_TEMPFAIL)
 
-    def run(self) -> None:
-        """Blocking entry point for ``if __name__ == "__main__": plugin.run()``."""
+    def run(self, event_loop: str = "auto") -> None:
+        """Blocking entry point for ``if __name__ == "__main__": plugin.run()``: on uvloop
+        where it is installed (``auto``; a change pushed to the plugin and a write it
+        sends each wake the loop, which uvloop does in C), or ``"asyncio"`` for asyncio's
+        own loop."""
         if not logging.getLogger().handlers:
             logging.basicConfig(level=os.environ.get("PLUGBOARD_LOG_LEVEL", "INFO"),
                                 format=f"{self.name}: %(levelname)s %(message)s")
-        asyncio.run(self.run_async())
+        _event_loop.run(self.run_async(), _event_loop.chosen(event_loop))

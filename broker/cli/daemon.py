@@ -25,6 +25,7 @@ from plugboard.runtime.contract import BUNDLED, Contract
 from plugboard.runtime.link import BrokerLink, default_agent_name
 from plugboard.runtime.orphans import LaunchLog, become_subreaper
 from plugboard.runtime.supervisor import Supervisor
+from plugboard.sdk import _event_loop as event_loop
 from plugboard.sdk._keys import CurveKeys
 
 from ..core import CoreConfig
@@ -32,7 +33,7 @@ from ..security import KeyRing, curve_dir, ensure_key_pair
 from ..server import BrokerServer, ServerConfig
 from ..statedir import StateDir
 from ..store import STORE_NAME, Durability, Store
-from . import config_file, event_loop, systemd
+from . import config_file, systemd
 from .plugin_commands import contracts_to_run
 
 log = logging.getLogger(__name__)

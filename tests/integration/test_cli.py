@@ -314,6 +314,17 @@ def test_the_broker_keeps_time_on_either_event_loop(processes: Processes, loop: 
         f"the silent session's connection stayed open\n{processes.report()}"
 
 
+@pytest.mark.parametrize(("choice", "runs_on"), [(None, "uvloop"), ("asyncio", "asyncio")])
+async def test_a_python_plugin_runs_on_uvloop_unless_told(
+        processes: Processes, broker: BrokerProcess, choice: str | None, runs_on: str) -> None:
+    """Plugin.run takes the broker's loop by default, uvloop where installed."""
+    processes.plugin("echo.py", "echo", broker, **({"EVENT_LOOP": choice} if choice else {}))
+    async with Client(broker.ipc) as client:
+        sub = await client.subscribe("echo/echo")
+        await processes.until(sub, lambda e: isinstance(e, Change))
+        assert (await client.get("echo/loop")).value == runs_on
+
+
 def test_an_event_loop_that_is_not_installed_is_one_line() -> None:
     folder = short_tmpdir()
     done = subprocess.run(
