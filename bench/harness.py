@@ -307,7 +307,7 @@ HOP_PAIRS = {
     "broker, SDK subscriber iterating": ("pb-sub-batches", "pbraw-write"),
     "broker, SyncClient subscriber": ("pbsync-sub", "pbraw-write"),
     "broker, SDK both ends": ("pb-sub", "pb-write"),
-    "broker, SDK both ends on asyncio's own loop": ("pb-sub-asyncio", "pb-write-asyncio"),
+    "broker, SDK both ends on uvloop": ("pb-sub-uvloop", "pb-write-uvloop"),
 }
 """Who talks to whom for the per-hop breakdown: each row adds one piece to the one
 before, so the differences are what each piece costs."""
@@ -320,8 +320,8 @@ HOP_WRITER_MODES = {
                                                   "nowait": "nowait"},
     "broker, SDK subscriber iterating": {"latency": "latency", "nowait": "nowait"},
     "broker, SyncClient subscriber": {"latency": "latency", "nowait": "nowait"},
-    "broker, SDK both ends on asyncio's own loop": {"latency": "latency", "single": "single",
-                                                    "nowait": "nowait"},
+    "broker, SDK both ends on uvloop": {"latency": "latency", "single": "single",
+                                        "nowait": "nowait"},
 }
 """Rows measured in some columns only, with the writer's mode for each."""
 HOP_BROKER_ARGS = {"broker on asyncio's own loop, raw clients": ("--event-loop", "asyncio")}

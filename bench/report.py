@@ -37,7 +37,7 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
              f"system in {LATENCY_ROUNDS} rounds (every system runs once per round), the "
              "rounds' latencies pooled. Plugboard's rows: the broker on its default event "
              f"loop ({facts.get('broker_loop', 'asyncio')}), the asyncio SDK at both ends on "
-             "the loop Plugin.run gives a plugin (the same), the subscriber's changes "
+             "asyncio's own loop (Plugin.run's default), the subscriber's changes "
              "handed to an `on_batch` callback (section 9 has the "
              "SDK's other ways to read them).", "",
              "| system | transport | p50 µs | p99 µs | p50 vs raw relay |", "|---|---|---|---|---|"]
@@ -261,8 +261,8 @@ PIECES: list[tuple[str, Piece]] = [
     ("a reply per set, in the broker", _broker_reply),
     ("asyncio's own loop instead of uvloop, in the broker",
      _less("broker on asyncio's own loop, raw clients", RAW)),
-    ("asyncio's own loop instead of uvloop, in the SDK at both ends",
-     _less("broker, SDK both ends on asyncio's own loop", "broker, SDK both ends")),
+    ("uvloop instead of asyncio's own loop, in the SDK at both ends",
+     _less("broker, SDK both ends on uvloop", "broker, SDK both ends")),
     ("writer SDK (asyncio Client)", _less("broker, SDK writer", RAW)),
     ("writer SDK (asyncio Client), set_nowait",
      _less("broker, SDK writer, no reply", RAW + ", no reply")),

@@ -815,9 +815,9 @@ async def nats_write(port: str, kv: bool, mode: str, count: int) -> None:
     await nc.close()
 
 
-def on_loop(main: Coroutine[Any, Any, None], loop: str = "auto") -> None:
-    """Run an asyncio program as Plugin.run runs a plugin, and as README advises client
-    programs: on uvloop where installed; ``loop="asyncio"``: asyncio's own loop."""
+def on_loop(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
+    """Run an asyncio program as Plugin.run runs a plugin by default: on asyncio's own
+    loop; ``loop="uvloop"``: on uvloop (section 9 compares the two)."""
     from plugboard.sdk import _event_loop
 
     _event_loop.run(main, _event_loop.chosen(loop))
@@ -825,12 +825,12 @@ def on_loop(main: Coroutine[Any, Any, None], loop: str = "auto") -> None:
 
 ROLES = {
     "pb-sub": lambda a: on_loop(pb_sub(a[0], a[1], int(a[2]), a[3], "callback")),
-    "pb-sub-asyncio": lambda a: on_loop(pb_sub(a[0], a[1], int(a[2]), a[3], "callback"),
-                                        "asyncio"),
+    "pb-sub-uvloop": lambda a: on_loop(pb_sub(a[0], a[1], int(a[2]), a[3], "callback"),
+                                       "uvloop"),
     "pb-sub-batches": lambda a: on_loop(pb_sub(a[0], a[1], int(a[2]), a[3], "batches")),
     "pb-subs": lambda a: on_loop(pb_subs(a[0], int(a[1]), int(a[2]))),
     "pb-write": lambda a: on_loop(pb_write(a[0], a[1], int(a[2]))),
-    "pb-write-asyncio": lambda a: on_loop(pb_write(a[0], a[1], int(a[2])), "asyncio"),
+    "pb-write-uvloop": lambda a: on_loop(pb_write(a[0], a[1], int(a[2])), "uvloop"),
     "pb-fill": lambda a: on_loop(pb_fill(a[0], int(a[1]))),
     "pb-idle": lambda a: on_loop(pb_idle(a[0], a[1])),
     "raw-relay": lambda a: raw_relay(a[0], *a[1:]),

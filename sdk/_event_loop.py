@@ -1,11 +1,12 @@
-"""Which event loop runs the broker (``plugboard broker --event-loop``) and a plugin
-(``Plugin.run``).
+"""Which event loop runs the broker (``plugboard broker --event-loop``) or a plugin
+(``Plugin.run(event_loop=...)``).
 
 uvloop where it is installed (a dependency on Linux and macOS): its loop does the work
 of each wake-up (the poll, the ready callbacks, the timers) in C where asyncio's own
 loop does it in Python; a set -> notify pays it once in each process when messages
 come one at a time (docs/BENCHMARKS.md, section 9: "asyncio's own loop instead of
-uvloop"). asyncio's loop is the fallback, and the one to compare with.
+uvloop, in the broker"; the SDK has shown no such gain there). asyncio's loop is the
+fallback, and the one to compare with.
 """
 
 from __future__ import annotations

@@ -173,11 +173,12 @@ class Plugin:
             log.error("the broker was gone too long; exiting with status %d", EX_TEMPFAIL)
             raise SystemExit(EX_TEMPFAIL)
 
-    def run(self, event_loop: str = "auto") -> None:
-        """Blocking entry point for ``if __name__ == "__main__": plugin.run()``: on uvloop
-        where it is installed (``auto``; a change pushed to the plugin and a write it
-        sends each wake the loop, which uvloop does in C), or ``"asyncio"`` for asyncio's
-        own loop."""
+    def run(self, event_loop: str = "asyncio") -> None:
+        """Blocking entry point for ``if __name__ == "__main__": plugin.run()``: on
+        asyncio's own loop, or ``"uvloop"`` (``"auto"``: uvloop where installed). The
+        broker gains from uvloop; a plugin's SDK has not shown a gain in make bench
+        (docs/BENCHMARKS.md, section 9: "uvloop instead of asyncio's own loop, in the SDK
+        at both ends")."""
         if not logging.getLogger().handlers:
             logging.basicConfig(level=os.environ.get("PLUGBOARD_LOG_LEVEL", "INFO"),
                                 format=f"{self.name}: %(levelname)s %(message)s")
