@@ -12,6 +12,7 @@ fallback, and the one to compare with.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -28,7 +29,7 @@ def chosen(choice: str) -> str:
     if choice == "asyncio":
         return choice
     try:
-        import uvloop  # noqa: F401
+        _uvloop()
     except ImportError:
         if choice == "uvloop":
             raise ConfigError("event_loop is uvloop, but uvloop is not installed here "
@@ -37,12 +38,16 @@ def chosen(choice: str) -> str:
     return "uvloop"
 
 
+def _uvloop() -> Any:
+    """uvloop, imported by name: setup.py's compile type-checks this module (the broker's
+    hot modules reach it through the SDK) in a build environment without uvloop."""
+    return importlib.import_module("uvloop")
+
+
 def run(main: Coroutine[Any, Any, T], loop: str) -> T:
     """Run ``main`` to its end on ``loop`` (a name :func:`chosen` returned)."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
+        factory = _uvloop().new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
