@@ -90,7 +90,7 @@ _let_zmq_send: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 """Called after the first send since the socket was last read: the frame leaves through
 ZeroMQ's I/O thread, which the kernel tends to wake on this thread's CPU, where it waits
 until this thread blocks or yields. In A/B runs of section 9's pairs here
-(docs/BENCHMARKS.md) yielding at once took 32-42 µs off a set_nowait's set -> notify
+(docs/BENCHMARKS.md) yielding at once took 31-42 µs off a set_nowait's set -> notify
 p50 and 3-10 µs off a set's (waiting for its reply, the writer blocks soon anyway), p99
 within noise; it is one system call, which returns at once when nothing else waits for
 the CPU. Later sends of a burst do not yield: their frames follow the first's."""
