@@ -24,6 +24,7 @@ import heapq
 import logging
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -93,7 +94,16 @@ until this thread blocks or yields. In A/B runs of section 9's pairs here
 (docs/BENCHMARKS.md) yielding at once took 31-42 µs off a set_nowait's set -> notify
 p50 and 3-10 µs off a set's (waiting for its reply, the writer blocks soon anyway), p99
 within noise; it is one system call, which returns at once when nothing else waits for
-the CPU. Later sends of a burst do not yield: their frames follow the first's."""
+the CPU. Later sends of a burst do not yield: their frames follow the first's. Nor does
+a send within EXCHANGING_S of a received frame (see there)."""
+
+EXCHANGING_S = 0.0002
+"""A send this soon after a frame arrived is part of a busy exchange (a writer that
+awaits a ``ping`` every few thousand writes sends its next burst right after the reply),
+and does not yield: there the other CPU-bound processes, not ZeroMQ's I/O thread, take
+the CPU, for a scheduler time slice. A/B runs of make bench's ``batched-nowait`` pair
+(docs/BENCHMARKS.md): 863k updates/s yielding, 961k not; a set_nowait paced at one a
+millisecond still yields (189 and 192 µs p50)."""
 
 
 @dataclass(slots=True)
@@ -168,6 +178,8 @@ class Client(SessionState):
         self._read_scheduled = False
         self._send_check: asyncio.TimerHandle | None = None
         """The read pass due after a send (SEND_CHECK_S), until a read pass runs."""
+        self._heard_at = -math.inf
+        """When the last read pass that received a frame ended (time.monotonic)."""
         self._pending: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int, _Pending]] = []
         """A heap of (deadline, msgid) of the requests sent: one timer for all of them,
@@ -445,7 +457,8 @@ class Client(SessionState):
         assert self._sock is not None
         send_frame(self._sock, frame, self._unsent)
         if self._send_check is None:  # the first send since the socket was last read
-            _let_zmq_send()
+            if time.monotonic() - self._heard_at > EXCHANGING_S:
+                _let_zmq_send()
             self._send_check = asyncio.get_running_loop().call_later(
                 SEND_CHECK_S, self._on_readable)
 
@@ -491,6 +504,8 @@ class Client(SessionState):
                 return
         else:
             self._poke()  # more may wait: let other callbacks and tasks run first
+        if count:
+            self._heard_at = time.monotonic()
 
     def _dispatch(self, frame: bytes) -> None:
         """Route what one frame means: a reply to its future, changes to their

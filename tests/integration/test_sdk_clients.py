@@ -30,6 +30,7 @@ from plugboard.sdk import (
     Synced,
 )
 from plugboard.sdk import SyncSubscription as SyncSub
+from plugboard.sdk import _client as client_module
 from plugboard.sdk._socket import SEND_BYTES
 
 from .conftest import Processes
@@ -233,6 +234,29 @@ async def test_a_change_that_arrives_just_before_a_send_is_read(broker: BrokerPr
                 batch = await sub.next_batch(2)
                 assert isinstance(batch, Batch) and [c.value for c in batch] == [value]
                 await pinged
+
+
+async def test_a_send_yields_the_cpu_only_outside_a_busy_exchange(
+        broker: BrokerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first send since the socket was read yields the CPU to ZeroMQ's I/O thread,
+    unless a frame arrived within EXCHANGING_S (a writer sending its next burst right
+    after a reply): there the yield hands the CPU to other busy processes instead.
+    EXCHANGING_S is set to an hour, then to nothing, so the test does not hang on how
+    fast this machine is."""
+    yields: list[None] = []
+    monkeypatch.setattr(client_module, "_let_zmq_send", lambda: yields.append(None))
+    async with Client(broker.ipc, role="plugin", name="yielding") as client:
+        await client.declare("yielding/x", "int", 0)
+        monkeypatch.setattr(client_module, "EXCHANGING_S", 3600.0)
+        yields.clear()
+        await client.request("ping")  # the declare's reply was heard: a busy exchange
+        client.set_nowait("yielding/x", 1)
+        assert yields == []
+        monkeypatch.setattr(client_module, "EXCHANGING_S", 0.0)
+        await client.request("ping")  # the first send since the reply was read
+        client.set_nowait("yielding/x", 2)  # not the first: its frame follows the ping's
+        assert yields == [None]
+        assert (await client.get("yielding/x")).value == 2
 
 
 async def test_on_batch_hands_each_event_to_the_callback_as_it_is_read(
