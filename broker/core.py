@@ -893,7 +893,7 @@ class BrokerCore:
             if method == "set":
                 self._set(session, params)
             else:
-                self._set_many(session, params)
+                self._write_many(session, params)
             store = self.persistence
             if self._stored_by_request and store is not None:
                 if store.failure is not None:
@@ -919,7 +919,15 @@ class BrokerCore:
             **({"target": target} if isinstance(target, str | int) else {})}))
 
     def _set_many(self, session: Session, params: dict[str, Any]) -> Any:
-        """All or nothing: every item is checked before any is written."""
+        revisions: list[int] = []
+        self._write_many(session, params, revisions)
+        return {"revisions": revisions}
+
+    def _write_many(self, session: Session, params: dict[str, Any],
+                    revisions: list[int] | None = None) -> None:
+        """A ``set_many``'s items, all or nothing: every item is checked before any is
+        written. ``revisions`` gets each item's revision as its write made it (a
+        notification asks for none)."""
         items = _param(params, "items", list)
         checked = []
         for index, item in enumerate(items):
@@ -935,7 +943,8 @@ class BrokerCore:
         at_ns = self.wallclock()
         for prop, value in checked:
             self._write(prop, value, at_ns)
-        return {"revisions": [prop.revision for prop, _ in checked]}
+            if revisions is not None:
+                revisions.append(prop.revision)
 
     # -- subscriptions ------------------------------------------------------------------
 

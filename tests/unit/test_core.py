@@ -185,6 +185,14 @@ def test_set_many_is_all_or_nothing(h: Harness) -> None:
     assert h.call(P, "set_many", items=[["p/a", 1], ["p/b", 2]])["revisions"] == [2, 2]
 
 
+def test_set_many_gives_each_item_the_revision_its_write_made(h: Harness) -> None:
+    """Items that name one property are its writes in order, each with its revision."""
+    h.call(P, "declare", name="p/a", type="int", value=0)
+    assert h.call(P, "set_many", items=[["p/a", 1], ["p/a", 2], ["p/a", 3]])[
+        "revisions"] == [2, 3, 4]
+    assert h.call(C, "get", target="p/a")["value"] == 3
+
+
 def test_handles_and_stale_handles(h: Harness) -> None:
     handle = h.call(P, "declare", name="p/x", type="int", value=1)["handle"]
     assert h.call(C, "get", target=handle)["name"] == "p/x"
