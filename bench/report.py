@@ -69,6 +69,7 @@ def write_report(results: dict[str, Any], facts: dict[str, Any]) -> str:
             continue
         lines.append(f"| {kind} | {mode} | {fig['rate']:.0f} | {fig['lost']} | "
                      f"{ratio(fig['rate'], raw and raw['rate'])} |")
+    lines += _cpu_per_update(thr, facts["cpus"])
     curve_lat, plain_lat = lat.get(f"{CURVE}/tcp"), lat.get("plugboard/tcp")
     curve_thr, plain_thr = thr.get(f"{CURVE}/single"), thr.get("plugboard/single")
     if curve_lat and plain_lat and curve_thr and plain_thr:
@@ -160,6 +161,36 @@ def ran_note(facts: dict[str, Any]) -> str:
         dates.setdefault(date, []).append(name)
     return " Scenarios by the time they ran: " + "; ".join(
         f"{date}: {', '.join(names)}" for date, names in sorted(dates.items())) + "."
+
+
+def _cpu_per_update(thr: dict[str, Any], cpus: int) -> list[str]:
+    """Section 2's rows taken apart by process: on ``cpus`` CPUs shared by the writer,
+    the middle process and the subscriber, their CPU per update together bounds the
+    rate."""
+    rows = []
+    for key, fig in thr.items():
+        cpu = (fig or {}).get("cpu_us") or {}
+        if None in cpu.values() or len(cpu) < 3:
+            continue
+        kind, mode = key.split("/")
+        total = sum(cpu.values())
+        rows.append(f"| {kind} | {mode} | {cpu['writer']:.2f} | {cpu['middle']:.2f} | "
+                    f"{cpu['subscriber']:.2f} | {total:.2f} | {cpus / total:.2f} |")
+    if not rows:
+        return []
+    return ["", "### CPU per update, by process", "",
+            "The same runs, each process's CPU time (all its threads, ZeroMQ's I/O thread "
+            "included) per update delivered, in µs: the writer's from its first send to "
+            "its last, the middle process's (broker, relay or server) and the "
+            "subscriber's over the pair; the median of the rounds. The processes share "
+            f"{cpus} CPUs, so their sum bounds the rate: at most {cpus} µs of CPU per µs, "
+            "the `bound` in millions of updates per second, which section 2's rate "
+            "reaches as far as the three keep the CPUs busy (the rest is waiting: on each "
+            "other, on replies, on the scheduler). The clients' own bookkeeping (a clock "
+            "reading and a latency kept per update) is in the subscriber's column of "
+            "every system alike.", "",
+            "| system | mode | writer | middle | subscriber | all three | bound M/s |",
+            "|---|---|---|---|---|---|---|", *rows]
 
 
 def set_cost_section(cost: dict[str, Any] | None) -> list[str]:
@@ -506,6 +537,19 @@ def remaining(results: dict[str, Any]) -> list[str]:
         "item against its declaration and keeps its revision and timestamp, which the "
         "relay does not (msgpack's own share of an item is section 10's \"msgpack "
         "alone\").")
+    thr = results.get("throughput", {})
+    ours, relay_cpu = ((thr.get(key) or {}).get("cpu_us") for key in
+                       ("plugboard/batched-nowait", "raw/batched"))
+    if ours and relay_cpu and None not in ours.values() and None not in relay_cpu.values():
+        lines[-1] += (
+            " Sent as notifications (`set_many_nowait`), an update takes µs of CPU: "
+            f"the writer {ours['writer']:.2f} (the relay's writer {relay_cpu['writer']:.2f}), "
+            f"the broker {ours['middle']:.2f} (the relay {relay_cpu['middle']:.2f}), the "
+            f"subscriber {ours['subscriber']:.2f} (the relay's {relay_cpu['subscriber']:.2f}; "
+            f"section 2, \"CPU per update\"): {sum(ours.values()):.2f} µs against "
+            f"{sum(relay_cpu.values()):.2f} on CPUs the three processes share, which bounds "
+            "the rate; the broker's share is its core's per-item work (section 10's "
+            "\"core in-process\"), the clients' the SDK's decoding and events.")
     return lines
 
 

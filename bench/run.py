@@ -49,6 +49,7 @@ from harness import (
     Peer,
     Reference,
     c_relay_libzmq,
+    cpu_s,
     in_rounds,
     pair,
     percentiles,
@@ -85,7 +86,9 @@ def scenario_latency() -> dict[str, Any]:
 
 
 def scenario_throughput() -> dict[str, Any]:
-    """The median rate of the rounds; lost: the most any round lost."""
+    """The median rate of the rounds; lost: the most any round lost; cpu_us: µs of CPU
+    per update delivered, by process (writer, middle, subscriber), the median of the
+    rounds."""
     out: dict[str, Any] = {}
     runs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     for mode, count in (("single", THROUGHPUT_N), ("nowait", THROUGHPUT_N),
@@ -103,10 +106,22 @@ def scenario_throughput() -> dict[str, Any]:
     for label, rounds in in_rounds(runs).items():
         rates = sorted(figures["rate"] for figures in rounds)
         out[label] = {"rate": rates[len(rates) // 2],
-                      "lost": max(figures["lost"] for figures in rounds)}
+                      "lost": max(figures["lost"] for figures in rounds),
+                      "cpu_us": {process: _median_per_update(rounds, key) for process, key in
+                                 (("writer", "writer_cpu_s"), ("middle", "middle_cpu_s"),
+                                  ("subscriber", "cpu_s"))}}
         print(f"throughput {label}: {out[label]}", flush=True)
     return out
 
+
+
+def _median_per_update(rounds: list[dict[str, Any]], key: str) -> float | None:
+    """The median over the rounds of ``key`` (CPU seconds) per update delivered, in µs;
+    None if a round lacks it."""
+    if any(f.get(key) is None or not f.get("received") for f in rounds):
+        return None
+    per_update = sorted(float(f[key]) / float(f["received"]) * 1e6 for f in rounds)
+    return per_update[len(per_update) // 2]
 
 
 def _hop_run(path: str, mode: str, count: int) -> dict[str, Any]:
@@ -298,20 +313,15 @@ class Sessions:
             peer.result()
 
 
-def _cpu(ps: psutil.Process) -> float:
-    times = ps.cpu_times()
-    return float(times.user + times.system)
-
-
 def _broker_us_per_set(broker: Broker, writes: int = 5000) -> float:
     """The broker's CPU time per set (request form, 200 in flight), fan-out included:
     every notification was handed to ZeroMQ before the last reply was."""
     writer = Peer("pb-write", broker.tcp, "single", str(writes))
     writer.ready()
-    before = _cpu(broker.ps)
+    before = cpu_s(broker.ps)
     writer.go()
     writer.result()
-    return (_cpu(broker.ps) - before) / writes * 1e6
+    return (cpu_s(broker.ps) - before) / writes * 1e6
 
 
 def scenario_set_cost() -> dict[str, Any]:
@@ -390,9 +400,9 @@ def scenario_sessions() -> dict[str, Any]:
             held.append(Sessions(broker, role, count, each,
                                  per_process=250 if role == "plugin" else 2000))
             grown = broker.ps.memory_info().rss - rss
-            cpu = _cpu(broker.ps)
+            cpu = cpu_s(broker.ps)
             time.sleep(5)  # idle but for the pings: the broker's cost of holding them
-            idle = (_cpu(broker.ps) - cpu) / 5 * 100
+            idle = (cpu_s(broker.ps) - cpu) / 5 * 100
             out[key] = {"count": count, "each": each, "admit_seconds": held[-1].seconds,
                         "kb_per_session": grown / count / 1024,
                         "rss_mb": broker.ps.memory_info().rss / 2**20,

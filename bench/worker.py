@@ -38,11 +38,25 @@ def report(**figures: Any) -> None:
     print(json.dumps(figures), flush=True)
 
 
+class Run:
+    """A writer's measured run, from ``go`` to its last send: its CPU time (every
+    thread of the process, ZeroMQ's I/O thread too: what it takes of the machine's
+    CPUs, which the writer, the middle process and the subscriber share)."""
+
+    def __init__(self) -> None:
+        self.cpu = time.process_time()
+
+    def report(self) -> None:
+        report(cpu_s=time.process_time() - self.cpu)
+
+
 class Receipts:
-    """What a subscriber saw: latencies and the time span of the receipts."""
+    """What a subscriber saw: latencies, the time span of the receipts, and the CPU
+    time it took from being set up to its report (every thread, as :class:`Run`)."""
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
+        self.cpu = time.process_time()
         self.latencies = array.array("q")
         """An array, not a list: the cycle collector walks a list's every element at
         each full collection, which would charge a subscriber that allocates more (the
@@ -73,6 +87,7 @@ class Receipts:
     def report(self) -> None:
         span = max(self.last - self.first, 1e-9)
         report(received=self.count, rate=(self.count - 1) / span if self.count > 1 else 0,
+               cpu_s=time.process_time() - self.cpu,
                latencies=self.latencies.tolist())
 
 
@@ -171,7 +186,7 @@ async def pb_write(endpoint: str, mode: str, count: int) -> None:
         await client.declare("bench/x", "int", 0)
         ready()
         await asyncio.get_running_loop().run_in_executor(None, go)
-        start = time.monotonic()
+        run = Run()
         if mode == "latency":
             for _ in range(count):
                 await client.set("bench/x", time.monotonic_ns())
@@ -204,7 +219,7 @@ async def pb_write(endpoint: str, mode: str, count: int) -> None:
                     client.set_many([("bench/x", time.monotonic_ns())
                                      for _ in range(min(100, count - start))])
                     for start in range(first, min(first + 1000, count), 100)))
-        report(seconds=time.monotonic() - start)
+        run.report()
 
 
 async def pb_fill(endpoint: str, count: int) -> None:
@@ -344,7 +359,7 @@ def raw_write(endpoint: str, mode: str, count: int) -> None:
     sock.connect(endpoint)
     ready()
     go()
-    start = time.monotonic()
+    run = Run()
     if mode == "latency":
         for _ in range(count):
             sock.send(msgpack.packb(["bench/x", time.monotonic_ns()]))
@@ -368,7 +383,7 @@ def raw_write(endpoint: str, mode: str, count: int) -> None:
         for first in range(0, count, 100):
             sock.send(msgpack.packb([["bench/x", time.monotonic_ns()]
                                      for _ in range(min(100, count - first))]))
-    report(seconds=time.monotonic() - start)
+    run.report()
     sock.close(linger=5000)
 
 
@@ -460,7 +475,7 @@ def pbraw_write(endpoint: str, mode: str, count: int) -> None:
     peer.call("declare", {"name": "bench/x", "type": "int", "value": 0})
     ready()
     go()
-    start = time.monotonic()
+    run = Run()
     if mode == "latency":
         for _ in range(count):
             peer.call("set", {"target": "bench/x", "value": time.monotonic_ns()})
@@ -494,7 +509,7 @@ def pbraw_write(endpoint: str, mode: str, count: int) -> None:
                 peer.send("set_many", {"items": [["bench/x", time.monotonic_ns()]
                                                  for _ in range(min(100, count - offset))]})
             peer.replies(len(offsets))
-    report(seconds=time.monotonic() - start)
+    run.report()
 
 
 def pbsync_sub(endpoint: str, expected: int) -> None:
@@ -528,7 +543,7 @@ def pbsync_write(endpoint: str, mode: str, count: int) -> None:
         client.declare("bench/x", "int", 0)
         ready()
         go()
-        start = time.monotonic()
+        run = Run()
         if mode == "latency":
             for _ in range(count):
                 client.set("bench/x", time.monotonic_ns())
@@ -550,7 +565,7 @@ def pbsync_write(endpoint: str, mode: str, count: int) -> None:
             for first in range(0, count, 100):
                 client.set_many([("bench/x", time.monotonic_ns())
                                  for _ in range(min(100, count - first))])
-        report(seconds=time.monotonic() - start)
+        run.report()
 
 
 def pb_sessions(endpoint: str, role: str, first: int, count: int, each: int,
@@ -671,7 +686,7 @@ def redis_write(port: str, mode: str, count: int) -> None:
     client: Any = redis.Redis(port=int(port))  # its pipeline's methods are typed loosely
     ready()
     go()
-    start = time.monotonic()
+    run = Run()
     if mode == "latency":
         for _ in range(count):
             value = time.monotonic_ns()
@@ -685,7 +700,7 @@ def redis_write(port: str, mode: str, count: int) -> None:
                 value = time.monotonic_ns()
                 pipe.set("bench/x", value).publish("bench/x", value)
             pipe.execute()
-    report(seconds=time.monotonic() - start)
+    run.report()
 
 
 # -- MQTT: retained QoS 0 ----------------------------------------------------------------------
@@ -733,12 +748,12 @@ def mqtt_write(port: str, mode: str, count: int) -> None:
     client.loop_start()
     ready()
     go()
-    start = time.monotonic()
+    run = Run()
     for _ in range(count):
         client.publish("bench/x", str(time.monotonic_ns()), qos=0, retain=True)
         if mode == "latency":
             time.sleep(PACE_S)
-    report(seconds=time.monotonic() - start)
+    run.report()
     time.sleep(0.5)
     client.loop_stop()
 
@@ -801,7 +816,7 @@ async def nats_write(port: str, kv: bool, mode: str, count: int) -> None:
     bucket = await _kv(nc) if kv else None
     ready()
     await asyncio.get_running_loop().run_in_executor(None, go)
-    start = time.monotonic()
+    run = Run()
     for _ in range(count):
         value = str(time.monotonic_ns()).encode()
         if bucket is not None:
@@ -811,7 +826,7 @@ async def nats_write(port: str, kv: bool, mode: str, count: int) -> None:
         if mode == "latency":
             await asyncio.sleep(PACE_S)
     await nc.flush()
-    report(seconds=time.monotonic() - start)
+    run.report()
     await nc.close()
 
 
