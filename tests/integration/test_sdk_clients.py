@@ -253,8 +253,8 @@ async def test_a_send_yields_the_cpu_only_outside_a_busy_exchange(
         client.set_nowait("yielding/x", 1)
         assert yields == []
         monkeypatch.setattr(client_module, "EXCHANGING_S", 0.0)
-        await client.request("ping")  # the first send since the reply was read
-        client.set_nowait("yielding/x", 2)  # not the first: its frame follows the ping's
+        await client.request("ping")  # sent while set_nowait's read check was due
+        client.set_nowait("yielding/x", 2)  # the first send since the reply was read
         assert yields == [None]
         assert (await client.get("yielding/x")).value == 2
 
