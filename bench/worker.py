@@ -106,12 +106,14 @@ async def pb_sub(endpoint: str, pattern: str, expected: int, current: str,
         def take(event: BatchEvent) -> None:
             if isinstance(event, Batch):
                 done = False
-                for item in event.items:
-                    value = item[1]
-                    if event.snapshot:
+                if event.snapshot:
+                    for _item in event.items:
                         done = receipts.got()
-                    elif type(value) is int and value > 10**9:  # not the declared 0
-                        done = receipts.got(value)
+                else:  # per item no more than the raw subscriber does
+                    for item in event.items:
+                        value = item[1]
+                        if value:  # not the declared 0
+                            done = receipts.got(value)
                 if done and not finished.done():
                     finished.set_result(None)
             elif isinstance(event, Gap):
